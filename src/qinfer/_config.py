@@ -1,0 +1,26 @@
+"""Every QINFER_* environment knob, declared once."""
+import os
+
+#: Cap the kernel ISA tier: "avx512" | "avx2" | "scalar" (read once, when the extension loads).
+ISA_ENV = "QINFER_ISA"
+#: Default thread count of sessions created with ``num_threads=None``.
+NUM_THREADS_ENV = "QINFER_NUM_THREADS"
+#: Where test fixtures cache downloaded / exported models.
+CACHE_DIR_ENV = "QINFER_CACHE_DIR"
+#: Run the IR verifier after every pass (debug).
+VERIFY_ENV = "QINFER_VERIFY"
+
+
+def env_str(name, default=None):
+    v = os.environ.get(name)
+    return default if v is None or v == "" else v
+
+
+def verify_enabled():
+    return env_str(VERIFY_ENV, "0") not in ("0", "false", "no")
+
+
+def cache_dir():
+    d = env_str(CACHE_DIR_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "qinfer")
+    os.makedirs(d, exist_ok=True)
+    return d
