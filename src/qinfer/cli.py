@@ -1,0 +1,150 @@
+"""The ``qinfer`` command (SPEC section 2).
+
+Every command exits 0 on success and 1 on a user error with a one-line message naming the file, node
+or input at fault; ``--debug`` shows the traceback instead.
+"""
+import argparse
+import os
+import sys
+
+import numpy as np
+
+from .errors import QinferError
+
+
+class UserError(QinferError):
+    """A mistake on the command line (missing file, bad option value)."""
+
+
+def _load_model(path):
+    import qinfer
+    if not os.path.exists(path):
+        raise UserError(f"{path}: no such file")
+    if os.path.isdir(path):
+        raise UserError(f"{path}: is a directory, expected a .onnx or .qinf file")
+    from .runtime.session import _is_qinf
+    if _is_qinf(path):
+        return qinfer.load(path)
+    return qinfer.convert(path)
+
+
+def cmd_convert(args):
+    model = _load_model(args.model)
+    out = args.output or os.path.splitext(args.model)[0] + ".qinf"
+    model.save(out)
+    size = os.path.getsize(out)
+    print(f"wrote {out} ({size:,} bytes, {len(model.graph.nodes)} nodes)")
+
+
+def cmd_inspect(args):
+    model = _load_model(args.model)
+    print(model.summary())
+
+
+def _parse_inputs(specs, sess):
+    names = [i.name for i in sess.get_inputs()]
+    feeds = {}
+    for spec in specs:
+        if "=" in spec:
+            name, path = spec.split("=", 1)
+        elif len(names) == 1:
+            name, path = names[0], spec
+        else:
+            raise UserError(f"--input {spec!r}: name the input (NAME=FILE.npy); the model's inputs are {names}")
+        if not os.path.exists(path):
+            raise UserError(f"--input {name}: {path}: no such file")
+        try:
+            if path.endswith(".npz"):
+                with np.load(path, allow_pickle=False) as z:
+                    if name in z.files:
+                        feeds[name] = z[name]
+                    else:
+                        for k in z.files:
+                            feeds[k] = z[k]
+            else:
+                feeds[name] = np.load(path, allow_pickle=False)
+        except (ValueError, OSError) as e:
+            raise UserError(f"--input {name}: {path}: not a numpy .npy/.npz file ({e})") from None
+    return feeds
+
+
+def cmd_run(args):
+    import qinfer
+    model = _load_model(args.model)
+    sess = qinfer.InferenceSession(model, num_threads=args.threads)
+    feeds = _parse_inputs(args.input or [], sess)
+    outs = sess.run(None, feeds)
+    names = [o.name for o in sess.get_outputs()]
+    result = dict(zip(names, outs))
+    if args.output:
+        np.savez(args.output, **result)
+        print(f"wrote {args.output}: " + ", ".join(f"{k} {list(v.shape)} {v.dtype}" for k, v in result.items()))
+    else:
+        for k, v in result.items():
+            print(f"{k}: {v.dtype} {list(v.shape)}")
+            print(np.array2string(v, threshold=20, edgeitems=3))
+
+
+def cmd_info(args):
+    from .runtime import cpu, threads
+    print(cpu.runtime_info())
+    print(f"BLAS for float matmul: {threads.blas.library or 'numpy default'}")
+    print(f"default threads: {threads.resolve_num_threads(None)}")
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="qinfer", description="Small, fast CPU inference for ONNX models.")
+    p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    p.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = p.add_subparsers(dest="command")
+
+    c = sub.add_parser("convert", help="convert an ONNX model to a .qinf file")
+    c.add_argument("model")
+    c.add_argument("-o", "--output", help="output .qinf path (default: MODEL with .qinf)")
+    c.set_defaults(fn=cmd_convert)
+
+    c = sub.add_parser("inspect", help="print a model's layers, dtypes and sizes")
+    c.add_argument("model")
+    c.set_defaults(fn=cmd_inspect)
+
+    c = sub.add_parser("run", help="run a model on .npy inputs")
+    c.add_argument("model")
+    c.add_argument("--input", action="append", metavar="NAME=FILE.npy", help="an input (repeat per input)")
+    c.add_argument("-o", "--output", help="write outputs to this .npz (default: print them)")
+    c.add_argument("--threads", type=int, default=None)
+    c.set_defaults(fn=cmd_run)
+
+    c = sub.add_parser("info", help="print CPU features, ISA tier, kernels and threads")
+    c.set_defaults(fn=cmd_info)
+    return p
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.version:
+        from . import __version__
+        print(f"qinfer {__version__}")
+        return 0
+    if not getattr(args, "fn", None):
+        parser.print_help()
+        return 1
+    try:
+        args.fn(args)
+    except QinferError as e:
+        if args.debug:
+            raise
+        parts = [p.strip() for p in str(e).strip().splitlines() if p.strip()] or [type(e).__name__]
+        line = parts[0] + (" " + "; ".join(parts[1:]) if len(parts) > 1 else "")
+        if len(line) > 600:
+            line = line[:600] + "... (--debug for all)"
+        print(f"qinfer {args.command}: error: {line}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("qinfer: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Importers from exchange formats into qinfer's IR (ONNX only for now)."""

@@ -1,0 +1,86 @@
+"""Constant folding: evaluate every node whose inputs are all known at import time.
+
+Design: "known" means an initializer, or the output of a Shape/Size node whose input shape is fully
+static. Folding uses the numpy reference ops (the importer never executes compiled code). Results that
+would be large and larger than their inputs (e.g. ConstantOfShape making an image-sized tensor) are not
+folded: the file would grow for no speed. Shape-computing subgraphs that depend on symbolic dims are
+folded later, per input-shape signature, by the runtime planner.
+"""
+import numpy as np
+
+from ...reference import executor
+from ..graph import Node
+from ..ops import NONDETERMINISTIC, SHAPE_ONLY
+
+#: outputs above this size are folded only if they are not larger than the node's inputs
+FOLD_MAX_BYTES = 1 << 20
+
+
+def constants_to_initializers(graph):
+    """Turn Constant nodes into initializers."""
+    g = graph.copy()
+    nodes = []
+    for n in g.nodes:
+        if n.op == "Constant" and n.outputs and n.outputs[0]:
+            (val,) = executor.run_node(n, [])
+            g.initializers[n.outputs[0]] = np.ascontiguousarray(val)
+        else:
+            nodes.append(n)
+    g.nodes = nodes
+    return g
+
+
+def _static_shape(graph, name):
+    v = graph.value(name)
+    return v.shape if v.is_static() else None
+
+
+def fold_constants(graph):
+    g = graph.copy()
+    consts = g.initializers
+    keep = []
+    for n in g.nodes:
+        if n.op in NONDETERMINISTIC:
+            keep.append(n)
+            continue
+        if n.op in SHAPE_ONLY and n.inputs and n.inputs[0] not in consts:
+            shape = _static_shape(g, n.inputs[0])
+            if shape is None:
+                keep.append(n)
+                continue
+            dummy = np.lib.stride_tricks.as_strided(np.zeros(1, np.float32), shape, [0] * len(shape))
+            outs = executor.run_node(n, [dummy])
+        elif all((not i) or i in consts for i in n.inputs):
+            outs = executor.run_node(n, [consts[i] if i else None for i in n.inputs])
+            in_bytes = sum(consts[i].nbytes for i in n.inputs if i)
+            out_bytes = sum(np.asarray(o).nbytes for o in outs)
+            if out_bytes > FOLD_MAX_BYTES and out_bytes > in_bytes:
+                keep.append(n)
+                continue
+        else:
+            keep.append(n)
+            continue
+        for name, val in zip(n.outputs, outs):
+            if name:
+                consts[name] = np.ascontiguousarray(val)
+    g.nodes = keep
+    return g.remove_unused()
+
+
+def remove_identity(graph):
+    """Drop Identity nodes, renaming their consumers' inputs (not when the output is a graph output)."""
+    g = graph.copy()
+    outputs = set(g.output_names)
+    rename = {}
+    keep = []
+    for n in g.nodes:
+        n = n.replace(inputs=tuple(rename.get(i, i) for i in n.inputs)) if rename else n
+        if n.op == "Identity" and n.outputs[0] not in outputs:
+            rename[n.outputs[0]] = n.inputs[0]
+            continue
+        keep.append(n)
+    g.nodes = keep
+    return g
+
+
+__all__ = ["constants_to_initializers", "fold_constants", "remove_identity", "Node"]

@@ -1,0 +1,233 @@
+"""From a Graph to something that runs fast: kernel choice, fusion, liveness, per-shape plans.
+
+Design:
+- ``Program`` (one per session): every node becomes a step ``(fn, input slots, output slots)``
+  with values numbered into slots of a flat list (no dict lookups in the run loop). Heavy float ops
+  get the fast kernels of ``float_ops``; an activation that is the only consumer of a Conv /
+  ConvTranspose output is fused into its epilogue; everything else runs its numpy reference op.
+  Slots are released after their last reader (liveness), so peak memory follows the live set.
+- ``Plan`` (one per input-shape signature, cached): the first run with a new signature executes every
+  step and records the values that depend only on shapes and constants (``Shape`` -> ``Gather`` ->
+  ``Concat`` -> ``Reshape`` chains); the plan keeps them as constants and drops their steps, so a
+  shape-computing subgraph costs nothing after the first call.
+"""
+import threading
+
+import numpy as np
+
+from .. import reference
+from ..errors import InvalidInputError, QinferError, UnsupportedOperatorError
+from ..ir.ops import SHAPE_ONLY
+from . import float_ops
+
+
+class Step:
+    __slots__ = ("node", "fn", "ref", "ins", "outs", "free", "static", "post")
+
+    def __init__(self, node, fn, ref, ins, outs, post=None):
+        self.node, self.fn, self.ref, self.ins, self.outs = node, fn, ref, ins, outs
+        self.post = post      # (ref fn, node, extra input slots) of a fused activation
+        self.free = ()
+        self.static = False
+
+
+def _fused_activation(node, consts):
+    """(code, a, b) if ``node`` is an activation the conv epilogue can apply, else None."""
+    op = node.op
+    if op == "Relu":
+        return (float_ops.ACT_RELU, 0.0, 0.0)
+    if op == "Sigmoid":
+        return (float_ops.ACT_SIGMOID, 0.0, 0.0)
+    if op == "HardSwish":
+        return (float_ops.ACT_HARDSWISH, 0.0, 0.0)
+    if op == "HardSigmoid":
+        return (float_ops.ACT_HARDSIGMOID, float(node.attrs.get("alpha", 0.2)),
+                float(node.attrs.get("beta", 0.5)))
+    if op == "Clip":
+        lo = node.inputs[1] if len(node.inputs) > 1 else ""
+        hi = node.inputs[2] if len(node.inputs) > 2 else ""
+        if (lo and lo not in consts) or (hi and hi not in consts):
+            return None
+        a = float(consts[lo]) if lo else -np.inf
+        b = float(consts[hi]) if hi else np.inf
+        return (float_ops.ACT_CLIP, a, b)
+    return None
+
+
+class Program:
+    def __init__(self, graph, num_threads):
+        self.graph = graph
+        self.num_threads = num_threads
+        consts = graph.initializers
+        consumers = graph.consumers()
+        outputs = set(graph.output_names)
+        slots = {}
+
+        def slot(name):
+            if name not in slots:
+                slots[name] = len(slots)
+            return slots[name]
+
+        for v in graph.inputs:
+            slot(v.name)
+        for name in consts:
+            slot(name)
+        skip = set()
+        steps = []
+        for n in graph.nodes:
+            if n.name in skip:
+                continue
+            ref = reference.get(n.op)
+            if ref is None:
+                raise UnsupportedOperatorError(f"node {n.name!r}: op {n.op!r} cannot run",
+                                               [(n.name, n.op, None, "no implementation")])
+            fn, post, out_names = None, None, n.outputs
+            if n.op in ("Conv", "ConvTranspose") and float_ops.is_float32(graph, n):
+                w = consts.get(n.inputs[1]) if len(n.inputs) > 1 else None
+                has_b = len(n.inputs) > 2 and bool(n.inputs[2])
+                b = consts.get(n.inputs[2]) if has_b else None
+                act, act_node = float_ops.NO_ACT, None
+                cons = consumers.get(n.outputs[0], [])
+                if len(cons) == 1 and n.outputs[0] not in outputs and cons[0].inputs[0] == n.outputs[0]:
+                    a = _fused_activation(cons[0], consts)
+                    if a is not None:
+                        act, act_node = a, cons[0]
+                if w is not None and (b is not None or not has_b):
+                    maker = float_ops.make_conv if n.op == "Conv" else float_ops.make_conv_transpose
+                    fn = maker(n.attrs, w, b, act, num_threads)
+                    if fn is None and act_node is not None:   # no fast path: run unfused
+                        fn = maker(n.attrs, w, b, float_ops.NO_ACT, num_threads)
+                        act_node = None
+                    if fn is not None and act_node is not None:
+                        skip.add(act_node.name)
+                        out_names = act_node.outputs
+                        post = (reference.get(act_node.op), act_node,
+                                tuple(slot(i) if i else -1 for i in act_node.inputs[1:]))
+            ins = tuple(slot(i) if i else -1 for i in n.inputs)
+            outs = tuple(slot(o) if o else -1 for o in out_names)
+            steps.append(Step(n, fn, ref, ins, outs, post))
+        self.steps = steps
+        self.input_slots = [slots[v.name] for v in graph.inputs]
+        self.output_slots = [slot(name) for name in graph.output_names]
+        self.slots = slots
+        self.num_slots = len(slots)
+        self.const_slots = [(slots[k], v) for k, v in consts.items()]
+        self._mark_static(consts)
+        self._liveness()
+
+    def _mark_static(self, consts):
+        known = {self.slots[k] for k in consts}
+        for s in self.steps:
+            if s.node.op in SHAPE_ONLY or all(i < 0 or i in known for i in s.ins):
+                s.static = True
+                known.update(o for o in s.outs if o >= 0)
+
+    def _liveness(self):
+        keep = set(self.output_slots) | {i for i, _ in self.const_slots} | set(self.input_slots)
+        last = {}
+        for idx, s in enumerate(self.steps):
+            for i in s.ins + (s.post[2] if s.post else ()):
+                if i >= 0:
+                    last[i] = idx
+            for o in s.outs:   # outputs never read are freed right after their step
+                if o >= 0:
+                    last.setdefault(o, idx)
+        frees = [[] for _ in self.steps]
+        for sl, idx in last.items():
+            if sl not in keep:
+                frees[idx].append(sl)
+        for s, f in zip(self.steps, frees):
+            s.free = tuple(f)
+
+
+def _execute(step, env):
+    args = [env[i] if i >= 0 else None for i in step.ins]
+    outs = step.fn(args, step.node.attrs, len(step.outs)) if step.fn is not None else None
+    if outs is None:
+        outs = step.ref(args, step.node.attrs, len(step.node.outputs))
+        if step.post is not None:   # the fast path declined at run time: apply the activation here
+            act_ref, act_node, extra = step.post
+            outs = act_ref([outs[0]] + [env[i] if i >= 0 else None for i in extra], act_node.attrs, 1)
+    return outs
+
+
+class Plan:
+    """Steps to run for one input-shape signature, with shape-only values precomputed."""
+
+    def __init__(self, program, env_template, steps):
+        self.program = program
+        self.env_template = env_template
+        self.steps = steps
+
+
+class Executor:
+    def __init__(self, program):
+        self.program = program
+        self._plans = {}
+        self._lock = threading.Lock()
+        base = [None] * program.num_slots
+        for sl, arr in program.const_slots:
+            base[sl] = arr
+        self._base_env = base
+
+    def run(self, feeds_by_slot, signature):
+        plan = self._plans.get(signature)
+        if plan is None:
+            return self._first_run(feeds_by_slot, signature)
+        env = list(plan.env_template)
+        for sl, arr in feeds_by_slot:
+            env[sl] = arr
+        for step in plan.steps:
+            outs = _execute_checked(step, env)
+            for o, val in zip(step.outs, outs):
+                if o >= 0:
+                    env[o] = val
+            for f in step.free:
+                env[f] = None
+        return [env[o] for o in self.program.output_slots]
+
+    def _first_run(self, feeds_by_slot, signature):
+        env = list(self._base_env)
+        for sl, arr in feeds_by_slot:
+            env[sl] = arr
+        static_vals = {}
+        dynamic_steps = []
+        for step in self.program.steps:
+            outs = _execute_checked(step, env)
+            for o, val in zip(step.outs, outs):
+                if o >= 0:
+                    val = np.asarray(val)
+                    env[o] = val
+                    if step.static:
+                        static_vals[o] = val
+            if not step.static:
+                dynamic_steps.append(step)
+            for f in step.free:
+                if f not in static_vals:
+                    env[f] = None
+        template = list(self._base_env)
+        for o, v in static_vals.items():
+            template[o] = v
+        # steps now fed by constants still free their non-static inputs; static slots stay alive
+        with self._lock:
+            self._plans[signature] = Plan(self.program, template, dynamic_steps)
+        return [env[o] for o in self.program.output_slots]
+
+
+def _execute_checked(step, env):
+    try:
+        outs = _execute(step, env)
+    except InvalidInputError:
+        raise
+    except UnsupportedOperatorError as e:
+        # the node was accepted at import: failing now depends on the input shapes or values
+        shapes = [None if i < 0 or env[i] is None else tuple(np.shape(env[i])) for i in step.ins]
+        raise InvalidInputError(
+            f"node {step.node.name!r} ({step.node.op}) cannot run on input shapes {shapes}: {e}") from None
+    except QinferError:
+        raise
+    except (ValueError, IndexError, ZeroDivisionError, OverflowError, MemoryError) as e:
+        shapes = [None if i < 0 or env[i] is None else tuple(np.shape(env[i])) for i in step.ins]
+        raise InvalidInputError(
+            f"node {step.node.name!r} ({step.node.op}) failed on input shapes {shapes}: {e}") from None
+    return [np.asarray(v) for v in outs]

@@ -1,0 +1,196 @@
+"""InferenceSession: ONNX Runtime surface, input validation, plan caching, threads."""
+import numpy as np
+import pytest
+import onnx
+from onnx import TensorProto, helper
+
+import qinfer
+from qinfer import InvalidInputError, ModelFormatError, UnsupportedOperatorError
+
+
+def _conv_model(dynamic=True):
+    """x[N,3,H,W] -> Conv3x3 -> BN -> Relu -> Shape-driven Reshape to [N, -1] -> output."""
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(4).astype(np.float32)
+    bn = [rng.uniform(0.5, 1.5, 4), rng.standard_normal(4), rng.standard_normal(4), rng.uniform(0.5, 2, 4)]
+    inits = [helper.make_tensor("w", TensorProto.FLOAT, w.shape, w.ravel()),
+             helper.make_tensor("b", TensorProto.FLOAT, b.shape, b)]
+    for nm, arr in zip(["s", "bb", "m", "v"], bn):
+        inits.append(helper.make_tensor(nm, TensorProto.FLOAT, [4], arr.astype(np.float32)))
+    inits.append(helper.make_tensor("zero", TensorProto.INT64, [1], [0]))
+    inits.append(helper.make_tensor("minus1", TensorProto.INT64, [1], [-1]))
+    nodes = [
+        helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1], name="conv"),
+        helper.make_node("BatchNormalization", ["c", "s", "bb", "m", "v"], ["n"], name="bn"),
+        helper.make_node("Relu", ["n"], ["r"], name="relu"),
+        helper.make_node("Shape", ["r"], ["shp"], name="shape"),
+        helper.make_node("Gather", ["shp", "zero"], ["batch"], axis=0, name="gather"),
+        helper.make_node("Concat", ["batch", "minus1"], ["newshape"], axis=0, name="concat"),
+        helper.make_node("Reshape", ["r", "newshape"], ["y"], name="reshape"),
+    ]
+    dims = ["N", 3, "H", "W"] if dynamic else [1, 3, 8, 8]
+    g = helper.make_graph(nodes, "convnet", [helper.make_tensor_value_info("x", TensorProto.FLOAT, dims)],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], producer_name="qinfer-tests")
+    helper.set_model_props(m, {"author": "qinfer", "purpose": "test"})
+    return m
+
+
+def _ort(model, feeds):
+    ort = pytest.importorskip("onnxruntime")
+    s = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return s.run(None, feeds)
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 8, 8), (2, 3, 7, 5), (1, 3, 1, 1)])
+def test_matches_onnxruntime_and_caches_plans(shape, rng):
+    m = _conv_model()
+    sess = qinfer.InferenceSession(m, num_threads=1)
+    x = rng.standard_normal(shape).astype(np.float32)
+    (want,) = _ort(m, {"x": x})
+    for _ in range(2):          # second call goes through the cached plan
+        (got,) = sess.run(None, {"x": x})
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    assert got.shape == (shape[0], 4 * shape[2] * shape[3])
+
+
+def test_batchnorm_is_folded_and_shape_chain_precomputed(rng):
+    model = qinfer.convert(_conv_model())
+    ops = [n.op for n in model.graph.nodes]
+    assert "BatchNormalization" not in ops
+    sess = qinfer.InferenceSession(model, num_threads=1)
+    sess.run(None, {"x": rng.standard_normal((1, 3, 4, 4)).astype(np.float32)})
+    plan = next(iter(sess._executor._plans.values()))
+    ran = [s.node.op for s in plan.steps]
+    assert "Shape" not in ran and "Gather" not in ran and "Concat" not in ran
+    assert "Relu" not in ran   # fused into the conv epilogue
+
+
+def test_session_api_surface():
+    m = _conv_model()
+    sess = qinfer.InferenceSession(m.SerializeToString())
+    (i,) = sess.get_inputs()
+    assert i.name == "x" and i.type == "tensor(float)" and i.shape == ["N", 3, "H", "W"]
+    assert [o.name for o in sess.get_outputs()] == ["y"]
+    meta = sess.get_modelmeta()
+    assert meta.producer_name == "qinfer-tests"
+    assert meta.graph_name == "convnet"
+    assert meta.custom_metadata_map == {"author": "qinfer", "purpose": "test"}
+    assert isinstance(sess.get_providers(), list) and sess.get_providers()
+
+
+def test_ort_keyword_arguments_accepted():
+    ort = pytest.importorskip("onnxruntime")
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    sess = qinfer.InferenceSession(_conv_model().SerializeToString(), sess_options=so,
+                                   providers=["CPUExecutionProvider"])
+    assert sess.num_threads == 1
+
+
+def test_output_names_subset_and_unknown(rng):
+    sess = qinfer.InferenceSession(_conv_model())
+    x = rng.standard_normal((1, 3, 4, 4)).astype(np.float32)
+    (y,) = sess.run(["y"], {"x": x})
+    assert y.shape == (1, 64)
+    with pytest.raises(InvalidInputError, match="unknown output 'nope'"):
+        sess.run(["nope"], {"x": x})
+
+
+@pytest.mark.parametrize("feeds,match", [
+    ({"X": np.zeros((1, 3, 4, 4), np.float32)}, r"unknown input name.*'X'.*inputs are \['x'\]"),
+    ({}, r"missing input.*'x'"),
+    ({"x": np.zeros((1, 3, 4, 4), np.float64)}, r"input 'x': expected dtype float32, got float64"),
+    ({"x": np.zeros((3, 4, 4), np.float32)}, r"input 'x': expected rank 4 .* got rank 3"),
+    ({"x": np.zeros((1, 4, 4, 4), np.float32)}, r"input 'x': dimension 1 must be 3 .*got 4"),
+    ({"x": np.zeros((1, 3, 0, 4), np.float32)}, r"x|conv"),
+])
+def test_wrong_feeds_raise_invalid_input(feeds, match):
+    sess = qinfer.InferenceSession(_conv_model(), num_threads=1)
+    with pytest.raises(InvalidInputError, match=match):
+        sess.run(None, feeds)
+
+
+def test_num_threads_validation(monkeypatch):
+    with pytest.raises(qinfer.QinferError, match="num_threads must be >= 1"):
+        qinfer.InferenceSession(_conv_model(), num_threads=0)
+    monkeypatch.setenv("QINFER_NUM_THREADS", "1")
+    assert qinfer.InferenceSession(_conv_model()).num_threads == 1
+    monkeypatch.setenv("QINFER_NUM_THREADS", "many")
+    with pytest.raises(qinfer.QinferError, match="QINFER_NUM_THREADS"):
+        qinfer.InferenceSession(_conv_model())
+
+
+def test_thread_counts_agree(rng):
+    m = qinfer.convert(_conv_model())
+    x = rng.standard_normal((2, 3, 9, 11)).astype(np.float32)
+    (a,) = qinfer.InferenceSession(m, num_threads=1).run(None, {"x": x})
+    (b,) = qinfer.InferenceSession(m, num_threads=2).run(None, {"x": x})
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+
+
+def test_unsupported_ops_all_listed_in_one_error():
+    nodes = [helper.make_node("Relu", ["x"], ["a"], name="ok"),
+             helper.make_node("Foo", ["a"], ["b"], name="foo1", domain="custom"),
+             helper.make_node("NonMaxSuppression", ["b", "b"], ["c"], name="nms"),
+             helper.make_node("Bar", ["c"], ["y"], name="bar")]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("custom", 1)])
+    with pytest.raises(UnsupportedOperatorError) as ei:
+        qinfer.convert(m)
+    msg = str(ei.value)
+    for name in ("foo1", "nms", "bar"):
+        assert name in msg
+    assert "opset 17" in msg
+    assert len(ei.value.problems) == 3
+
+
+def test_unsupported_tensor_types_are_clear():
+    g = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.BFLOAT16, [2])],
+                          [helper.make_tensor_value_info("y", TensorProto.BFLOAT16, [2])])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    with pytest.raises(UnsupportedOperatorError, match="bfloat16"):
+        qinfer.convert(m)
+
+
+@pytest.mark.parametrize("payload", [b"", b"garbage bytes \x00\x01\x02" * 10, b"\x08" * 50])
+def test_garbage_onnx_bytes_raise_model_format_error(payload, tmp_path):
+    with pytest.raises(ModelFormatError):
+        qinfer.convert(payload)
+    p = tmp_path / "bad.onnx"
+    p.write_bytes(payload)
+    with pytest.raises(ModelFormatError, match="bad.onnx"):
+        qinfer.convert(str(p))
+    with pytest.raises(ModelFormatError):
+        qinfer.InferenceSession(str(p))
+
+
+def test_missing_path_raises_model_format_error(tmp_path):
+    with pytest.raises(ModelFormatError, match="no such file"):
+        qinfer.InferenceSession(str(tmp_path / "absent.qinf"))
+    with pytest.raises(ModelFormatError, match="directory"):
+        qinfer.convert(str(tmp_path))
+
+
+def test_qinf_round_trip_runs_identically(tmp_path, rng):
+    m = qinfer.convert(_conv_model())
+    p = tmp_path / "m.qinf"
+    m.save(p)
+    loaded = qinfer.load(p)
+    x = rng.standard_normal((1, 3, 6, 6)).astype(np.float32)
+    (a,) = qinfer.InferenceSession(m).run(None, {"x": x})
+    (b,) = qinfer.InferenceSession(str(p)).run(None, {"x": x})
+    (c,) = qinfer.InferenceSession(loaded).run(None, {"x": x})
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(a, c)
+    assert "Conv" in loaded.summary()
+
+
+def test_convert_does_not_mutate_model_proto():
+    m = _conv_model()
+    before = m.SerializeToString()
+    qinfer.convert(m)
+    assert m.SerializeToString() == before
