@@ -23,7 +23,7 @@ def _load_model(path):
     if os.path.isdir(path):
         raise UserError(f"{path}: is a directory, expected a .onnx or .qinf file")
     from .runtime.session import _is_qinf
-    if _is_qinf(path):
+    if path.lower().endswith(".qinf") or _is_qinf(path):
         return qinfer.load(path)
     return qinfer.convert(path)
 
@@ -31,7 +31,10 @@ def _load_model(path):
 def cmd_convert(args):
     model = _load_model(args.model)
     out = args.output or os.path.splitext(args.model)[0] + ".qinf"
-    model.save(out)
+    try:
+        model.save(out)
+    except OSError as e:
+        raise UserError(f"{out}: cannot write ({e.strerror or e})") from None
     size = os.path.getsize(out)
     print(f"wrote {out} ({size:,} bytes, {len(model.graph.nodes)} nodes)")
 

@@ -334,6 +334,8 @@ def convert(src, fold_constants=True):
     if fold_constants:
         graph = fold.fold_constants(graph)
         graph = fuse.fold_batchnorm(graph)
+        graph = fuse.fold_affine_into_conv(graph)
+        graph = fuse.fuse_hardswish(graph)
         graph = fold.remove_identity(graph)
     graph = graph.remove_unused()
     return graph

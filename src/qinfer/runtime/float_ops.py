@@ -89,6 +89,33 @@ def _dwconv_numpy(x, w, kh, kw, sh, sw, dh, dw, pt, pl, pb, pr, oh, ow, out):
     return out
 
 
+#: im2col works on bands of output rows whose column buffer stays about this size (L2-resident), so
+#: a large feature map never materializes its whole (C*KH*KW) x (OH*OW) matrix in DRAM.
+IM2COL_CHUNK_BYTES = 1 << 20
+
+
+def _conv_rows(x, w2, y2, kh, kw, sh, sw, dh, dw, pt, pl, pb, pr, oh, ow, nt):
+    """y2[M, OH*OW] = w2[M, K] @ im2col(x[C, H, W]), one band of output rows at a time."""
+    h = x.shape[1]
+    k = w2.shape[1]
+    rows = max(1, min(oh, IM2COL_CHUNK_BYTES // max(1, k * ow * 4)))
+    ext = dh * (kh - 1) + 1
+    for r0 in range(0, oh, rows):
+        r1 = min(oh, r0 + rows)
+        a = r0 * sh - pt                       # first input row the band reads (may be in the padding)
+        b = (r1 - 1) * sh - pt + ext           # one past the last
+        top, bottom = max(0, -a), max(0, b - h)
+        xs = x[:, max(0, a):min(h, b)]
+        if xs.shape[1] == 0:                   # band entirely in the padding
+            y2[:, r0 * ow:r1 * ow] = 0
+            continue
+        cols = _im2col(np.ascontiguousarray(xs), kh, kw, sh, sw, dh, dw, top, pl, bottom, pr, r1 - r0, ow, nt)
+        if r0 == 0 and r1 == oh:
+            np.matmul(w2, cols, out=y2)
+        else:
+            y2[:, r0 * ow:r1 * ow] = w2 @ cols
+
+
 def make_conv(attrs, w, b, act, nt):
     """A fast Conv for float32 1-D/2-D convs with constant weights, or None."""
     if w is None or w.dtype != np.float32 or w.ndim not in (3, 4):
@@ -143,17 +170,15 @@ def make_conv(attrs, w, b, act, nt):
                                     act[0], act[1], act[2], nt)
                     continue
                 _dwconv_numpy(x[i], wdw, kh, kw, sh, sw, dh, dw, pt, pl, pb, pr, oh, ow, y[i])
-            elif group == 1:
-                cols = (x[i].reshape(c, h * wd) if pointwise
-                        else _im2col(x[i], kh, kw, sh, sw, dh, dw, pt, pl, pb, pr, oh, ow, nt))
-                np.matmul(w2, cols, out=yi)
             else:
                 for gi in range(group):
-                    xg = x[i, gi * cg:(gi + 1) * cg]
-                    cols = (xg.reshape(cg, h * wd) if pointwise
-                            else _im2col(np.ascontiguousarray(xg), kh, kw, sh, sw, dh, dw, pt, pl, pb, pr,
-                                         oh, ow, nt))
-                    np.matmul(w2[gi * mg:(gi + 1) * mg], cols, out=yi[gi * mg:(gi + 1) * mg])
+                    xg = x[i] if group == 1 else np.ascontiguousarray(x[i, gi * cg:(gi + 1) * cg])
+                    wg = w2 if group == 1 else w2[gi * mg:(gi + 1) * mg]
+                    yg = yi if group == 1 else yi[gi * mg:(gi + 1) * mg]
+                    if pointwise:
+                        np.matmul(wg, xg.reshape(cg, h * wd), out=yg)
+                    else:
+                        _conv_rows(xg, wg, yg, kh, kw, sh, sw, dh, dw, pt, pl, pb, pr, oh, ow, nt)
             apply_bias_act(yi, bias, act, nt)
         return [y[:, :, 0, :] if one_d else y]
 

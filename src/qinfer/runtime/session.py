@@ -69,7 +69,7 @@ def _resolve_graph(model):
             raise ModelFormatError(f"{path}: no such file")
         if os.path.isdir(path):
             raise ModelFormatError(f"{path}: is a directory, expected a .qinf or .onnx file")
-        if _is_qinf(path):
+        if path.lower().endswith(".qinf") or _is_qinf(path):
             from ..ir import serialize
             return serialize.load(path)
     # ONNX (path, bytes or ModelProto): only here is the importer (and onnx) needed

@@ -68,3 +68,153 @@ def fold_batchnorm(graph):
         return graph
     g.nodes = [replaced.get(n.name, n) for n in g.nodes if n.name not in dropped]
     return g.remove_unused()
+
+
+# ----------------------------------------------------------------------------- affine folding
+def _scalar_or_channel(arr, cout, rank):
+    """The constant as a per-output-channel vector [cout] if it broadcasts that way over a conv output
+    of rank ``rank`` (N, C, spatial...), else None."""
+    a = np.asarray(arr)
+    if a.size == 1:
+        return np.full(cout, float(a.reshape(-1)[0]))
+    if a.ndim > rank:
+        return None
+    shape = (1,) * (rank - a.ndim) + a.shape
+    if shape[0] != 1 or shape[1] != cout or any(d != 1 for d in shape[2:]):
+        return None
+    return a.reshape(cout).astype(np.float64)
+
+
+def fold_affine_into_conv(graph):
+    """Conv followed by Mul / Div / Add / Sub with a per-channel or scalar constant -> one Conv.
+
+    Exports often spell BatchNorm or a learnable affine as separate Mul and Add nodes (Paddle's
+    PP-LCNet, TF's fused BN split by converters); folding them removes full passes over the output.
+    """
+    g = graph.copy()
+    changed = True
+    while changed:
+        changed = False
+        producers = g.producers()
+        consumers = g.consumers()
+        outputs = set(g.output_names)
+        for idx, n in enumerate(g.nodes):
+            if n.op not in ("Mul", "Div", "Add", "Sub") or len(n.inputs) != 2:
+                continue
+            const_pos = [k for k, i in enumerate(n.inputs) if i in g.initializers]
+            if len(const_pos) != 1:
+                continue
+            k = const_pos[0]
+            if n.op in ("Div", "Sub") and k != 1:
+                continue
+            x = n.inputs[1 - k]
+            conv = producers.get(x)
+            if conv is None or conv.op != "Conv" or x in outputs or len(consumers.get(x, [])) != 1:
+                continue
+            wname = conv.inputs[1]
+            w = g.initializers.get(wname)
+            bname = conv.inputs[2] if len(conv.inputs) > 2 and conv.inputs[2] else None
+            if w is None or w.dtype != np.float32 or (bname and bname not in g.initializers):
+                continue
+            c = g.initializers[n.inputs[k]]
+            if c.dtype != np.float32:
+                continue
+            vec = _scalar_or_channel(c, w.shape[0], w.ndim)
+            if vec is None:
+                continue
+            # the result must keep the conv output's shape (a constant of higher rank would broadcast)
+            if c.ndim > w.ndim:
+                continue
+            b = g.initializers[bname].astype(np.float64) if bname else np.zeros(w.shape[0])
+            w64 = w.astype(np.float64)
+            if n.op in ("Mul", "Div"):
+                s = vec if n.op == "Mul" else 1.0 / vec
+                if not np.all(np.isfinite(s)):
+                    continue
+                w64 = w64 * s.reshape((-1,) + (1,) * (w.ndim - 1))
+                b = b * s
+            else:
+                b = b + (vec if n.op == "Add" else -vec)
+            new_w = f"{wname}__affine_{n.name}"
+            new_b = f"{conv.name}__bias_affine_{n.name}"
+            g.initializers[new_w] = w64.astype(np.float32)
+            g.initializers[new_b] = b.astype(np.float32)
+            new_conv = conv.replace(inputs=(conv.inputs[0], new_w, new_b), outputs=(n.outputs[0],))
+            g.nodes = [new_conv if m is conv else m for m in g.nodes if m is not n]
+            changed = True
+            break
+    return g.remove_unused() if g.nodes != graph.nodes else graph
+
+
+# ----------------------------------------------------------------------------- HardSwish
+def _const_value(g, name):
+    a = g.initializers.get(name)
+    if a is None or a.size != 1 or a.dtype.kind != "f":
+        return None
+    return float(a.reshape(-1)[0])
+
+
+def fuse_hardswish(graph):
+    """x * clip(x + 3, 0, 6) / 6  and  x * HardSigmoid(x; 1/6, 1/2)  ->  HardSwish(x).
+
+    (How Paddle, TF and older PyTorch exports spell HardSwish; one pass instead of four.)
+    """
+    g = graph.copy()
+    producers = g.producers()
+    consumers = g.consumers()
+    outputs = set(g.output_names)
+    remove = set()
+    replace = {}
+
+    def single(name):
+        cs = consumers.get(name, [])
+        return cs[0] if len(cs) == 1 and name not in outputs else None
+
+    def other(node, name):
+        ins = [i for i in node.inputs if i != name]
+        return ins[0] if len(ins) == 1 else (name if list(node.inputs) == [name, name] else None)
+
+    for n in g.nodes:
+        if n.name in remove:
+            continue
+        # form 1: Add(x, 3) -> Clip(0, 6) -> Mul(x, .) -> Div(., 6) | Mul(., 1/6)
+        if n.op == "Add" and len(n.inputs) == 2:
+            ks = [i for i in n.inputs if _const_value(g, i) == 3.0]
+            if len(ks) != 1:
+                continue
+            x = other(n, ks[0])
+            clip = single(n.outputs[0])
+            if x is None or clip is None or clip.op != "Clip" or len(clip.inputs) < 3:
+                continue
+            if _const_value(g, clip.inputs[1]) != 0.0 or _const_value(g, clip.inputs[2]) != 6.0:
+                continue
+            mul = single(clip.outputs[0])
+            if mul is None or mul.op != "Mul" or sorted(mul.inputs) != sorted([x, clip.outputs[0]]):
+                continue
+            last = single(mul.outputs[0])
+            if last is None:
+                continue
+            if last.op == "Div" and last.inputs[0] == mul.outputs[0] and _const_value(g, last.inputs[1]) == 6.0:
+                pass
+            elif last.op == "Mul" and any(abs((_const_value(g, i) or 0) - 1 / 6) < 1e-7 for i in last.inputs):
+                pass
+            else:
+                continue
+            replace[last.name] = n.replace(op="HardSwish", inputs=(x,), outputs=last.outputs, attrs={},
+                                           name=last.name)
+            remove.update({n.name, clip.name, mul.name})
+        # form 2: HardSigmoid(x; alpha=1/6, beta=0.5) -> Mul(x, .)
+        elif n.op == "HardSigmoid":
+            if abs(n.attrs.get("alpha", 0.2) - 1 / 6) > 1e-6 or abs(n.attrs.get("beta", 0.5) - 0.5) > 1e-6:
+                continue
+            x = n.inputs[0]
+            mul = single(n.outputs[0])
+            if mul is None or mul.op != "Mul" or sorted(mul.inputs) != sorted([x, n.outputs[0]]):
+                continue
+            replace[mul.name] = n.replace(op="HardSwish", inputs=(x,), outputs=mul.outputs, attrs={},
+                                          name=mul.name)
+            remove.add(n.name)
+    if not replace:
+        return graph
+    g.nodes = [replace.get(n.name, n) for n in g.nodes if n.name not in remove]
+    return g.remove_unused()
