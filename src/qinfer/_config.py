@@ -1,7 +1,7 @@
 """Every QINFER_* environment knob, declared once."""
 import os
 
-#: Cap the kernel ISA tier: "avx512" | "avx2" | "scalar" (read once, when the extension loads).
+#: Cap the kernel ISA tier: "avx512vnni" | "avx2" | "scalar" (read once, when the extension loads).
 ISA_ENV = "QINFER_ISA"
 #: Default thread count of sessions created with ``num_threads=None``.
 NUM_THREADS_ENV = "QINFER_NUM_THREADS"

@@ -11,9 +11,9 @@ An activation is described as ``(code, a, b)``: 0 none, 1 relu, 2 clip(a, b), 3 
 """
 import numpy as np
 
-try:  # the compiled kernels; a pure-numpy fallback keeps the package usable without them
-    from .._ext import _kernels as _k
-except ImportError:  # pragma: no cover - exercised only in broken builds
+try:  # the compiled kernels (through cpu, which applies the QINFER_ISA cap first)
+    from .cpu import _kernels as _k
+except ImportError:  # pragma: no cover - a source tree without the built extension
     _k = None
 
 ACT_NONE, ACT_RELU, ACT_CLIP, ACT_HARDSWISH, ACT_SIGMOID, ACT_HARDSIGMOID = range(6)
@@ -28,7 +28,7 @@ def apply_bias_act(y2d, bias, act, nt):
     """In place on y2d [C, L] (C-contiguous float32): y += bias[:, None]; y = act(y)."""
     code, a, b = act
     if _has("bias_act_f32"):
-        _k.bias_act_f32(y2d, bias, 0, code, a, b, nt)
+        _k.bias_act_f32(y2d, bias, 0, code, a, b, 1)
         return y2d
     if bias is not None:
         y2d += bias[:, None]
@@ -75,7 +75,7 @@ def _im2col_numpy(x, kh, kw, sh, sw, dh, dw, pt, pl, pb, pr, oh, ow):
 
 def _im2col(x, kh, kw, sh, sw, dh, dw, pt, pl, pb, pr, oh, ow, nt):
     if _has("im2col_f32"):
-        return _k.im2col_f32(x, (kh, kw), (sh, sw), (pt, pl, pb, pr), (dh, dw), None, nt)
+        return _k.im2col_f32(x, (kh, kw), (sh, sw), (pt, pl, pb, pr), (dh, dw), None, 1)
     return _im2col_numpy(x, kh, kw, sh, sw, dh, dw, pt, pl, pb, pr, oh, ow)
 
 
@@ -167,7 +167,7 @@ def make_conv(attrs, w, b, act, nt):
             if depthwise:
                 if _has("dwconv2d_f32"):
                     _k.dwconv2d_f32(x[i], wdw, bias, y[i], (sh, sw), (pt, pl, pb, pr), (dh, dw),
-                                    act[0], act[1], act[2], nt)
+                                    act[0], act[1], act[2], 1)
                     continue
                 _dwconv_numpy(x[i], wdw, kh, kw, sh, sw, dh, dw, pt, pl, pb, pr, oh, ow, y[i])
             else:
