@@ -104,7 +104,7 @@ def _tensor_to_array(t):
             f"tensor {t.name!r} has element type {dtypes.onnx_type_name(t.data_type)}, which qinfer does "
             "not support (float8, bfloat16, 4-bit and string tensors are out of scope)")
     a = onnx.numpy_helper.to_array(t)
-    return np.ascontiguousarray(a)
+    return np.asarray(a, order="C")   # (ascontiguousarray would turn 0-d into 1-d)
 
 
 def _attr_value(a):
@@ -146,7 +146,7 @@ class _Ctx:
     def const(self, hint, array):
         self._n += 1
         name = f"{hint}__qinfer_const{self._n}"
-        self.new_initializers[name] = np.ascontiguousarray(array)
+        self.new_initializers[name] = np.asarray(array, order="C")
         return name
 
 

@@ -143,7 +143,8 @@ class Graph:
                 needed.update(i for i in n.inputs if i)
         g.nodes = list(reversed(keep))
         g.initializers = {k: v for k, v in g.initializers.items() if k in needed}
-        g.value_info = {k: v for k, v in g.value_info.items() if k in needed}
+        # initializers are authoritative for their own dtype and shape
+        g.value_info = {k: v for k, v in g.value_info.items() if k in needed and k not in g.initializers}
         return g
 
     def __repr__(self):

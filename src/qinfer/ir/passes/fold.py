@@ -23,7 +23,7 @@ def constants_to_initializers(graph):
     for n in g.nodes:
         if n.op == "Constant" and n.outputs and n.outputs[0]:
             (val,) = executor.run_node(n, [])
-            g.initializers[n.outputs[0]] = np.ascontiguousarray(val)
+            g.initializers[n.outputs[0]] = np.asarray(val, order="C")
         else:
             nodes.append(n)
     g.nodes = nodes
@@ -62,7 +62,7 @@ def fold_constants(graph):
             continue
         for name, val in zip(n.outputs, outs):
             if name:
-                consts[name] = np.ascontiguousarray(val)
+                consts[name] = np.asarray(val, order="C")
     g.nodes = keep
     return g.remove_unused()
 
