@@ -27,7 +27,13 @@ def run_graph(graph, feeds, outputs=None, observer=None):
     env = dict(graph.initializers)
     env.update(feeds)
     want = list(outputs) if outputs is not None else graph.output_names
-    for node in graph.nodes:
+    keep = set(want) | set(graph.initializers) | set(feeds)
+    last_use = {}
+    for idx, node in enumerate(graph.nodes):
+        for i in node.inputs:
+            if i:
+                last_use[i] = idx
+    for idx, node in enumerate(graph.nodes):
         args = [env[i] if i else None for i in node.inputs]
         results = run_node(node, args)
         for name, val in zip(node.outputs, results):
@@ -36,4 +42,8 @@ def run_graph(graph, feeds, outputs=None, observer=None):
                 env[name] = val
                 if observer is not None:
                     observer(name, val)
+        # drop intermediates after their last reader, so memory follows the live set
+        for i in set(node.inputs) | set(node.outputs):
+            if i and i not in keep and last_use.get(i, -1) <= idx:
+                env.pop(i, None)
     return {n: env[n] for n in want}
