@@ -194,3 +194,11 @@ def test_convert_does_not_mutate_model_proto():
     before = m.SerializeToString()
     qinfer.convert(m)
     assert m.SerializeToString() == before
+
+
+def test_plan_cache_is_bounded(rng):
+    from qinfer.runtime import planner
+    sess = qinfer.InferenceSession(_conv_model(), num_threads=1)
+    for w in range(1, planner.MAX_PLANS + 6):
+        sess.run(None, {"x": rng.standard_normal((1, 3, 2, w)).astype(np.float32)})
+    assert len(sess._executor._plans) == planner.MAX_PLANS

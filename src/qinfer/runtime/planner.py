@@ -151,6 +151,10 @@ def _execute(step, env):
     return outs
 
 
+#: plans kept per session (one per input-shape signature); the oldest is dropped beyond this
+MAX_PLANS = 64
+
+
 class Plan:
     """Steps to run for one input-shape signature, with shape-only values precomputed."""
 
@@ -210,6 +214,8 @@ class Executor:
             template[o] = v
         # steps now fed by constants still free their non-static inputs; static slots stay alive
         with self._lock:
+            if len(self._plans) >= MAX_PLANS:   # bounded: a service fed ever-new shapes must not grow
+                self._plans.pop(next(iter(self._plans)))
             self._plans[signature] = Plan(self.program, template, dynamic_steps)
         return [env[o] for o in self.program.output_slots]
 
