@@ -20,6 +20,9 @@ from ..errors import InvalidInputError, QinferError, UnsupportedOperatorError
 from ..ir.ops import SHAPE_ONLY
 from . import float_ops
 
+#: ops with fast float32 kernels (constant weights)
+FAST_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
 
 class Step:
     __slots__ = ("node", "fn", "ref", "ins", "outs", "free", "static", "post")
@@ -82,27 +85,11 @@ class Program:
                 raise UnsupportedOperatorError(f"node {n.name!r}: op {n.op!r} cannot run",
                                                [(n.name, n.op, None, "no implementation")])
             fn, post, out_names = None, None, n.outputs
-            if n.op in ("Conv", "ConvTranspose") and float_ops.is_float32(graph, n):
-                w = consts.get(n.inputs[1]) if len(n.inputs) > 1 else None
-                has_b = len(n.inputs) > 2 and bool(n.inputs[2])
-                b = consts.get(n.inputs[2]) if has_b else None
-                act, act_node = float_ops.NO_ACT, None
-                cons = consumers.get(n.outputs[0], [])
-                if len(cons) == 1 and n.outputs[0] not in outputs and cons[0].inputs[0] == n.outputs[0]:
-                    a = _fused_activation(cons[0], consts)
-                    if a is not None:
-                        act, act_node = a, cons[0]
-                if w is not None and (b is not None or not has_b):
-                    maker = float_ops.make_conv if n.op == "Conv" else float_ops.make_conv_transpose
-                    fn = maker(n.attrs, w, b, act, num_threads)
-                    if fn is None and act_node is not None:   # no fast path: run unfused
-                        fn = maker(n.attrs, w, b, float_ops.NO_ACT, num_threads)
-                        act_node = None
-                    if fn is not None and act_node is not None:
-                        skip.add(act_node.name)
-                        out_names = act_node.outputs
-                        post = (reference.get(act_node.op), act_node,
-                                tuple(slot(i) if i else -1 for i in act_node.inputs[1:]))
+            if n.op in FAST_OPS and float_ops.is_float32(graph, n):
+                fn, absorbed, post = self._fast(n, consts, consumers, outputs, num_threads, slot)
+                if absorbed:
+                    skip.update(a.name for a in absorbed)
+                    out_names = absorbed[-1].outputs
             ins = tuple(slot(i) if i else -1 for i in n.inputs)
             outs = tuple(slot(o) if o else -1 for o in out_names)
             steps.append(Step(n, fn, ref, ins, outs, post))
@@ -115,6 +102,59 @@ class Program:
         self._mark_static(consts)
         self._liveness()
 
+    def _fast(self, n, consts, consumers, outputs, num_threads, slot):
+        """Fast function for a heavy node, absorbing a following bias Add (MatMul) and activation.
+
+        Returns (fn or None, absorbed nodes, post) where ``post`` replays the absorbed nodes with
+        reference ops if the fast function declines at run time.
+        """
+        def single_consumer(name):
+            cs = consumers.get(name, [])
+            return cs[0] if len(cs) == 1 and name not in outputs else None
+
+        w = consts.get(n.inputs[1]) if len(n.inputs) > 1 else None
+        third = n.inputs[2] if len(n.inputs) > 2 and n.inputs[2] else None
+        if w is None or (third is not None and third not in consts):
+            return None, [], None
+        c = consts.get(third) if third else None
+        absorbed = []
+        last = n.outputs[0]
+        if n.op == "MatMul" and w.ndim == 2:
+            nxt = single_consumer(last)
+            if nxt is not None and nxt.op == "Add" and len(nxt.inputs) == 2:
+                other = nxt.inputs[1] if nxt.inputs[0] == last else nxt.inputs[0]
+                cb = consts.get(other)
+                if (cb is not None and cb.dtype == np.float32 and cb.size == w.shape[1]
+                        and cb.shape == (w.shape[1],)):
+                    c = cb
+                    absorbed.append(nxt)
+                    last = nxt.outputs[0]
+        act = float_ops.NO_ACT
+        nxt = single_consumer(last)
+        if nxt is not None and nxt.inputs and nxt.inputs[0] == last:
+            a = _fused_activation(nxt, consts)
+            if a is not None:
+                act = a
+                absorbed.append(nxt)
+
+        def build(act_):
+            if n.op == "Conv":
+                return float_ops.make_conv(n.attrs, w, c, act_, num_threads)
+            if n.op == "ConvTranspose":
+                return float_ops.make_conv_transpose(n.attrs, w, c, act_, num_threads)
+            if n.op == "Gemm":
+                return float_ops.make_gemm(n.attrs, w, c, act_, num_threads)
+            return float_ops.make_matmul(w, c.reshape(-1) if c is not None else None, act_, num_threads)
+
+        fn = build(act)
+        if fn is None and absorbed and act is not float_ops.NO_ACT:
+            absorbed = absorbed[:-1]
+            fn = build(float_ops.NO_ACT)
+        if fn is None:
+            return None, [], None
+        post = [(reference.get(a.op), a, tuple(slot(i) if i else -1 for i in a.inputs)) for a in absorbed]
+        return fn, absorbed, post
+
     def _mark_static(self, consts):
         known = {self.slots[k] for k in consts}
         for s in self.steps:
@@ -126,7 +166,7 @@ class Program:
         keep = set(self.output_slots) | {i for i, _ in self.const_slots} | set(self.input_slots)
         last = {}
         for idx, s in enumerate(self.steps):
-            for i in s.ins + (s.post[2] if s.post else ()):
+            for i in s.ins + tuple(j for p in (s.post or ()) for j in p[2]):
                 if i >= 0:
                     last[i] = idx
             for o in s.outs:   # outputs never read are freed right after their step
@@ -145,9 +185,12 @@ def _execute(step, env):
     outs = step.fn(args, step.node.attrs, len(step.outs)) if step.fn is not None else None
     if outs is None:
         outs = step.ref(args, step.node.attrs, len(step.node.outputs))
-        if step.post is not None:   # the fast path declined at run time: apply the activation here
-            act_ref, act_node, extra = step.post
-            outs = act_ref([outs[0]] + [env[i] if i >= 0 else None for i in extra], act_node.attrs, 1)
+        prev = step.node.outputs[0]
+        for ref, node, ins in step.post or ():   # the fast path declined: replay the absorbed nodes
+            args = [outs[0] if name == prev else (env[i] if i >= 0 else None)
+                    for name, i in zip(node.inputs, ins)]
+            outs = ref(args, node.attrs, 1)
+            prev = node.outputs[0]
     return outs
 
 
