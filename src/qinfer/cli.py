@@ -95,6 +95,11 @@ def cmd_info(args):
     print(f"default threads: {threads.resolve_num_threads(None)}")
 
 
+def cmd_benchmark(args):
+    from . import benchmark
+    benchmark.run_from_args(args)
+
+
 def build_parser():
     p = argparse.ArgumentParser(prog="qinfer", description="Small, fast CPU inference for ONNX models.")
     p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
@@ -119,6 +124,12 @@ def build_parser():
 
     c = sub.add_parser("info", help="print CPU features, ISA tier, kernels and threads")
     c.set_defaults(fn=cmd_info)
+
+    from .benchmark import add_arguments as _benchmark_arguments
+    c = sub.add_parser("benchmark", help="time a model's variants (and onnxruntime) with their accuracy; "
+                                         "no MODEL: the bundled demo")
+    _benchmark_arguments(c)
+    c.set_defaults(fn=cmd_benchmark)
     return p
 
 
