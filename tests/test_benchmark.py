@@ -52,7 +52,7 @@ def check_schema(obj, schema, where="$"):
 def check_report(doc):
     check_schema(doc, SCHEMA)
     assert doc["qinfer_version"] == qinfer.__version__
-    assert doc["machine"]["isa"] == cpu.isa()
+    assert doc["machine"]["isa"] == qb.JSON_ISA[cpu.isa()]   # SPEC section 4 spelling
     assert doc["machine"]["cores"] >= 1
     for r in doc["results"]:
         lat = r["latency_ms"]
