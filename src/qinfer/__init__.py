@@ -13,6 +13,26 @@ def convert(model) -> Model:
     return Model(_onnx_importer.convert(model))
 
 
+def quantize(model, calibration=None, weights="int8", activations="int8", method="minmax",
+             rounding="nearest", per_channel=True, group_size=64, max_error=None, exclude=(),
+             progress=True) -> Model:
+    """Quantize a float model (SPEC section 1); returns a new ``Model``, the input is untouched.
+
+    ``calibration``: feed dicts, arrays (single-input models) or an ``.npz`` path; not needed with
+    ``activations="dynamic"``. ``max_error``: output budget as 1 - cosine similarity per output
+    (default 0.01); the most sensitive layers stay float until it holds.
+    """
+    from .quant.quantize import quantize_graph
+    graph = model.graph if isinstance(model, Model) else convert(model).graph
+    if calibration is None and activations not in ("dynamic", "float") and weights != "float":
+        raise CalibrationError("quantize needs calibration data for activations='int8' "
+                               "(or use activations='dynamic')")
+    q = quantize_graph(graph, calibration, weights=weights, activations=activations, method=method,
+                       rounding=rounding, per_channel=per_channel, group_size=group_size,
+                       max_error=max_error, exclude=tuple(exclude), progress=progress)
+    return Model(q)
+
+
 def show_runtime() -> str:
     """Print (and return) CPU features, the ISA tier and kernel chosen per slot, and threads."""
     from .runtime import cpu
@@ -21,6 +41,6 @@ def show_runtime() -> str:
     return text
 
 
-__all__ = ["convert", "load", "Model", "InferenceSession", "show_runtime", "QinferError",
+__all__ = ["convert", "quantize", "load", "Model", "InferenceSession", "show_runtime", "QinferError",
            "UnsupportedOperatorError", "ModelFormatError", "InvalidInputError", "CalibrationError",
            "__version__"]

@@ -41,5 +41,5 @@ def _load_all():
     global _loaded
     if _loaded:
         return
-    from . import elementwise, gemm, conv, shape, reduce, nn, generators  # noqa: F401
+    from . import elementwise, gemm, conv, shape, reduce, nn, generators, qops  # noqa: F401
     _loaded = True

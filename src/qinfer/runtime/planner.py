@@ -18,7 +18,7 @@ import numpy as np
 from .. import reference
 from ..errors import InvalidInputError, QinferError, UnsupportedOperatorError
 from ..ir.ops import SHAPE_ONLY
-from . import float_ops
+from . import float_ops, qops
 
 #: ops with fast float32 kernels (constant weights)
 FAST_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
@@ -85,6 +85,8 @@ class Program:
                 raise UnsupportedOperatorError(f"node {n.name!r}: op {n.op!r} cannot run",
                                                [(n.name, n.op, None, "no implementation")])
             fn, post, out_names = None, None, n.outputs
+            if n.op in qops.QOPS:
+                fn = qops.make_qop(n, consts, num_threads)
             if n.op in FAST_OPS and float_ops.is_float32(graph, n):
                 fn, absorbed, post = self._fast(n, consts, consumers, outputs, num_threads, slot)
                 if absorbed:

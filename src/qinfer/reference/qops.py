@@ -1,0 +1,128 @@
+"""Reference (numpy) implementations of qinfer's quantized IR ops (domain "qinfer").
+
+The quantizer rewrites Conv / Gemm / MatMul into these ops; the runtime runs them on the int8
+kernels (runtime/qops.py) and these definitions are the oracle (and what the reference executor
+runs, e.g. to calibrate or evaluate a quantized graph layer by layer).
+
+- QuantizeU8(x f32)            -> u8: q = clamp(rint(x / scale) + zp, 0, 255), optional NCHW -> NHWC
+- DequantizeU8(q u8)           -> f32: scale * (q - zp), optional NHWC -> NCHW
+- QConv(x u8 NHWC, packed, s)  -> u8 NHWC (requantized) or f32 (NHWC or NCHW); ``kind`` "conv" | "dw"
+- QGemm(x u8 [.., K], packed, s) -> u8 or f32 [.., N]
+- QAdd(a u8, b u8)             -> u8: requant((a - za) * sa + (b - zb) * sb), optional ReLU
+- DynQGemm(x f32 [.., K], packed, w_scale) -> f32: x quantized per call, symmetric around 128
+Attributes carry the epilogue: activation (code), alpha, beta, out_dtype ("uint8"|"float32"),
+y_inv_scale (1 / output scale), zp_y, out_layout ("nhwc"|"nchw").
+"""
+import numpy as np
+
+from . import quantized as q
+from .registry import register
+
+_f = np.float32
+
+
+def quantize_u8(x, scale, zp):
+    """THE activation rounding rule: float32 division, round half to even, saturate."""
+    t = np.rint(np.asarray(x, np.float32) / _f(scale)) + _f(zp)
+    t = np.nan_to_num(t, nan=float(zp))
+    return np.clip(t, 0, 255).astype(np.uint8)
+
+
+def dequantize_u8(x, scale, zp):
+    return ((x.astype(np.int32) - int(zp)).astype(np.float32) * _f(scale))
+
+
+def _to_nhwc(x):
+    return np.ascontiguousarray(x.transpose(0, 2, 3, 1)) if x.ndim == 4 else x
+
+
+def _to_nchw(x):
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2)) if x.ndim == 4 else x
+
+
+@register("QuantizeU8")
+def quantize_op(inputs, attrs, n):
+    x = inputs[0]
+    if attrs.get("layout") == "nchw_to_nhwc":
+        x = _to_nhwc(x)
+    return [quantize_u8(x, attrs["scale"], attrs["zero_point"])]
+
+
+@register("DequantizeU8")
+def dequantize_op(inputs, attrs, n):
+    y = dequantize_u8(inputs[0], attrs["scale"], attrs["zero_point"])
+    if attrs.get("layout") == "nhwc_to_nchw":
+        y = _to_nchw(y)
+    return [y]
+
+
+def epilogue_kwargs(attrs):
+    return dict(act=int(attrs.get("activation", 0)), alpha=float(attrs.get("alpha", 0.0)),
+                beta=float(attrs.get("beta", 0.0)), out_u8=attrs.get("out_dtype", "uint8") == "uint8",
+                y_inv_scale=float(attrs.get("y_inv_scale", 1.0)), zp_y=int(attrs.get("zp_y", 0)))
+
+
+@register("QConv")
+def qconv(inputs, attrs, n):
+    x, packed, scale = inputs[:3]
+    u = q.unpack_qc8w(packed)
+    h = u["header"]
+    geo = dict(strides=tuple(attrs.get("strides", (1, 1))), pads=tuple(attrs.get("pads", (0, 0, 0, 0))),
+               dilations=tuple(attrs.get("dilations", (1, 1))))
+    if attrs.get("kind") == "dw":
+        y = q.qdwconv2d_nhwc(x, u["w"], scale, u["bias_q"], h["zp_x"], **geo, **epilogue_kwargs(attrs))
+    else:
+        y = q.qconv2d_nhwc(x, u["w"], scale, u["bias_q"], h["zp_x"], groups=h["groups"], **geo,
+                           **epilogue_kwargs(attrs))
+    if attrs.get("out_layout") == "nchw":
+        y = _to_nchw(y)
+    return [y]
+
+
+@register("QGemm")
+def qgemm(inputs, attrs, n):
+    x, packed, scale = inputs[:3]
+    u = q.unpack_qc8w(packed)
+    lead = x.shape[:-1]
+    y = q.qgemm(x.reshape(-1, x.shape[-1]), u["w"], scale, u["bias_q"], u["header"]["zp_x"],
+                **epilogue_kwargs(attrs))
+    return [y.reshape(lead + (y.shape[-1],))]
+
+
+@register("QAdd")
+def qadd(inputs, attrs, n):
+    a, b = inputs
+    y = dequantize_u8(a, attrs["a_scale"], attrs["a_zp"]) + dequantize_u8(b, attrs["b_scale"], attrs["b_zp"])
+    if attrs.get("activation", 0) == q.ACT_RELU:
+        y = np.maximum(y, _f(0))
+    t = y * _f(attrs["y_inv_scale"]) + _f(attrs["zp_y"])
+    return [np.rint(np.clip(t, _f(0), _f(255))).astype(np.uint8)]
+
+
+#: the fixed zero point of dynamically quantized activations (symmetric range around it), so the
+#: zero-point correction can be folded into the packed weights ahead of time
+DYNAMIC_ZP = 128
+
+
+def dynamic_scale(x):
+    m = float(np.max(np.abs(x))) if x.size else 0.0
+    return _f(m / 127.0) if m > 0 and np.isfinite(m) else _f(1.0)
+
+
+@register("DynQGemm")
+def dynqgemm(inputs, attrs, n):
+    """Dynamic int8: x quantized per call with scale max|x| / 127 around zero point 128; the float
+    bias (input 4, optional) and the activation are applied after the int8 GEMM."""
+    x, packed, w_scale = inputs[:3]
+    bias = inputs[3] if len(inputs) > 3 else None
+    s_x = dynamic_scale(x)
+    xq = quantize_u8(x, s_x, DYNAMIC_ZP)
+    u = q.unpack_qc8w(packed)
+    lead = x.shape[:-1]
+    y = q.qgemm(xq.reshape(-1, x.shape[-1]), u["w"], (w_scale * s_x).astype(np.float32), None,
+                DYNAMIC_ZP, out_u8=False)
+    if bias is not None:
+        y = y + bias
+    y = q.activation(y, int(attrs.get("activation", 0)), float(attrs.get("alpha", 0.0)),
+                     float(attrs.get("beta", 0.0)))
+    return [y.reshape(lead + (y.shape[-1],))]
