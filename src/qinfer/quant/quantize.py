@@ -194,15 +194,17 @@ def build_quantized(graph, candidates, observers, quantize_set):
     for n in graph.nodes:
         if n.op != "Add" or len(n.inputs) != 2 or n.name in absorbed or n.inputs[0] == n.inputs[1]:
             continue
+        # both rank-4 activations: NHWC broadcasting then matches NCHW broadcasting axis for axis
         va, vb = graph.value(n.inputs[0]), graph.value(n.inputs[1])
-        if va.shape is None or va.shape != vb.shape or len(va.shape) != 4 or None in va.shape:
+        if (va.rank != 4 or vb.rank != 4 or va.dtype != "float32" or vb.dtype != "float32"
+                or any(i in graph.initializers for i in n.inputs)):
             continue
         cs = consumers.get(n.outputs[0], [])
         relu = cs[0] if len(cs) == 1 and cs[0].op == "Relu" and n.outputs[0] not in outputs else None
         y = relu.outputs[0] if relu else n.outputs[0]
         if y not in outputs:
             qadds[y] = (n, relu)
-    while True:
+    while True:   # keep the QAdds whose result a quantized conv or another QAdd reads
         add_nodes = {n.name for n, _ in qadds.values()}
 
         def wants_u8(cn, y):
@@ -211,12 +213,12 @@ def build_quantized(graph, candidates, observers, quantize_set):
                 return c.kind in ("conv", "dw") and c.x == y
             return cn.name in add_nodes
 
-        u8 = set(qadds) | {y for y in conv_out if any(wants_u8(cn, y) for cn in consumers.get(y, []))}
-        bad = [y for y, (n, _) in qadds.items() if not all(i in u8 for i in n.inputs)]
-        if not bad:
+        unwanted = [y for y in qadds if not any(wants_u8(cn, y) for cn in consumers.get(y, []))]
+        if not unwanted:
             break
-        for y in bad:
+        for y in unwanted:
             del qadds[y]
+    u8 = set(qadds) | {y for y in conv_out if any(wants_u8(cn, y) for cn in consumers.get(y, []))}
     qadd_by_node = {n.name: (y, relu) for y, (n, relu) in qadds.items()}
     skip_relu = {relu.name for _, relu in qadds.values() if relu is not None}
 
@@ -291,7 +293,7 @@ def build_quantized(graph, candidates, observers, quantize_set):
             y, relu = qadd_by_node[n.name]
             a, b = n.inputs
             (sa, za), (sb, zb), (sy, zy) = qp_of(a), qp_of(b), qp_of(y)
-            new_nodes.append(Node("QAdd", (a, b), (y,),
+            new_nodes.append(Node("QAdd", (u8_of(a, "nhwc"), u8_of(b, "nhwc")), (y,),
                                   {"a_scale": sa, "a_zp": za, "b_scale": sb, "b_zp": zb,
                                    "y_inv_scale": float(np.float32(1.0 / sy)), "zp_y": zy,
                                    "activation": 1 if relu is not None else 0}, n.name, "qinfer"))
