@@ -156,6 +156,10 @@ def _pack(c, s_x, zp_x):
     else:
         wq, s_w = qp.quantize_weight_per_channel(c.weight, axis=0)
     s_w = np.asarray(s_w, np.float32)
+    if c.bias is not None:
+        ratio = np.abs(c.bias.astype(np.float64)) / (np.float64(s_x) * s_w.astype(np.float64))
+        if not np.all(ratio < 2.0 ** 30):
+            raise ValueError("its bias is too large for int32 at this input scale")
     bias_q = qp.quantize_bias(c.bias, s_x, s_w) if c.bias is not None else None
     if c.kind == "gemm":
         packed = qref.pack_gemm_qc8w(wq, bias_q, zp_x)
@@ -400,6 +404,13 @@ def quantize_graph(graph, calibration, weights="int8", activations="int8", metho
     if not candidates:
         raise errors.QinferError("the model has no layer qinfer can quantize (Conv, Gemm, MatMul "
                                  "with constant weights)")
+    unfit = {}
+    for c in candidates:   # a bias that int32 cannot hold (tiny input scale) keeps the layer float
+        try:
+            _pack(c, *_value_qparams(observers, c.x))
+        except (ValueError, OverflowError) as e:
+            unfit[c.name] = str(e)
+    candidates = [c for c in candidates if c.name not in unfit]
     eval_feeds = feeds[:EVAL_SAMPLES]
     ref = _outputs(graph, eval_feeds)
     all_names = [c.name for c in candidates]
@@ -429,6 +440,10 @@ def quantize_graph(graph, calibration, weights="int8", activations="int8", metho
             report.append({"layer": name, "op": node.op, "precision": "float32",
                            "reason": f"sensitive: quantized alone it costs {e:.2e} of the output "
                                      f"error budget {budget:g} (1 - cosine)"})
+    for name, why in unfit.items():
+        node = next(n for n in graph.nodes if n.name == name)
+        report.append({"layer": name, "op": node.op, "precision": "float32",
+                       "reason": f"cannot be quantized with this calibration: {why}"})
     for e in exclude:
         node = next(n for n in graph.nodes if n.name == e)
         report.append({"layer": e, "op": node.op, "precision": "float32", "reason": "excluded by the user"})
