@@ -13,6 +13,8 @@
 #define QINFER_UKERNELS_H
 
 #include "qinfer/common.h"
+#include "qinfer/gemm.h" /* fp32 GEMM operand descriptors */
+#include "qinfer/qint8.h" /* int8 GEMM / conv / depthwise: slot types, packed weights */
 
 /* im2col: x[C, H, W] -> cols[C*KH*KW, OH*OW]; row (c*KH + ky)*KW + kx, column oy*OW + ox holds
  * x[c, oy*sh - pt + ky*dh, ox*sw - pl + kx*dw], or 0 in the padding. Writes rows of channels
@@ -41,6 +43,20 @@ typedef void qi_dwconv2d_f32_fn(const qi_conv2d_geom *g, size_t c_begin, size_t 
  * (the [N, C] layout, bias_len == cols). bias == NULL: activation only. */
 typedef void qi_bias_act_f32_fn(size_t r_begin, size_t r_end, size_t cols, float *y,
                                 const float *bias, size_t bias_len, int per_row, const qi_act *act);
+
+/* ---- fp32 GEMM (operand descriptors, packing and blocking: qinfer/gemm.h) ----
+ * C[m, j] = act(bias + sum_k A[m, k] * B[k, j]) for m in [m_begin, m_end), j in [n_begin, n_end)
+ * of C[M, N] (row stride ldc); A [M, k] row-major (row stride lda) or, when a_packed, packed by
+ * qi_gemm_f32_pack_a (then m_begin is a multiple of QI_GEMM_F32_PANEL); B as described by *b
+ * (dense [k, N] or the im2col matrix of a conv input). bias: NULL, bias[M] (bias_axis 0, one per
+ * row) or bias[N] (bias_axis 1, one per column). The sum runs over k in ascending order (FMA in
+ * the SIMD variants), so an element's value does not depend on the range a call covers.
+ * `scratch`: qi_gemm_f32_scratch_floats() floats, 64-byte aligned, private to the call. */
+typedef void qi_gemm_f32_fn(size_t m_begin, size_t m_end, size_t n_begin, size_t n_end, size_t k,
+                            const float *a, size_t lda, int a_packed, const qi_gemm_f32_b *b,
+                            float *c, size_t ldc, const float *bias, int bias_axis,
+                            const qi_act *act, float *scratch);
+/* ---- end fp32 GEMM ---- */
 
 #define QI_UKERNEL(isa, name, op, dtypes) qi_##op##_##dtypes##_fn name;
 #include "../../ukernels.inc"

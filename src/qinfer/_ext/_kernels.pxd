@@ -86,3 +86,87 @@ cdef extern from "qinfer/dispatch.h":
 
 cdef extern from "qinfer/dwconv.h":
     size_t qi_dwconv2d_f32_scratch_floats(const qi_conv2d_geom *g) nogil
+
+# ---- fp32 GEMM with fused bias + activation (kernels/include/qinfer/gemm.h) ----
+cdef extern from "qinfer/gemm.h":
+    enum:
+        QI_GEMM_F32_PANEL
+
+    ctypedef struct qi_gemm_f32_b:
+        const float *data
+        size_t ldb
+        const qi_conv2d_geom *geom
+
+    size_t qi_gemm_f32_packed_a_floats(size_t m, size_t k) nogil
+    void qi_gemm_f32_pack_a(size_t m, size_t k, const float *a, size_t lda, float *pa) nogil
+    size_t qi_gemm_f32_scratch_floats() nogil
+
+ctypedef void (*qi_gemm_f32_ptr)(size_t m_begin, size_t m_end, size_t n_begin, size_t n_end,
+                                 size_t k, const float *a, size_t lda, int a_packed,
+                                 const qi_gemm_f32_b *b, float *c, size_t ldc, const float *bias,
+                                 int bias_axis, const qi_act *act, float *scratch) noexcept nogil
+
+cdef extern from "qinfer/dispatch.h":
+    qi_gemm_f32_ptr qi_kernel_gemm_f32() nogil
+# ---- end fp32 GEMM ----
+
+# ---- int8 GEMM / conv / depthwise (kernels/include/qinfer/qint8.h; drivers: _qkernels.pxi) ----
+from libc.stdint cimport uint8_t, int8_t, int32_t, uint32_t
+
+cdef extern from "qinfer/qint8.h":
+    enum:
+        QI_QACT_SILU
+        QI_QACT_COUNT
+        QI_QC8W_MAGIC_GEMM
+        QI_QC8W_MAGIC_DW
+        QI_QC8W_VERSION
+        QI_QC8W_NR
+        QI_QC8W_KR
+        QI_QDW_CR
+        QI_QGEMM_MC_MAX
+
+    ctypedef struct qi_qc8w_header:
+        uint32_t magic, version, groups, n, k, n_pad, k_pad, nr, kr
+        int32_t zp_x
+        uint32_t kh, kw, cin
+
+    ctypedef struct qi_qepi:
+        const float *scale
+        qi_act act
+        int out_u8
+        float y_inv_scale
+        float zp_y
+        void *out
+        size_t ldo
+
+ctypedef void (*qi_gemm_qu8_qc8w_ptr)(size_t m, size_t n_begin, size_t n_end, size_t k,
+                                      const uint8_t *a, size_t lda, const int32_t *bias,
+                                      const int8_t *w, size_t k_pad, const qi_qepi *ep,
+                                      int32_t *acc) noexcept nogil
+ctypedef void (*qi_dwconv2d_qu8_qc8w_ptr)(const qi_conv2d_geom *g, size_t c, size_t p_begin,
+                                          size_t p_end, const uint8_t *x, const int32_t *bias,
+                                          const int8_t *w, size_t c_pad, const uint8_t *zp_row,
+                                          const qi_qepi *ep) noexcept nogil
+
+cdef extern from "qinfer/qint8.h":
+    ctypedef struct qi_qconv_problem:
+        const uint8_t *x
+        size_t batch, cin_total
+        qi_conv2d_geom geom
+        int direct
+        size_t lda, m
+        uint8_t zp_x
+        size_t groups, n, k, k_pad, n_pad, cin
+        const int32_t *bias
+        const int8_t *w
+        qi_qepi ep
+
+    size_t qi_qconv_scratch_bytes(const qi_qconv_problem *p, size_t rows) nogil
+    void qi_qconv_run(const qi_qconv_problem *p, qi_gemm_qu8_qc8w_ptr fn, size_t m_begin,
+                      size_t m_end, size_t p_begin, size_t p_end, void *scratch) nogil
+    long long qi_qint8_vnni_peak(long long iters) nogil
+
+cdef extern from "qinfer/dispatch.h":
+    qi_gemm_qu8_qc8w_ptr qi_kernel_gemm_qu8_qc8w() nogil
+    qi_dwconv2d_qu8_qc8w_ptr qi_kernel_dwconv2d_qu8_qc8w() nogil
+# ---- end int8 ----

@@ -414,4 +414,418 @@ def bias_act_f32(y, bias=None, axis=0, activation=0, alpha=0.0, beta=0.0, num_th
     return y
 
 
+# ---------------------------------------------------------------- fp32 GEMM and conv (gemm_f32)
+# Design: one OpenMP parallel region per call. Each thread owns one contiguous range of output
+# rows (in units of the 8-row packed-A panel) or of output columns (in units of 32, the widest
+# tile), chosen by a cost model in tiles (below); the C kernel computes a range on its own, with
+# its own B-band scratch, and never splits K, so every output element is the same FMA chain for
+# any thread count (bit-identical). conv2d_f32 runs the GEMM of each (image, group) in that same
+# region: the im2col matrix is gathered band by band inside the kernel, never built whole.
+
+cdef size_t _GEMM_MU = QI_GEMM_F32_PANEL  # row split unit
+cdef size_t _GEMM_NU = 32                 # column split unit (the AVX-512 tile width)
+# a thread gets at least this many multiply-adds (~5 us at 1 thread) before another is added
+cdef size_t _GEMM_MIN_MACS_PER_THREAD = 1 << 18
+
+
+cdef struct _GemmSplit:
+    int nt          # threads
+    int by_rows     # 1: thread t owns rows; 0: columns
+    size_t units    # row units (of _GEMM_MU) or column units (of _GEMM_NU) to share out
+
+
+cdef void _gemm_split(_GemmSplit *s, size_t M, size_t N, size_t K, size_t batches,
+                      int nt) noexcept nogil:
+    """Pick the thread count and the split axis. Cost of the busiest thread in 8x32 tiles (x10),
+    plus 0.4 tile per 32-column sliver of B it gathers into its band (a row split makes every
+    thread gather all of B; a column split only its share). Ties go to the column split."""
+    cdef size_t mb = (M + _GEMM_MU - 1) // _GEMM_MU, nb = (N + _GEMM_NU - 1) // _GEMM_NU
+    cdef size_t by_work = batches * M * N * (K + 1) // _GEMM_MIN_MACS_PER_THREAD
+    cdef size_t cn, cm, most = mb if mb > nb else nb
+    if by_work < <size_t>nt:
+        nt = <int>by_work if by_work > 1 else 1
+    if most < <size_t>nt:
+        nt = <int>most if most > 1 else 1
+    s.nt = nt
+    s.by_rows = 0
+    s.units = nb
+    if nt == 1:
+        return
+    if nb < 4 * <size_t>nt and mb >= <size_t>nt:
+        # few column tiles: a column split would make every thread stream all of A (big for
+        # such layers: 512 x 4608 in ResNet's last stage) through DRAM; split the rows
+        s.by_rows = 1
+        s.units = mb
+        return
+    cn = 10 * ((nb + nt - 1) // nt) * mb + 4 * ((nb + nt - 1) // nt)
+    cm = 10 * ((mb + nt - 1) // nt) * nb + 4 * nb
+    if cm < cn:
+        s.by_rows = 1
+        s.units = mb
+
+
+cdef inline void _gemm_part(qi_gemm_f32_ptr fn, const _GemmSplit *s, int t, size_t M, size_t N,
+                            size_t K, const float *a, size_t lda, int apk, const qi_gemm_f32_b *bd,
+                            float *c, size_t ldc, const float *bias, int axis, const qi_act *act,
+                            float *scratch) noexcept nogil:
+    """Thread t's part of one GEMM."""
+    cdef size_t u0 = _chunk_start(s.units, s.nt, t), u1 = _chunk_start(s.units, s.nt, t + 1)
+    cdef size_t e
+    if u0 >= u1:
+        return
+    if s.by_rows:
+        e = u1 * _GEMM_MU
+        fn(u0 * _GEMM_MU, M if e > M else e, 0, N, K, a, lda, apk, bd, c, ldc, bias, axis, act,
+           scratch)
+    else:
+        e = u1 * _GEMM_NU
+        fn(0, M, u0 * _GEMM_NU, N if e > N else e, K, a, lda, apk, bd, c, ldc, bias, axis, act,
+           scratch)
+
+
+cdef float *_scratch_alloc(void **mem, int nt, size_t *per) except NULL:
+    per[0] = (qi_gemm_f32_scratch_floats() + 15) & ~(<size_t>15)
+    mem[0] = malloc(per[0] * nt * sizeof(float) + 64)
+    if mem[0] == NULL:
+        raise MemoryError(f"gemm_f32: cannot allocate {per[0] * nt * 4} bytes of scratch")
+    return <float *>((<uintptr_t>mem[0] + 63) & ~(<uintptr_t>63))
+
+
+cdef const float *_data_ptr(object arr) except? NULL:
+    cdef const float[::1] v = arr
+    return &v[0]
+
+
+cdef class PackedGemmA:
+    """A constant left operand packed once (at plan time) for gemm_f32 / conv2d_f32: panels of 8
+    rows, k-major inside a panel (kernels/include/qinfer/gemm.h), one block per group. The same
+    layout serves every ISA tier. Make it with pack_gemm_a_f32 or pack_conv2d_weights_f32.
+
+    Attributes: ``shape`` (of the array it was packed from), ``m`` (rows, all groups), ``k`` (the
+    reduction length of one group), ``groups``, ``data`` (the float32 buffer) and, for depthwise
+    conv weights (one input and one output channel per group), ``depthwise`` (then ``data`` holds
+    the weights as [M, KH, KW], for dwconv2d_f32)."""
+    cdef readonly object data
+    cdef readonly tuple shape
+    cdef readonly Py_ssize_t m, k, groups
+    cdef readonly bint depthwise
+    cdef size_t group_floats
+
+    def __repr__(self):
+        return (f"PackedGemmA(shape={self.shape}, m={self.m}, k={self.k}, groups={self.groups}"
+                f"{', depthwise' if self.depthwise else ''})")
+
+    @property
+    def nbytes(self):
+        return self.data.nbytes
+
+
+cdef object _pack_groups(object a2, Py_ssize_t groups, tuple shape):
+    """a2: float32 [M, K] rows contiguous -> PackedGemmA with `groups` blocks of M/groups rows."""
+    cdef const float[:, :] av = a2
+    cdef size_t M = av.shape[0], K = av.shape[1], mg = M // groups
+    cdef size_t lda = av.strides[0] // sizeof(float) if M > 1 else K
+    cdef size_t gf = qi_gemm_f32_packed_a_floats(mg, K)
+    data = np.empty(max(gf * groups, 1), np.float32)
+    cdef float[::1] dv = data
+    cdef size_t gi
+    if M and K:
+        with nogil:
+            for gi in range(<size_t>groups):
+                qi_gemm_f32_pack_a(mg, K, &av[0, 0] + gi * mg * lda, lda, &dv[0] + gi * gf)
+    p = PackedGemmA.__new__(PackedGemmA)
+    (<PackedGemmA>p).data = data
+    (<PackedGemmA>p).shape = shape
+    (<PackedGemmA>p).m = M
+    (<PackedGemmA>p).k = K
+    (<PackedGemmA>p).groups = groups
+    (<PackedGemmA>p).group_floats = gf
+    (<PackedGemmA>p).depthwise = False
+    return p
+
+
+def _check_rows(a, str name, bint writable=False):
+    """Raise ValueError unless ``a`` is a float32 rank-2 array whose rows are contiguous and do
+    not overlap (row stride >= columns; a band a[:, c0:c1] of a bigger matrix qualifies)."""
+    flags = getattr(a, "flags", None)
+    ok = (getattr(a, "dtype", None) == np.float32 and getattr(a, "ndim", -1) == 2
+          and flags is not None and (flags["WRITEABLE"] or not writable))
+    if ok:
+        r, c = a.shape
+        s0, s1 = a.strides
+        ok = (r == 0 or c == 0 or
+              ((c <= 1 or s1 == 4) and (r <= 1 or (s0 % 4 == 0 and s0 >= 4 * c))))
+    if not ok:
+        want = "writable " if writable else ""
+        raise ValueError(f"{name} must be a {want}float32 matrix with contiguous, non-overlapping "
+                         f"rows (C-contiguous, or a column band of one), got {_describe(a)} with "
+                         f"strides {getattr(a, 'strides', '?')}")
+
+
+cdef inline size_t _ld(Py_ssize_t rows, Py_ssize_t cols, Py_ssize_t stride0) noexcept:
+    return <size_t>(stride0 // 4) if rows > 1 else <size_t>cols
+
+
+def pack_gemm_a_f32(a):
+    """Pack the constant left operand a[M, K] (float32, contiguous rows) once for gemm_f32 /
+    gemm_f32_packed. Returns a PackedGemmA (about the size of a, rows rounded up to 8)."""
+    _check_rows(a, "a")
+    return _pack_groups(a, 1, tuple(a.shape))
+
+
+def pack_conv2d_weights_f32(w, group=1):
+    """Pack conv weights w[M, C/group, KH, KW] (float32, C-contiguous) once for conv2d_f32: each
+    group's [M/group, C/group*KH*KW] matrix in gemm panels. Depthwise weights (C/group == 1 and
+    M == group) are kept as [M, KH, KW] for dwconv2d_f32 instead."""
+    _check_array(w, "w", 4)
+    g = int(group)
+    M, cg, kh, kw = (int(d) for d in w.shape)
+    if g < 1 or M % g:
+        raise ValueError(f"group must be >= 1 and divide the {M} output channels, got {group!r}")
+    if cg == 1 and M == g:
+        p = PackedGemmA.__new__(PackedGemmA)
+        (<PackedGemmA>p).data = np.ascontiguousarray(w.reshape(M, kh, kw))
+        (<PackedGemmA>p).shape = tuple(w.shape)
+        (<PackedGemmA>p).m = M
+        (<PackedGemmA>p).k = kh * kw
+        (<PackedGemmA>p).groups = g
+        (<PackedGemmA>p).depthwise = True
+        return p
+    return _pack_groups(w.reshape(M, cg * kh * kw), g, tuple(w.shape))
+
+
+def _act_bias(bias, size_t n, str what):
+    if bias is None:
+        return
+    _check_array(bias, "bias", 1)
+    if <size_t>bias.shape[0] != n:
+        raise ValueError(f"bias must have {n} elements ({what}), got {bias.shape[0]}")
+
+
+def gemm_f32(a, b, out=None, bias=None, bias_axis=0, activation=0, alpha=0.0, beta=0.0,
+             num_threads=None):
+    """out[M, N] = act(a[M, K] @ b[K, N] + bias), float32, in one pass over out.
+
+    a: float32 [M, K] with contiguous rows (row stride free), or a PackedGemmA from
+    pack_gemm_a_f32. b: float32 [K, N] with contiguous rows. out: None (a new C-contiguous array)
+    or a writable float32 [M, N] with contiguous rows, e.g. a column band y[:, c0:c1] of a bigger
+    matrix; it must not overlap a, b or bias. bias: None, float32 [M] (bias_axis=0: one per row,
+    conv layout) or [N] (bias_axis=1: one per column, dense layout). activation: ACT_* code (clip
+    takes alpha=min, beta=max; hardsigmoid alpha, beta). Bit-identical for any num_threads.
+    Returns out."""
+    cdef int apk = 0
+    cdef const float[:, :] av
+    cdef const float[:, :] bv
+    cdef float[:, :] ov
+    cdef const float[::1] biv
+    cdef const float *ap = NULL
+    cdef const float *bp = NULL
+    cdef const float *biasp = NULL
+    cdef size_t M, K, N, lda = 0, ldb, ldc
+    if isinstance(a, PackedGemmA):
+        if (<PackedGemmA>a).groups != 1 or (<PackedGemmA>a).depthwise or len(a.shape) != 2:
+            raise ValueError(f"a must be packed by pack_gemm_a_f32 (one [M, K] matrix), got {a!r}")
+        apk = 1
+        M, K = (<PackedGemmA>a).m, (<PackedGemmA>a).k
+        a_data = (<PackedGemmA>a).data
+    else:
+        _check_rows(a, "a")
+        M, K = a.shape
+        a_data = a
+    _check_rows(b, "b")
+    if <size_t>b.shape[0] != K:
+        raise ValueError(f"b must have {K} rows (the columns of a), got shape {tuple(b.shape)}")
+    N = b.shape[1]
+    cdef int axis = int(bias_axis) if bias_axis in (0, 1) else -1
+    if axis < 0:
+        raise ValueError(f"bias_axis must be 0 (bias per row) or 1 (bias per column), got {bias_axis!r}")
+    _act_bias(bias, M if axis == 0 else N, "one per row of out" if axis == 0 else "one per column of out")
+    cdef qi_act act
+    _act(&act, activation, alpha, beta)
+    if out is None:
+        out = np.empty((M, N), np.float32)
+    _check_rows(out, "out", True)
+    if tuple(out.shape) != (M, N):
+        raise ValueError(f"out must have shape {(M, N)}, got {tuple(out.shape)}")
+    _no_overlap(out, "out", ("a", a_data), ("b", b), ("bias", bias))
+    if M == 0 or N == 0:
+        return out
+    ov = out
+    ldc = _ld(M, N, ov.strides[0])
+    if K:
+        if apk:
+            ap = _data_ptr(a_data)
+        else:
+            av = a
+            ap = &av[0, 0]
+            lda = _ld(M, K, av.strides[0])
+        bv = b
+        bp = &bv[0, 0]
+    ldb = _ld(K, N, b.strides[0]) if K else N
+    if bias is not None:
+        biv = bias
+        biasp = &biv[0]
+    cdef qi_gemm_f32_b bd
+    bd.data = bp
+    bd.ldb = ldb
+    bd.geom = NULL
+    cdef _GemmSplit sp
+    _gemm_split(&sp, M, N, K, 1, _threads(num_threads))
+    cdef void *mem = NULL
+    cdef size_t per
+    cdef float *scratch = _scratch_alloc(&mem, sp.nt, &per)
+    cdef qi_gemm_f32_ptr fn = qi_kernel_gemm_f32()
+    cdef float *op = &ov[0, 0]
+    cdef int t
+    try:
+        with nogil:
+            if sp.nt == 1:
+                _gemm_part(fn, &sp, 0, M, N, K, ap, lda, apk, &bd, op, ldc, biasp, axis, &act,
+                           scratch)
+            else:
+                for t in prange(sp.nt, num_threads=sp.nt, schedule="static"):
+                    _gemm_part(fn, &sp, t, M, N, K, ap, lda, apk, &bd, op, ldc, biasp, axis, &act,
+                               scratch + per * t)
+    finally:
+        free(mem)
+    return out
+
+
+def gemm_f32_packed(a, b, out=None, bias=None, bias_axis=0, activation=0, alpha=0.0, beta=0.0,
+                    num_threads=None):
+    """gemm_f32 with a PackedGemmA (from pack_gemm_a_f32) as the left operand."""
+    if not isinstance(a, PackedGemmA):
+        raise ValueError(f"a must be a PackedGemmA (pack_gemm_a_f32(a)), got {_describe(a)}")
+    return gemm_f32(a, b, out, bias, bias_axis, activation, alpha, beta, num_threads)
+
+
+cdef void _conv_part(qi_gemm_f32_ptr fn, const _GemmSplit *s, int t, const qi_conv2d_geom *g,
+                     size_t nimg, size_t C, size_t M, size_t groups, const float *x,
+                     const float *w, size_t w_group, int apk, const float *bias, float *y,
+                     bint pointwise, const qi_act *act, float *scratch) noexcept nogil:
+    """Thread t's part of the GEMM of every (image, group) of a conv."""
+    cdef size_t hw = g.in_h * g.in_w, P = g.out_h * g.out_w
+    cdef size_t cg = C // groups, mg = M // groups, kg = cg * g.k_h * g.k_w
+    cdef size_t lda = 0 if apk else kg
+    cdef qi_gemm_f32_b bd
+    cdef size_t n, gi
+    bd.ldb = hw
+    bd.geom = NULL if pointwise else g
+    for n in range(nimg):
+        for gi in range(groups):
+            bd.data = x + (n * C + gi * cg) * hw if x != NULL else NULL
+            _gemm_part(fn, s, t, mg, P, kg, w + gi * w_group, lda, apk, &bd,
+                       y + (n * M + gi * mg) * P, P, bias + gi * mg if bias != NULL else NULL, 0,
+                       act, scratch)
+
+
+def conv2d_f32(x, w, bias=None, out=None, strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1, 1),
+               group=1, activation=0, alpha=0.0, beta=0.0, num_threads=None):
+    """Conv (NCHW, ONNX semantics): x[N, C, H, W] (or [C, H, W]), w[M, C/group, KH, KW] (or a
+    PackedGemmA from pack_conv2d_weights_f32), bias[M] or None -> out[N, M, OH, OW] (rank of x),
+    then the fused activation (ACT_* code; clip alpha=min, beta=max; hardsigmoid alpha, beta).
+    ``pads`` = (top, left, bottom, right). One GEMM per (image, group) on the gemm_f32 kernel: a
+    1x1 stride-1 unpadded conv reads x in place; otherwise the im2col matrix is gathered band by
+    band inside the kernel (never built whole). Depthwise convs (group == C == M) run on
+    dwconv2d_f32. ``out``: optional float32 C-contiguous, must not overlap the inputs.
+    Bit-identical for any num_threads. Returns out."""
+    if getattr(x, "ndim", None) == 3:
+        x4 = x.reshape((1,) + tuple(x.shape))
+        o4 = None if out is None else (out.reshape((1,) + tuple(out.shape))
+                                       if getattr(out, "ndim", None) == 3 else out)
+        if o4 is not None and getattr(o4, "ndim", None) != 4:
+            raise ValueError(f"out must have the rank of x (3), got {_describe(out)}")
+        r = conv2d_f32(x4, w, bias, o4, strides, pads, dilations, group, activation, alpha, beta,
+                       num_threads)
+        return r[0] if out is None else out
+    _check_array(x, "x", 4)
+    cdef size_t N = x.shape[0], C = x.shape[1]
+    cdef size_t G = int(group)
+    cdef int apk = 0
+    cdef size_t w_group
+    if isinstance(w, PackedGemmA):
+        pw = <PackedGemmA>w
+        if len(pw.shape) != 4:
+            raise ValueError(f"w must be packed by pack_conv2d_weights_f32, got {w!r}")
+        if <size_t>pw.groups != G:
+            raise ValueError(f"w was packed for group={pw.groups}, conv has group={group}")
+        wshape = pw.shape
+        w_data = pw.data
+    else:
+        _check_array(w, "w", 4)
+        wshape = tuple(w.shape)
+        w_data = w
+    cdef size_t M = wshape[0], cg = wshape[1]
+    if G < 1 or C % G or M % G:
+        raise ValueError(f"group must be >= 1 and divide both the {C} input and the {M} output "
+                         f"channels, got {group!r}")
+    if cg != C // G:
+        raise ValueError(f"w must have C/group = {C // G} input channels per filter "
+                         f"(w.shape[1]), got w of shape {wshape} for x with {C} channels and "
+                         f"group={G}")
+    cdef qi_conv2d_geom g
+    _geom(&g, x.shape[2], x.shape[3], (wshape[2], wshape[3]), strides, pads, dilations)
+    if cg == 1 and M == G:  # depthwise: its own channel-vectorized kernel
+        wd = w_data if isinstance(w, PackedGemmA) else w.reshape(M, wshape[2], wshape[3])
+        return dwconv2d_f32(x, wd, bias, out, strides, pads, dilations, activation, alpha, beta,
+                            num_threads)
+    if isinstance(w, PackedGemmA):
+        apk = 1
+        w_group = (<PackedGemmA>w).group_floats
+    else:
+        w_group = (M // G) * cg * g.k_h * g.k_w
+    _act_bias(bias, M, "one per output channel")
+    cdef qi_act act
+    _act(&act, activation, alpha, beta)
+    shape = (N, M, g.out_h, g.out_w)
+    if out is None:
+        out = np.empty(shape, np.float32)
+    _check_array(out, "out", 4, True)
+    if tuple(out.shape) != shape:
+        raise ValueError(f"out must have shape {shape}, got {tuple(out.shape)}")
+    _no_overlap(out, "out", ("x", x), ("w", w_data), ("bias", bias))
+    if out.size == 0:
+        return out
+    cdef const float[:, :, :, ::1] xv
+    cdef const float *xp = NULL
+    if x.size:
+        xv = x
+        xp = &xv[0, 0, 0, 0]
+    cdef const float *wp = _data_ptr(w_data.reshape(-1)) if w_data.size else NULL
+    cdef const float[::1] biv
+    cdef const float *biasp = NULL
+    if bias is not None and M:
+        biv = bias
+        biasp = &biv[0]
+    cdef float[:, :, :, ::1] ov = out
+    cdef float *op = &ov[0, 0, 0, 0]
+    cdef bint pointwise = (g.k_h == 1 and g.k_w == 1 and g.stride_h == 1 and g.stride_w == 1
+                           and g.pad_top == 0 and g.pad_left == 0 and g.pad_bottom == 0
+                           and g.pad_right == 0)
+    cdef size_t kg = cg * g.k_h * g.k_w
+    cdef _GemmSplit sp
+    _gemm_split(&sp, M // G, g.out_h * g.out_w, kg, N * G, _threads(num_threads))
+    cdef void *mem = NULL
+    cdef size_t per
+    cdef float *scratch = _scratch_alloc(&mem, sp.nt, &per)
+    cdef qi_gemm_f32_ptr fn = qi_kernel_gemm_f32()
+    cdef int t
+    try:
+        with nogil:
+            if sp.nt == 1:
+                _conv_part(fn, &sp, 0, &g, N, C, M, G, xp, wp, w_group, apk, biasp, op,
+                           pointwise, &act, scratch)
+            else:
+                for t in prange(sp.nt, num_threads=sp.nt, schedule="static"):
+                    _conv_part(fn, &sp, t, &g, N, C, M, G, xp, wp, w_group, apk, biasp, op,
+                               pointwise, &act, scratch + per * t)
+    finally:
+        free(mem)
+    return out
+
+# ---------------------------------------------------------------- end fp32 GEMM and conv
+
+
+include "_qkernels.pxi"  # int8 GEMM / conv / depthwise drivers
+
 qi_dispatch_init(QI_TIER_COUNT - 1)

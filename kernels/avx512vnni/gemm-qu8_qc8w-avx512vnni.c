@@ -1,0 +1,181 @@
+/* int8 GEMM block, AVX-512 VNNI: 8 rows x 32 output channels per register tile, vpdpbusd.
+ *
+ * Design: the tile keeps 16 zmm accumulators (8 rows x 2 x 16 channels); per K group of 4 it
+ * loads the panel's 128 bytes (32 channels x 4 k, the packed layout) as two zmm and broadcasts 4
+ * activation bytes per row (vpbroadcastd), 16 vpdpbusd (u8 x s8 -> int32, exact): 1 load per 1.6
+ * dot products, 16 independent chains to cover the latency. Zen 4 runs one zmm vpdpbusd per cycle
+ * (64 MACs), the machine's peak. Blocking: columns in blocks of 256 (NC), K in blocks of at most
+ * 512 bytes (KC, balanced), rows as the driver hands them (<= 192); loops jc > kc > panel > row
+ * tile, so the KC x 32 weight sliver (<= 16 KiB) stays in L1 while every row tile of the block
+ * streams over it and the A block (<= 192 x 512 B) stays in L2. Between K blocks the tile parks
+ * its int32 sums in `acc`; the first block starts from the folded bias, the last runs the
+ * epilogue (qepi-avx512vnni.h) straight from registers. Row tiles below 8 rows are separate
+ * instantiations (no wasted rows at M = 1); a K tail of k % 4 bytes is read byte-wise, never past
+ * a row. Column edges: masked scale loads and stores.
+ */
+#include <immintrin.h>
+#include "qinfer/ukernels.h"
+#include "qepi-avx512vnni.h"
+
+#define QI_MR 8
+#define QI_NR 32
+#define QI_KCG (QI_QGEMM_KC_MAX / 4) /* K groups per block */
+
+/* One row's two accumulators are c<r>0, c<r>1: named variables rather than an array, so gcc keeps
+ * all 16 in zmm registers with no copies in the K loop. `mr` is a compile-time constant in each
+ * instantiation, so the `mr > r` tests fold away. */
+#define QI_FOR_ROWS(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7)
+
+QI_INLINE void qi_qtile(const int mr, size_t g0, size_t g1, size_t kg_full, size_t tail,
+                        const uint8_t *a, size_t lda, const int8_t *b, int first, int last,
+                        const int32_t *bias, int32_t *acc, const qi_qepi *ep, const qi_qe16 *E,
+                        size_t row0, size_t n0, size_t nvalid) {
+#define QI_DECL(r) __m512i c##r##0 = _mm512_setzero_si512(), c##r##1 = _mm512_setzero_si512();
+  QI_FOR_ROWS(QI_DECL)
+#undef QI_DECL
+  if (first) {
+    const __m512i b0 = _mm512_loadu_si512(bias + n0), b1 = _mm512_loadu_si512(bias + n0 + 16);
+#define QI_INIT(r) if (mr > r) { c##r##0 = b0; c##r##1 = b1; }
+    QI_FOR_ROWS(QI_INIT)
+#undef QI_INIT
+  } else {
+#define QI_LOAD(r)                                                   \
+  if (mr > r) {                                                      \
+    c##r##0 = _mm512_loadu_si512(acc + r * QI_QGEMM_NC_MAX);         \
+    c##r##1 = _mm512_loadu_si512(acc + r * QI_QGEMM_NC_MAX + 16);    \
+  }
+    QI_FOR_ROWS(QI_LOAD)
+#undef QI_LOAD
+  }
+  const size_t gend = g1 < kg_full ? g1 : kg_full;
+  const uint8_t *ap = a + 4 * g0;
+#define QI_DOT(r, LOADA)                                             \
+  if (mr > r) {                                                      \
+    const __m512i av = _mm512_set1_epi32(LOADA);                     \
+    c##r##0 = _mm512_dpbusd_epi32(c##r##0, av, w0);                  \
+    c##r##1 = _mm512_dpbusd_epi32(c##r##1, av, w1);                  \
+  }
+#define QI_DOT_FULL(r) QI_DOT(r, qi_q_load_i32(ap + r * lda))
+#define QI_DOT_TAIL(r) QI_DOT(r, qi_q_load_tail(ap + r * lda, tail))
+  for (size_t g = g0; g < gend; g++) {
+    const __m512i w0 = _mm512_loadu_si512(b), w1 = _mm512_loadu_si512(b + 64);
+    b += 128;
+    QI_FOR_ROWS(QI_DOT_FULL)
+    ap += 4;
+  }
+  if (tail && g1 > kg_full) {
+    const __m512i w0 = _mm512_loadu_si512(b), w1 = _mm512_loadu_si512(b + 64);
+    QI_FOR_ROWS(QI_DOT_TAIL)
+  }
+#undef QI_DOT_FULL
+#undef QI_DOT_TAIL
+#undef QI_DOT
+  if (!last) {
+#define QI_PARK(r)                                                   \
+  if (mr > r) {                                                      \
+    _mm512_storeu_si512(acc + r * QI_QGEMM_NC_MAX, c##r##0);         \
+    _mm512_storeu_si512(acc + r * QI_QGEMM_NC_MAX + 16, c##r##1);    \
+  }
+    QI_FOR_ROWS(QI_PARK)
+#undef QI_PARK
+    return;
+  }
+  const __mmask16 m0 = nvalid >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << nvalid) - 1);
+  const __mmask16 m1 = nvalid >= 32 ? (__mmask16)0xFFFF
+                       : nvalid <= 16 ? (__mmask16)0 : (__mmask16)((1u << (nvalid - 16)) - 1);
+  const __m512 s0 = _mm512_maskz_loadu_ps(m0, ep->scale + n0);
+  const __m512 s1 = _mm512_maskz_loadu_ps(m1, ep->scale + n0 + 16);
+  const size_t es = ep->out_u8 ? 1 : 4;
+  char *o = (char *)ep->out + (row0 * ep->ldo + n0) * es;
+  const size_t ldo = ep->ldo * es;
+#define QI_EPI(r)                                                    \
+  if (mr > r) {                                                      \
+    qi_qe16_store(c##r##0, s0, E, o + r * ldo, m0);                  \
+    if (m1) qi_qe16_store(c##r##1, s1, E, o + r * ldo + 16 * es, m1); \
+  }
+  QI_FOR_ROWS(QI_EPI)
+#undef QI_EPI
+}
+
+#define QI_QTILE_CASE(R)                                                                     \
+  case R:                                                                                    \
+    qi_qtile(R, g0, g1, kg_full, tail, a + i * lda, lda, bp, first, last, bias,             \
+             acc + i * QI_QGEMM_NC_MAX + (j - jc), ep, &E, i, j, nvalid);                  \
+    break;
+
+void qi_gemm_qu8_qc8w__avx512vnni(size_t m, size_t n_begin, size_t n_end, size_t k,
+                                  const uint8_t *a, size_t lda, const int32_t *bias,
+                                  const int8_t *w, size_t k_pad, const qi_qepi *ep, int32_t *acc) {
+  const qi_qe16 E = qi_qe16_init(ep);
+  const size_t kg_full = k / 4, tail = k % 4, G = kg_full + (tail ? 1 : 0);
+  const size_t nkb = (G + QI_KCG - 1) / QI_KCG;
+  const size_t kcg = nkb ? (G + nkb - 1) / nkb : 0;
+  for (size_t jc = n_begin; jc < n_end; jc += QI_QGEMM_NC_MAX) {
+    const size_t jend = n_end - jc < QI_QGEMM_NC_MAX ? n_end : jc + QI_QGEMM_NC_MAX;
+    for (size_t g0 = 0; g0 < G; g0 += kcg) {
+      const size_t g1 = g0 + kcg < G ? g0 + kcg : G;
+      const int first = g0 == 0, last = g1 == G;
+      for (size_t j = jc; j < jend; j += QI_NR) {
+        const int8_t *bp = w + (j / QI_NR) * k_pad * QI_NR + g0 * 4 * QI_NR;
+        const size_t nvalid = jend - j < QI_NR ? jend - j : QI_NR;
+        for (size_t i = 0; i < m; i += QI_MR) {
+          switch (m - i < QI_MR ? m - i : QI_MR) {
+            QI_QTILE_CASE(8)
+            QI_QTILE_CASE(7)
+            QI_QTILE_CASE(6)
+            QI_QTILE_CASE(5)
+            QI_QTILE_CASE(4)
+            QI_QTILE_CASE(3)
+            QI_QTILE_CASE(2)
+            QI_QTILE_CASE(1)
+          }
+        }
+      }
+    }
+  }
+}
+
+/* The peak measurement: 24 independent zmm accumulators, register operands only, written in asm
+ * (gcc shuffles and spills two dozen live vector variables; the point here is the bare loop). */
+long long qi_qint8_vnni_peak__avx512vnni(long long iters);
+long long qi_qint8_vnni_peak__avx512vnni(long long iters) {
+  int32_t out[16];
+  if (iters < 1) return 0;
+  __asm__ volatile(
+      "vpbroadcastd %[one], %%zmm30\n\t"
+      "vpbroadcastd %[two], %%zmm31\n\t"
+      "vpxord %%zmm0, %%zmm0, %%zmm0\n\t"
+      "vmovdqa64 %%zmm0, %%zmm1\n\t vmovdqa64 %%zmm0, %%zmm2\n\t vmovdqa64 %%zmm0, %%zmm3\n\t"
+      "vmovdqa64 %%zmm0, %%zmm4\n\t vmovdqa64 %%zmm0, %%zmm5\n\t vmovdqa64 %%zmm0, %%zmm6\n\t"
+      "vmovdqa64 %%zmm0, %%zmm7\n\t vmovdqa64 %%zmm0, %%zmm8\n\t vmovdqa64 %%zmm0, %%zmm9\n\t"
+      "vmovdqa64 %%zmm0, %%zmm10\n\t vmovdqa64 %%zmm0, %%zmm11\n\t vmovdqa64 %%zmm0, %%zmm12\n\t"
+      "vmovdqa64 %%zmm0, %%zmm13\n\t vmovdqa64 %%zmm0, %%zmm14\n\t vmovdqa64 %%zmm0, %%zmm15\n\t"
+      "vmovdqa64 %%zmm0, %%zmm16\n\t vmovdqa64 %%zmm0, %%zmm17\n\t vmovdqa64 %%zmm0, %%zmm18\n\t"
+      "vmovdqa64 %%zmm0, %%zmm19\n\t vmovdqa64 %%zmm0, %%zmm20\n\t vmovdqa64 %%zmm0, %%zmm21\n\t"
+      "vmovdqa64 %%zmm0, %%zmm22\n\t vmovdqa64 %%zmm0, %%zmm23\n\t"
+      "1:\n\t"
+      "vpdpbusd %%zmm31, %%zmm30, %%zmm0\n\t vpdpbusd %%zmm31, %%zmm30, %%zmm1\n\t"
+      "vpdpbusd %%zmm31, %%zmm30, %%zmm2\n\t vpdpbusd %%zmm31, %%zmm30, %%zmm3\n\t"
+      "vpdpbusd %%zmm31, %%zmm30, %%zmm4\n\t vpdpbusd %%zmm31, %%zmm30, %%zmm5\n\t"
+      "vpdpbusd %%zmm31, %%zmm30, %%zmm6\n\t vpdpbusd %%zmm31, %%zmm30, %%zmm7\n\t"
+      "vpdpbusd %%zmm31, %%zmm30, %%zmm8\n\t vpdpbusd %%zmm31, %%zmm30, %%zmm9\n\t"
+      "vpdpbusd %%zmm31, %%zmm30, %%zmm10\n\t vpdpbusd %%zmm31, %%zmm30, %%zmm11\n\t"
+      "vpdpbusd %%zmm31, %%zmm30, %%zmm12\n\t vpdpbusd %%zmm31, %%zmm30, %%zmm13\n\t"
+      "vpdpbusd %%zmm31, %%zmm30, %%zmm14\n\t vpdpbusd %%zmm31, %%zmm30, %%zmm15\n\t"
+      "vpdpbusd %%zmm31, %%zmm30, %%zmm16\n\t vpdpbusd %%zmm31, %%zmm30, %%zmm17\n\t"
+      "vpdpbusd %%zmm31, %%zmm30, %%zmm18\n\t vpdpbusd %%zmm31, %%zmm30, %%zmm19\n\t"
+      "vpdpbusd %%zmm31, %%zmm30, %%zmm20\n\t vpdpbusd %%zmm31, %%zmm30, %%zmm21\n\t"
+      "vpdpbusd %%zmm31, %%zmm30, %%zmm22\n\t vpdpbusd %%zmm31, %%zmm30, %%zmm23\n\t"
+      "dec %[n]\n\t"
+      "jnz 1b\n\t"
+      "vpaddd %%zmm1, %%zmm0, %%zmm0\n\t vpaddd %%zmm23, %%zmm0, %%zmm0\n\t"
+      "vmovdqu32 %%zmm0, %[out]\n\t"
+      : [n] "+r"(iters), [out] "=m"(out)
+      : [one] "r"(0x01010101), [two] "r"(0x01020304)
+      : "cc", "memory", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8",
+        "xmm9", "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15", "xmm16", "xmm17", "xmm18",
+        "xmm19", "xmm20", "xmm21", "xmm22", "xmm23", "xmm30", "xmm31");
+  long long s = 0;
+  for (int i = 0; i < 16; i++) s += out[i];
+  return s;
+}

@@ -1,0 +1,116 @@
+/* int8 conv / GEMM driver: common code (baseline flags; it lives in kernels/scalar/ because that
+ * folder is what the build compiles with baseline flags), run by every ISA tier.
+ *
+ * Design: a thread owns a rectangle of the output, rows [m_begin, m_end) x panels [p_begin, p_end)
+ * (the Cython driver cuts them statically). It walks its rows in blocks of at most
+ * QI_QGEMM_MC_MAX (balanced, multiples of 8) and, per weight group its panels touch, hands the
+ * dispatched GEMM kernel an A block: read in place when the conv is 1x1 / stride 1 / unpadded (and
+ * for every GEMM), otherwise an im2col copy of the block's patches into this thread's scratch (row
+ * stride k_pad, padding taps filled with zp_x so they contribute (zp_x - zp_x) * w = 0 after the
+ * folded bias, zeros past k to meet the zero weights of the packing). The im2col block is
+ * MC x k_pad bytes, built once per (row block, group) and reused for every panel of that group.
+ * Integer sums are exact, so neither the block sizes nor the thread rectangle change any output.
+ */
+#include "qinfer/ukernels.h"
+
+#define QI_ALIGN64(n) (((n) + 63) & ~(size_t)63)
+
+static size_t qi_qconv_mc(size_t rows) {
+  size_t nblk = (rows + QI_QGEMM_MC_MAX - 1) / QI_QGEMM_MC_MAX;
+  size_t mc = (rows + nblk - 1) / nblk;
+  mc = (mc + 7) & ~(size_t)7;
+  return mc > QI_QGEMM_MC_MAX ? QI_QGEMM_MC_MAX : mc;
+}
+
+static size_t qi_qconv_acc_bytes(const qi_qconv_problem *p, size_t mc) {
+  size_t k = p->direct ? p->k : p->k_pad;
+  return k > QI_QGEMM_KC_MAX ? QI_ALIGN64(mc * QI_QGEMM_NC_MAX * sizeof(int32_t)) : 0;
+}
+
+size_t qi_qconv_scratch_bytes(const qi_qconv_problem *p, size_t rows) {
+  if (rows == 0) return 0;
+  size_t mc = qi_qconv_mc(rows);
+  return qi_qconv_acc_bytes(p, mc) + (p->direct ? 0 : QI_ALIGN64(mc * p->k_pad));
+}
+
+/* patches of rows [r0, r0 + m) of group g into buf[m, k_pad] */
+static void qi_qconv_im2col(const qi_qconv_problem *p, size_t g, size_t r0, size_t m, uint8_t *buf) {
+  const qi_conv2d_geom *ge = &p->geom;
+  const size_t ohw = ge->out_h * ge->out_w, cin = p->cin, ct = p->cin_total;
+  for (size_t i = 0; i < m; i++) {
+    size_t r = r0 + i, img = r / ohw, pix = r - img * ohw;
+    size_t oy = pix / ge->out_w, ox = pix - oy * ge->out_w;
+    const uint8_t *xi = p->x + img * ge->in_h * ge->in_w * ct + g * cin;
+    uint8_t *dst = buf + i * p->k_pad;
+    const ptrdiff_t ix0 = (ptrdiff_t)(ox * ge->stride_w) - (ptrdiff_t)ge->pad_left;
+    const int row_inside = ix0 >= 0 && ix0 + (ptrdiff_t)((ge->k_w - 1) * ge->dil_w) < (ptrdiff_t)ge->in_w;
+    for (size_t ky = 0; ky < ge->k_h; ky++) {
+      ptrdiff_t iy = (ptrdiff_t)(oy * ge->stride_h + ky * ge->dil_h) - (ptrdiff_t)ge->pad_top;
+      int row_ok = iy >= 0 && iy < (ptrdiff_t)ge->in_h;
+      if (row_ok && row_inside && (ge->dil_w == 1 || ge->k_w == 1) && ct == cin) {
+        /* the kw taps of this row are kw*cin consecutive bytes of x, as in the patch */
+        memcpy(dst, xi + ((size_t)iy * ge->in_w + (size_t)ix0) * ct, ge->k_w * cin);
+        dst += ge->k_w * cin;
+        continue;
+      }
+      for (size_t kx = 0; kx < ge->k_w; kx++, dst += cin) {
+        ptrdiff_t ix = (ptrdiff_t)(ox * ge->stride_w + kx * ge->dil_w) - (ptrdiff_t)ge->pad_left;
+        if (row_ok && ix >= 0 && ix < (ptrdiff_t)ge->in_w)
+          memcpy(dst, xi + ((size_t)iy * ge->in_w + (size_t)ix) * ct, cin);
+        else
+          memset(dst, p->zp_x, cin);
+      }
+    }
+    if (p->k_pad > p->k) memset(dst, 0, p->k_pad - p->k);
+  }
+}
+
+void qi_qconv_run(const qi_qconv_problem *p, qi_gemm_qu8_qc8w_fn *fn, size_t m_begin, size_t m_end,
+                  size_t p_begin, size_t p_end, void *scratch) {
+  if (m_begin >= m_end || p_begin >= p_end) return;
+  const size_t ppg = p->n_pad / QI_QC8W_NR; /* panels per group */
+  const size_t mc = qi_qconv_mc(m_end - m_begin);
+  int32_t *acc = (int32_t *)scratch;
+  uint8_t *cols = (uint8_t *)scratch + qi_qconv_acc_bytes(p, mc);
+  const size_t es = p->ep.out_u8 ? 1 : sizeof(float);
+  for (size_t r0 = m_begin; r0 < m_end; r0 += mc) {
+    size_t m = m_end - r0 < mc ? m_end - r0 : mc;
+    for (size_t g = p_begin / ppg; g * ppg < p_end; g++) {
+      size_t q0 = g * ppg > p_begin ? g * ppg : p_begin;
+      size_t q1 = (g + 1) * ppg < p_end ? (g + 1) * ppg : p_end;
+      size_t n0 = (q0 - g * ppg) * QI_QC8W_NR, n1 = (q1 - g * ppg) * QI_QC8W_NR;
+      if (n1 > p->n) n1 = p->n;
+      if (n0 >= n1) continue;
+      const uint8_t *a;
+      size_t lda, k;
+      if (p->direct) {
+        a = p->x + r0 * p->lda + g * p->cin;
+        lda = p->lda;
+        k = p->k;
+      } else {
+        qi_qconv_im2col(p, g, r0, m, cols);
+        a = cols;
+        lda = p->k_pad;
+        k = p->k_pad;
+      }
+      qi_qepi ep = p->ep;
+      ep.scale = p->ep.scale + g * p->n;
+      ep.out = (char *)p->ep.out + (r0 * p->ep.ldo + g * p->n) * es;
+      fn(m, n0, n1, k, a, lda, p->bias + g * p->n_pad, p->w + g * p->n_pad * p->k_pad, p->k_pad,
+         &ep, acc);
+    }
+  }
+}
+
+#if QI_BUILD_AVX512VNNI
+long long qi_qint8_vnni_peak__avx512vnni(long long iters);
+#endif
+
+long long qi_qint8_vnni_peak(long long iters) {
+#if QI_BUILD_AVX512VNNI
+  return qi_qint8_vnni_peak__avx512vnni(iters);
+#else
+  (void)iters;
+  return -1;
+#endif
+}
