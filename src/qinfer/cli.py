@@ -88,6 +88,35 @@ def cmd_run(args):
             print(np.array2string(v, threshold=20, edgeitems=3))
 
 
+def cmd_quantize(args):
+    import qinfer
+    model = _load_model(args.model)
+    if args.activations != "dynamic" and not args.calib:
+        raise UserError("--calib DATA.npz is needed for int8 activations (or use --activations dynamic)")
+    if args.calib and not os.path.exists(args.calib):
+        raise UserError(f"--calib {args.calib}: no such file")
+    if args.sparsity is not None:
+        if not hasattr(qinfer, "prune"):
+            raise UserError("--sparsity: pruning is not available in this version of qinfer yet")
+        model = qinfer.prune(model, sparsity=args.sparsity, pattern=args.pattern)
+    q = qinfer.quantize(model, args.calib, weights=args.weights, activations=args.activations,
+                        method=args.method, rounding=args.rounding, group_size=args.group_size,
+                        max_error=args.max_error, exclude=tuple(args.exclude or ()), progress=True)
+    try:
+        q.save(args.output)
+    except OSError as e:
+        raise UserError(f"{args.output}: cannot write ({e.strerror or e})") from None
+    rep = q.graph.metadata.get("precision_report", [])
+    kept = [r for r in rep if r["precision"] == "float32"]
+    info = q.graph.metadata.get("quantization", {})
+    err = info.get("output_error")
+    print(f"wrote {args.output} ({os.path.getsize(args.output):,} bytes): "
+          f"{len(rep) - len(kept)} of {len(rep)} layers quantized"
+          + (f", output error {err:.2e} (1 - cosine, budget {info.get('max_error'):g})" if err is not None else ""))
+    for r in kept:
+        print(f"  kept float: {r['layer']} ({r['op']}): {r['reason']}")
+
+
 def cmd_info(args):
     from .runtime import cpu, threads
     print(cpu.runtime_info())
@@ -98,6 +127,11 @@ def cmd_info(args):
 def cmd_benchmark(args):
     from . import benchmark
     benchmark.run_from_args(args)
+
+
+def cmd_evaluate(args):
+    from .evaluate import run_from_args as _evaluate_from_args
+    _evaluate_from_args(args)
 
 
 def build_parser():
@@ -122,6 +156,22 @@ def build_parser():
     c.add_argument("--threads", type=int, default=None)
     c.set_defaults(fn=cmd_run)
 
+    c = sub.add_parser("quantize", help="quantize a model to int8 with calibration data")
+    c.add_argument("model")
+    c.add_argument("-o", "--output", required=True, help="output .qinf path")
+    c.add_argument("--calib", metavar="DATA.npz", help="calibration samples (one array per input name)")
+    c.add_argument("--weights", default="int8", choices=["int8", "int4"])
+    c.add_argument("--activations", default="int8", choices=["int8", "dynamic"])
+    c.add_argument("--method", default="minmax", choices=["minmax", "percentile", "entropy", "mse"])
+    c.add_argument("--rounding", default="nearest", choices=["nearest", "gptq"])
+    c.add_argument("--group-size", type=int, default=64)
+    c.add_argument("--max-error", type=float, default=None,
+                   help="output budget, 1 - cosine similarity per output (default 0.01)")
+    c.add_argument("--sparsity", type=float, default=None)
+    c.add_argument("--pattern", default="block4", choices=["unstructured", "block4", "2:4"])
+    c.add_argument("--exclude", nargs="*", metavar="NODE", help="nodes to keep in float")
+    c.set_defaults(fn=cmd_quantize)
+
     c = sub.add_parser("info", help="print CPU features, ISA tier, kernels and threads")
     c.set_defaults(fn=cmd_info)
 
@@ -130,6 +180,12 @@ def build_parser():
                                          "no MODEL: the bundled demo")
     _benchmark_arguments(c)
     c.set_defaults(fn=cmd_benchmark)
+
+    from .evaluate import add_arguments as _evaluate_arguments
+    c = sub.add_parser("evaluate", help="compare a model's outputs (and layers) with its float reference: "
+                                        "top-1 agreement, cosine, SQNR, accuracy/precision/recall/F1")
+    _evaluate_arguments(c)
+    c.set_defaults(fn=cmd_evaluate)
     return p
 
 

@@ -36,12 +36,22 @@ class Model:
             lines.append(f"  output {v.name}: {v.dtype} {list(v.shape) if v.shape is not None else '?'}")
         counts = g.op_counts()
         lines.append("  ops: " + ", ".join(f"{k} x{v}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1])))
-        lines.append(f"  {'layer':<40} {'op':<16} {'dtype':<8} {'weight shape':<20} {'bytes':>10}")
+        q = g.metadata.get("quantization")
+        if q:
+            lines.append("  quantization: " + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                                                     for k, v in q.items()))
+        lines.append(f"  {'layer':<40} {'op':<14} {'precision':<12} {'weight shape':<20} {'bytes':>10}")
         for n in g.nodes:
             w = g.initializers.get(n.inputs[1]) if len(n.inputs) > 1 else None
-            if n.op in ("Conv", "ConvTranspose", "Gemm", "MatMul") and w is not None:
-                lines.append(f"  {n.name[:40]:<40} {n.op:<16} {w.dtype.name:<8} {str(list(w.shape)):<20} "
-                             f"{w.nbytes:>10,}")
+            if w is None or n.op not in ("Conv", "ConvTranspose", "Gemm", "MatMul", "QConv", "QGemm",
+                                         "DynQGemm"):
+                continue
+            prec = {"QConv": "int8", "QGemm": "int8", "DynQGemm": "int8-dyn"}.get(n.op, w.dtype.name)
+            shape = "packed" if n.op.startswith(("Q", "Dyn")) else str(list(w.shape))
+            lines.append(f"  {n.name[:40]:<40} {n.op:<14} {prec:<12} {shape:<20} {w.nbytes:>10,}")
+        kept = [r for r in g.metadata.get("precision_report", []) if r.get("precision") == "float32"]
+        for r in kept:
+            lines.append(f"  kept float: {r['layer']} ({r['op']}): {r['reason']}")
         return "\n".join(lines)
 
     def __repr__(self):

@@ -1,0 +1,327 @@
+"""int8 kernels (qgemm_u8s8, qconv2d_u8s8_nhwc, qdwconv2d_u8s8_nhwc) against the numpy integer
+reference qinfer.reference.quantized, bit for bit.
+
+Every test runs at every ISA tier this machine can run (capped through qinfer.runtime.cpu) and at
+1 and 2 threads. Tolerance: none. The integer part is exact and the float epilogue performs the
+same IEEE operations in the same order as the reference (docs: kernels/include/qinfer/qint8.h),
+so requantized uint8 and float32 outputs must be equal (np.testing.assert_array_equal).
+Shape classes come from the tiles: the AVX-512 tile is 8 rows x 32 channels (AVX2 6 x 8), K in
+groups of 4, K blocks of 512 bytes, N blocks of 256, row blocks of up to 192; depthwise works on
+16 (AVX-512) / 8 (AVX2) channels at a time.
+"""
+import numpy as np
+import pytest
+
+from qinfer._ext import _kernels as K
+from qinfer.reference import quantized as Q
+from qinfer.runtime import cpu
+
+ISAS = cpu.supported_isas()
+THREADS = (1, 2)
+ACTS = [(Q.ACT_NONE, 0.0, 0.0), (Q.ACT_RELU, 0.0, 0.0), (Q.ACT_CLIP, -0.5, 2.5),
+        (Q.ACT_HARDSWISH, 0.0, 0.0), (Q.ACT_SIGMOID, 0.0, 0.0), (Q.ACT_HARDSIGMOID, 0.2, 0.5),
+        (Q.ACT_SILU, 0.0, 0.0)]
+ACT_IDS = [Q.ACT_NAMES[a[0]] for a in ACTS]
+
+
+@pytest.fixture(params=ISAS)
+def isa(request):
+    with cpu.isa_cap(request.param):
+        yield request.param
+
+
+@pytest.fixture(params=THREADS, ids=lambda t: f"{t}thr")
+def nt(request):
+    return request.param
+
+
+@pytest.fixture(params=[True, False], ids=["u8", "f32"])
+def out_u8(request):
+    return request.param
+
+
+def _data(rng, shape, lo=0, hi=255, dtype=np.uint8):
+    return rng.integers(lo, hi + 1, shape).astype(dtype)
+
+
+def _qparams(rng, n, k):
+    """bias_q int32 [n], zp_x, scale [n] sized so outputs span the u8 range (y ~ O(1..10))."""
+    bias = rng.integers(-3000, 3000, n).astype(np.int32)
+    zp = int(rng.integers(0, 256))
+    scale = (rng.uniform(0.5, 2.0, n) / (40.0 * 127 * np.sqrt(max(k, 1)))).astype(np.float32)
+    return bias, zp, scale
+
+
+def _out_kw(out_u8, act=(0, 0.0, 0.0), y_inv_scale=0.05, zp_y=11):
+    kw = dict(activation=act[0], alpha=act[1], beta=act[2], y_inv_scale=y_inv_scale, zp_y=zp_y)
+    ref = dict(act=act[0], alpha=act[1], beta=act[2], out_u8=out_u8, y_inv_scale=y_inv_scale,
+               zp_y=zp_y)
+    kw["out_dtype"] = np.uint8 if out_u8 else np.float32
+    return kw, ref
+
+
+# ----------------------------------------------------------------------------- GEMM
+
+GEMM_SHAPES = {  # id: (M, K, N)
+    "m1_k1_n1": (1, 1, 1),
+    "below_tile": (3, 3, 7),
+    "at_tile": (8, 4, 32),
+    "above_tile": (9, 5, 33),
+    "primes": (17, 63, 65),
+    "k_tail": (7, 255, 63),
+    "m1_wide": (1, 300, 257),
+    "rows_above_mc": (197, 64, 40),
+    "k_above_kc": (20, 1031, 70),
+    "n_above_nc": (16, 64, 289),
+    "big": (131, 600, 300),
+}
+
+
+@pytest.mark.parametrize("shape", list(GEMM_SHAPES.values()), ids=list(GEMM_SHAPES))
+def test_qgemm_shapes(isa, nt, out_u8, shape, rng):
+    M, Kd, N = shape
+    a, w = _data(rng, (M, Kd)), _data(rng, (Kd, N), -127, 127, np.int8)
+    bias, zp, scale = _qparams(rng, N, Kd)
+    kw, rkw = _out_kw(out_u8)
+    packed = Q.pack_gemm_qc8w(w, bias, zp)
+    got = K.qgemm_u8s8(a, packed, scale, num_threads=nt, **kw)
+    np.testing.assert_array_equal(got, Q.qgemm(a, w, scale, bias, zp, **rkw))
+
+
+@pytest.mark.parametrize("act", ACTS, ids=ACT_IDS)
+def test_qgemm_activations(isa, nt, out_u8, act, rng):
+    M, Kd, N = 37, 70, 45
+    a, w = _data(rng, (M, Kd)), _data(rng, (Kd, N), -127, 127, np.int8)
+    bias, zp, scale = _qparams(rng, N, Kd)
+    scale *= 4  # y spans about [-10, 10]: every activation's bends are crossed
+    kw, rkw = _out_kw(out_u8, act)
+    packed = Q.pack_gemm_qc8w(w, bias, zp)
+    got = K.qgemm_u8s8(a, packed, scale, num_threads=nt, **kw)
+    np.testing.assert_array_equal(got, Q.qgemm(a, w, scale, bias, zp, **rkw))
+
+
+@pytest.mark.parametrize("case", ["a255_w127", "a255_wm128", "a0_w127", "alternating",
+                                  "k_near_int32_limit"])
+def test_qgemm_saturating_values(isa, nt, case, rng):
+    M, Kd, N = 9, 4099, 40
+    if case == "k_near_int32_limit":
+        M, Kd, N = 2, 65000, 33  # 65000 * 255 * 128 = 2.12e9 < 2^31
+    a = np.full((M, Kd), 255 if case != "a0_w127" else 0, np.uint8)
+    w = np.full((Kd, N), -128 if case == "a255_wm128" else 127, np.int8)
+    if case == "alternating":
+        a[:, ::2] = 0
+        w[1::2] = -128
+    if case == "k_near_int32_limit":
+        w[:, ::2] = -128
+    bias = np.zeros(N, np.int32)
+    scale = np.full(N, 1e-7, np.float32)
+    packed = Q.pack_gemm_qc8w(w, bias, 0)
+    for out_u8 in (True, False):
+        kw, rkw = _out_kw(out_u8, y_inv_scale=1.0, zp_y=100)
+        got = K.qgemm_u8s8(a, packed, scale, num_threads=nt, **kw)
+        ref = Q.qgemm(a, w, scale, bias, 0, **rkw)
+        np.testing.assert_array_equal(got, ref)
+    acc = Q.qgemm_acc(a, w, bias, 0)
+    assert np.abs(acc.astype(np.int64)).max() <= 2**31 - 1
+
+
+def test_qgemm_requant_rounding_is_half_even(isa, nt):
+    """acc * scale lands exactly on .5: rint rounds to even; saturates at 0 and 255."""
+    acc_targets = np.array([1, 3, 5, -1, 7, 509, 600, -600], np.int32)  # y = acc / 2
+    N = acc_targets.size
+    a = np.ones((1, 1), np.uint8)
+    w = np.zeros((1, N), np.int8)
+    packed = Q.pack_gemm_qc8w(w, acc_targets, 0)  # acc = bias
+    scale = np.full(N, 0.5, np.float32)
+    got = K.qgemm_u8s8(a, packed, scale, y_inv_scale=1.0, zp_y=0, num_threads=nt)
+    np.testing.assert_array_equal(got[0], [0, 2, 2, 0, 4, 254, 255, 0])
+
+
+def test_pack_roundtrip_and_header(rng):
+    w = _data(rng, (70, 45), -128, 127, np.int8)
+    bias = rng.integers(-1000, 1000, 45).astype(np.int32)
+    p = Q.pack_gemm_qc8w(w, bias, 17)
+    h = Q.read_header(p)
+    assert (h["magic"], h["n"], h["k"], h["n_pad"], h["k_pad"], h["nr"], h["kr"], h["zp_x"]) == \
+        (Q.MAGIC_GEMM, 45, 70, 64, 72, 32, 4, 17)
+    assert p.size == 64 + 8 * 64 + 64 * 72 and bytes(p[:4]) == b"QC8W"
+    u = Q.unpack_qc8w(p)
+    np.testing.assert_array_equal(u["w"], w)
+    np.testing.assert_array_equal(u["bias_q"], bias)
+    np.testing.assert_array_equal(u["colsum"], w.astype(np.int64).sum(0))
+    # byte (panel, k group, lane, k % 4) of the documented layout
+    body = p[64 + 8 * 64:].view(np.int8)
+    k, j = 41, 37
+    assert body[((j // 32) * (72 // 4) + k // 4) * 128 + (j % 32) * 4 + k % 4] == w[k, j]
+    wc = _data(rng, (12, 3, 3, 5), -128, 127, np.int8)
+    pc = Q.pack_conv_qc8w(wc, None, 3, groups=2)
+    np.testing.assert_array_equal(Q.unpack_qc8w(pc)["w"], wc)
+    wd = _data(rng, (19, 1, 5, 5), -128, 127, np.int8)
+    pd = Q.pack_dwconv_qc8w(wd, np.arange(19, dtype=np.int32), 200)
+    assert bytes(pd[:4]) == b"QDW8"
+    ud = Q.unpack_qc8w(pd)
+    np.testing.assert_array_equal(ud["w"], wd)
+    np.testing.assert_array_equal(ud["bias_q"], np.arange(19))
+
+
+# ----------------------------------------------------------------------------- conv
+
+CONV_CASES = {  # id: (N, H, W, Cin, Cout, KH, KW, strides, pads, dilations, groups)
+    "1x1_direct": (1, 5, 7, 19, 40, 1, 1, (1, 1), (0, 0, 0, 0), (1, 1), 1),
+    "1x1_direct_batch2": (2, 4, 4, 64, 33, 1, 1, (1, 1), (0, 0, 0, 0), (1, 1), 1),
+    "1x1_stride2": (1, 9, 8, 16, 24, 1, 1, (2, 2), (0, 0, 0, 0), (1, 1), 1),
+    "1x1_groups4": (1, 6, 6, 12, 20, 1, 1, (1, 1), (0, 0, 0, 0), (1, 1), 4),
+    "3x3_pad1": (1, 9, 11, 13, 17, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1),
+    "3x3_stride2": (2, 12, 9, 8, 35, 3, 3, (2, 2), (1, 1, 1, 1), (1, 1), 1),
+    "3x3_dilation2": (1, 11, 10, 6, 9, 3, 3, (1, 1), (2, 2, 2, 2), (2, 2), 1),
+    "3x3_groups2": (1, 8, 8, 10, 6, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 2),
+    "3x3_groups3_wide": (1, 7, 7, 48, 96, 3, 3, (1, 1), (1, 0, 1, 2), (1, 1), 3),
+    "asym_pads_stride21": (1, 10, 9, 5, 7, 3, 2, (2, 1), (0, 2, 1, 0), (1, 1), 1),
+    "7x7_stem_stride2": (1, 30, 30, 3, 64, 7, 7, (2, 2), (3, 3, 3, 3), (1, 1), 1),
+    "kernel_larger_than_input": (1, 3, 2, 4, 5, 5, 5, (1, 1), (2, 2, 2, 3), (1, 1), 1),
+    "k_above_kc": (1, 6, 6, 96, 40, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1),
+    "rows_above_mc": (1, 15, 15, 16, 20, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1),
+}
+
+
+def _conv(isa, nt, out_u8, case, rng, act=(0, 0.0, 0.0), x_fill=None, w_fill=None):
+    N, H, W, Cin, Cout, KH, KW, st, pads, dil, G = case
+    x = _data(rng, (N, H, W, Cin)) if x_fill is None else np.full((N, H, W, Cin), x_fill, np.uint8)
+    w = (_data(rng, (Cout, Cin // G, KH, KW), -127, 127, np.int8) if w_fill is None
+         else np.full((Cout, Cin // G, KH, KW), w_fill, np.int8))
+    bias, zp, scale = _qparams(rng, Cout, KH * KW * Cin // G)
+    kw, rkw = _out_kw(out_u8, act)
+    packed = Q.pack_conv_qc8w(w, bias, zp, G)
+    got = K.qconv2d_u8s8_nhwc(x, packed, scale, st, pads, dil, num_threads=nt, **kw)
+    ref = Q.qconv2d_nhwc(x, w, scale, bias, zp, st, pads, dil, G, **rkw)
+    np.testing.assert_array_equal(got, ref)
+
+
+@pytest.mark.parametrize("case", list(CONV_CASES.values()), ids=list(CONV_CASES))
+def test_qconv_cases(isa, nt, out_u8, case, rng):
+    _conv(isa, nt, out_u8, case, rng)
+
+
+@pytest.mark.parametrize("act", ACTS, ids=ACT_IDS)
+def test_qconv_activations(isa, nt, act, rng):
+    _conv(isa, nt, True, CONV_CASES["3x3_stride2"], rng, act)
+
+
+@pytest.mark.parametrize("fill", [(255, 127), (0, -128), (255, -128)], ids=["x255_w127", "x0_wm128",
+                                                                           "x255_wm128"])
+def test_qconv_saturating(isa, nt, fill, rng):
+    _conv(isa, nt, True, CONV_CASES["3x3_pad1"], rng, x_fill=fill[0], w_fill=fill[1])
+
+
+# ----------------------------------------------------------------------------- depthwise
+
+DW_CASES = {  # id: (N, H, W, C, KH, KW, strides, pads, dilations)
+    "3x3_s1_c1": (1, 6, 7, 1, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1)),
+    "3x3_s1_c7": (1, 9, 8, 7, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1)),
+    "3x3_s1_c16": (1, 8, 8, 16, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1)),
+    "3x3_s1_c17": (2, 7, 9, 17, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1)),
+    "3x3_s2_c33": (1, 11, 10, 33, 3, 3, (2, 2), (1, 1, 1, 1), (1, 1)),
+    "3x3_s2_c96_nopad": (1, 12, 12, 96, 3, 3, (2, 2), (0, 0, 1, 1), (1, 1)),
+    "5x5_s1_c40": (1, 9, 9, 40, 5, 5, (1, 1), (2, 2, 2, 2), (1, 1)),
+    "5x5_s2_c65": (1, 13, 12, 65, 5, 5, (2, 2), (2, 2, 2, 2), (1, 1)),
+    "3x3_dilation2": (1, 10, 10, 24, 3, 3, (1, 1), (2, 2, 2, 2), (2, 2)),
+    "asym_pads": (1, 8, 9, 20, 3, 3, (1, 2), (0, 2, 1, 0), (1, 1)),
+    "kernel_larger_than_input": (1, 2, 3, 18, 5, 5, (1, 1), (2, 2, 2, 2), (1, 1)),
+    "9x9_over_64_taps": (1, 10, 11, 21, 9, 9, (1, 1), (4, 4, 4, 4), (1, 1)),
+}
+
+
+def _dw(nt, out_u8, case, rng, act=(0, 0.0, 0.0), x_fill=None, w_fill=None):
+    N, H, W, C, KH, KW, st, pads, dil = case
+    x = _data(rng, (N, H, W, C)) if x_fill is None else np.full((N, H, W, C), x_fill, np.uint8)
+    w = (_data(rng, (C, 1, KH, KW), -127, 127, np.int8) if w_fill is None
+         else np.full((C, 1, KH, KW), w_fill, np.int8))
+    bias, zp, scale = _qparams(rng, C, KH * KW)
+    scale *= 4
+    kw, rkw = _out_kw(out_u8, act)
+    packed = Q.pack_dwconv_qc8w(w, bias, zp)
+    got = K.qdwconv2d_u8s8_nhwc(x, packed, scale, st, pads, dil, num_threads=nt, **kw)
+    ref = Q.qdwconv2d_nhwc(x, w, scale, bias, zp, st, pads, dil, **rkw)
+    np.testing.assert_array_equal(got, ref)
+
+
+@pytest.mark.parametrize("case", list(DW_CASES.values()), ids=list(DW_CASES))
+def test_qdwconv_cases(isa, nt, out_u8, case, rng):
+    _dw(nt, out_u8, case, rng)
+
+
+@pytest.mark.parametrize("act", ACTS, ids=ACT_IDS)
+def test_qdwconv_activations(isa, nt, act, rng):
+    _dw(nt, True, DW_CASES["3x3_s1_c17"], rng, act)
+    _dw(nt, False, DW_CASES["3x3_s2_c33"], rng, act)
+
+
+@pytest.mark.parametrize("fill", [(255, 127), (0, -128), (255, -128)],
+                         ids=["x255_w127", "x0_wm128", "x255_wm128"])
+def test_qdwconv_saturating(isa, nt, fill, rng):
+    _dw(nt, True, DW_CASES["5x5_s2_c65"], rng, x_fill=fill[0], w_fill=fill[1])
+
+
+def test_qdwconv_big_layer_threads_identical(isa, rng):
+    """A MobileNetV2-sized layer: 1 and 2 threads bit-identical and equal to the reference."""
+    case = (1, 28, 28, 144, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1))
+    _dw(1, True, case, rng)
+    _dw(2, True, case, rng)
+
+
+# ----------------------------------------------------------------------------- plumbing
+
+def test_slots_in_kernel_table():
+    table = cpu.kernel_table()
+    assert table["gemm_qu8_qc8w"].startswith("qi_gemm_qu8_qc8w__")
+    assert table["dwconv2d_qu8_qc8w"].startswith("qi_dwconv2d_qu8_qc8w__")
+    info = cpu.runtime_info()
+    assert "gemm_qu8_qc8w" in info and "dwconv2d_qu8_qc8w" in info
+
+
+def test_validation_errors(rng):
+    w = _data(rng, (10, 6), -127, 127, np.int8)
+    p = Q.pack_gemm_qc8w(w, None, 3)
+    a = _data(rng, (4, 10))
+    s = np.ones(6, np.float32)
+    with pytest.raises(ValueError, match="K = 10 columns"):
+        K.qgemm_u8s8(_data(rng, (4, 9)), p, s)
+    with pytest.raises(ValueError, match="uint8 array of rank 2"):
+        K.qgemm_u8s8(a.astype(np.int8), p, s)
+    with pytest.raises(ValueError, match="scale must have 6 elements"):
+        K.qgemm_u8s8(a, p, np.ones(5, np.float32))
+    with pytest.raises(ValueError, match="scale must be finite"):
+        K.qgemm_u8s8(a, p, np.full(6, np.inf, np.float32))
+    with pytest.raises(ValueError, match="activation code"):
+        K.qgemm_u8s8(a, p, s, activation=9)
+    with pytest.raises(ValueError, match="alpha .min. <= beta"):
+        K.qgemm_u8s8(a, p, s, activation=2, alpha=1.0, beta=0.0)
+    with pytest.raises(ValueError, match="out_dtype"):
+        K.qgemm_u8s8(a, p, s, out_dtype=np.int32)
+    with pytest.raises(ValueError, match="out must be a writable"):
+        K.qgemm_u8s8(a, p, s, out=np.empty((4, 6), np.float32))
+    with pytest.raises(ValueError, match="zp_y"):
+        K.qgemm_u8s8(a, p, s, zp_y=256)
+    with pytest.raises(ValueError, match="num_threads"):
+        K.qgemm_u8s8(a, p, s, num_threads=0)
+    bad = p.copy()
+    bad[0] = 0
+    with pytest.raises(ValueError, match="magic"):
+        K.qgemm_u8s8(a, bad, s)
+    with pytest.raises(ValueError, match="bytes, the header says"):
+        K.qgemm_u8s8(a, p[:-1].copy(), s)
+    with pytest.raises(ValueError, match="packed_w holds GEMM weights"):
+        K.qconv2d_u8s8_nhwc(_data(rng, (1, 3, 3, 10)), p, s)
+    with pytest.raises(ValueError, match="overflow the int32"):
+        big = Q.pack_gemm_qc8w(np.zeros((65800, 1), np.int8), None, 0)
+        K.qgemm_u8s8(np.zeros((1, 65800), np.uint8), big, np.ones(1, np.float32))
+    pc = Q.pack_conv_qc8w(_data(rng, (8, 2, 3, 3), -127, 127, np.int8), None, 0, groups=2)
+    with pytest.raises(ValueError, match="must have 4 channels"):
+        K.qconv2d_u8s8_nhwc(_data(rng, (1, 5, 5, 3)), pc, np.ones(8, np.float32))
+    with pytest.raises(ValueError, match="larger than the padded input"):
+        K.qconv2d_u8s8_nhwc(_data(rng, (1, 2, 2, 4)), pc, np.ones(8, np.float32))
+    with pytest.raises(ValueError, match="depthwise"):
+        K.qdwconv2d_u8s8_nhwc(_data(rng, (1, 5, 5, 4)), pc, np.ones(8, np.float32))
+    pd = Q.pack_dwconv_qc8w(_data(rng, (5, 1, 3, 3), -127, 127, np.int8), None, 0)
+    with pytest.raises(ValueError, match="must have 5 channels"):
+        K.qdwconv2d_u8s8_nhwc(_data(rng, (1, 5, 5, 4)), pd, np.ones(5, np.float32))

@@ -1,0 +1,135 @@
+"""qinfer.quantize: whole-model int8 (static and dynamic), accuracy, bit-exactness, files, errors."""
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import models
+import qinfer
+from qinfer.reference.executor import run_graph
+
+
+def _train_calib(n=128, mlp=False):
+    x_train = models.digits_split()[0][:n]
+    return models.digits_28(x_train) if mlp else x_train
+
+
+def _accuracy(model, x, y):
+    sess = qinfer.InferenceSession(model, num_threads=1)
+    (logits,) = sess.run(None, {sess.get_inputs()[0].name: x})
+    return float((logits.argmax(1) == y).mean())
+
+
+@pytest.mark.parametrize("which", ["cnn", "mlp"])
+def test_digits_int8_loses_at_most_half_a_point(which, digits_cnn, digits_mlp):
+    d = digits_cnn if which == "cnn" else digits_mlp
+    m = qinfer.convert(d.path)
+    q = qinfer.quantize(m, _train_calib(mlp=which == "mlp"), progress=False)
+    ops = q.graph.op_counts()
+    assert "Conv" not in ops and "Gemm" not in ops and "MatMul" not in ops, ops
+    f_acc, q_acc = _accuracy(m, d.x_test, d.y_test), _accuracy(q, d.x_test, d.y_test)
+    print(f"digits {which}: float {f_acc:.4f}, int8 {q_acc:.4f}")
+    assert f_acc - q_acc <= 0.005
+    assert m.graph.op_counts() != ops   # the input model is untouched
+
+
+def test_quantized_graph_runtime_equals_reference_and_threads(digits_cnn, rng):
+    q = qinfer.quantize(qinfer.convert(digits_cnn.path), _train_calib(64), progress=False)
+    x = digits_cnn.x_test[:33]
+    ref = run_graph(q.graph, {"input": x})["logits"]
+    one = qinfer.InferenceSession(q, num_threads=1).run(None, {"input": x})[0]
+    two = qinfer.InferenceSession(q, num_threads=2).run(None, {"input": x})[0]
+    np.testing.assert_array_equal(one, ref)
+    np.testing.assert_array_equal(one, two)
+
+
+def test_resnet_residual_adds_stay_uint8(resnet18_onnx, rng):
+    m = qinfer.convert(resnet18_onnx)
+    x = [rng.standard_normal((1, 3, 64, 64)).astype(np.float32) for _ in range(4)]
+    q = qinfer.quantize(m, x, progress=False)
+    ops = q.graph.op_counts()
+    assert ops.get("QAdd", 0) >= 6 and ops.get("QConv") == 20, ops
+    assert ops.get("QuantizeU8", 0) <= 4, ops
+    a = qinfer.InferenceSession(m).run(None, {"input": x[0]})[0]
+    b = qinfer.InferenceSession(q).run(None, {"input": x[0]})[0]
+    ref = run_graph(q.graph, {"input": x[0]})["logits"]
+    np.testing.assert_array_equal(b, ref)
+    cos = float(a.ravel() @ b.ravel() / np.linalg.norm(a) / np.linalg.norm(b))
+    assert cos > 0.98
+
+
+def test_save_load_round_trip(digits_cnn, tmp_path):
+    q = qinfer.quantize(qinfer.convert(digits_cnn.path), _train_calib(32), progress=False)
+    p = tmp_path / "q.qinf"
+    q.save(p)
+    q2 = qinfer.load(p)
+    x = digits_cnn.x_test[:10]
+    a = qinfer.InferenceSession(q).run(None, {"input": x})[0]
+    b = qinfer.InferenceSession(str(p)).run(None, {"input": x})[0]
+    np.testing.assert_array_equal(a, b)
+    assert q2.graph.metadata["quantization"]["weights"] == "int8"
+    assert "int8" in q2.summary()
+
+
+def test_transformer_dynamic_mode_keeps_cosine(transformer_onnx, rng):
+    m = qinfer.convert(transformer_onnx)
+    q = qinfer.quantize(m, activations="dynamic")
+    assert q.graph.op_counts().get("DynQGemm", 0) >= 4
+    x = rng.standard_normal((2, 16, 16)).astype(np.float32)
+    for a, b in zip(qinfer.InferenceSession(m).run(None, {"x": x}), qinfer.InferenceSession(q).run(None, {"x": x})):
+        cos = float(a.ravel() @ b.ravel() / np.linalg.norm(a) / np.linalg.norm(b))
+        assert cos >= 0.99
+    ref = run_graph(q.graph, {"x": x})
+    got = qinfer.InferenceSession(q).run(None, {"x": x})
+    for name, g in zip(q.graph.output_names, got):
+        np.testing.assert_array_equal(ref[name], g)
+
+
+def test_tight_budget_keeps_sensitive_layers_float(digits_cnn):
+    m = qinfer.convert(digits_cnn.path)
+    q = qinfer.quantize(m, _train_calib(16), max_error=1e-12, progress=False)
+    report = q.graph.metadata["precision_report"]
+    kept = [r for r in report if r["precision"] == "float32"]
+    assert kept and all("sensitive" in r["reason"] for r in kept)
+    assert q.graph.metadata["quantization"]["output_error"] <= 1e-12
+    assert "kept float" in q.summary()
+
+
+def test_exclude_keeps_layer_float(digits_cnn):
+    m = qinfer.convert(digits_cnn.path)
+    first_conv = next(n.name for n in m.graph.nodes if n.op == "Conv")
+    q = qinfer.quantize(m, _train_calib(16), exclude=[first_conv], progress=False)
+    assert any(n.op == "Conv" and n.name == first_conv for n in q.graph.nodes)
+    assert any(r["layer"] == first_conv and "excluded" in r["reason"]
+               for r in q.graph.metadata["precision_report"])
+
+
+def test_errors(digits_cnn):
+    m = qinfer.convert(digits_cnn.path)
+    with pytest.raises(qinfer.CalibrationError, match="calibration data"):
+        qinfer.quantize(m)
+    with pytest.raises(qinfer.CalibrationError):
+        qinfer.quantize(m, [{"wrong_name": digits_cnn.x_test[:1]}])
+    with pytest.raises(qinfer.CalibrationError):
+        qinfer.quantize(m, [])
+    with pytest.raises(qinfer.QinferError, match="int4"):
+        qinfer.quantize(m, _train_calib(4), weights="int4")
+    with pytest.raises(qinfer.QinferError, match="unknown node"):
+        qinfer.quantize(m, _train_calib(4), exclude=["nope"])
+    with pytest.raises(qinfer.QinferError, match="method"):
+        qinfer.quantize(m, _train_calib(4), method="bogus")
+
+
+def test_cli_quantize(digits_cnn, tmp_path):
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, input=_train_calib(32))
+    out = tmp_path / "q.qinf"
+    r = subprocess.run([sys.executable, "-m", "qinfer.cli", "quantize", digits_cnn.path, "--calib", str(calib),
+                        "-o", str(out)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert out.exists() and "layers quantized" in r.stdout
+    assert _accuracy(qinfer.load(out), digits_cnn.x_test, digits_cnn.y_test) > 0.97
+    r = subprocess.run([sys.executable, "-m", "qinfer.cli", "quantize", digits_cnn.path, "-o", str(out)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1 and "--calib" in r.stderr and len(r.stderr.strip().splitlines()) == 1
