@@ -18,6 +18,9 @@ import numpy as np
 
 from .cpu import _kernels as _k
 
+#: at most this many rows, a dense layer runs as a single-threaded BLAS matrix-vector product
+SMALL_M = 4
+
 ACT_NONE, ACT_RELU, ACT_CLIP, ACT_HARDSWISH, ACT_SIGMOID, ACT_HARDSIGMOID = range(6)
 NO_ACT = (ACT_NONE, 0.0, 0.0)
 
@@ -158,7 +161,14 @@ def make_matmul(w, bias, act, nt):
             return None
         lead = x.shape[:-1]
         x2 = np.ascontiguousarray(x).reshape(-1, k)
-        y = _k.gemm_f32(x2, wc, None, bias, 1, code, a, bb, nt)
+        if x2.shape[0] <= SMALL_M:
+            # a few rows: memory-bound on the weight, where single-threaded BLAS streams it in place
+            # (our GEMM copies B band by band); deterministic since BLAS runs on one thread
+            y = x2 @ wc
+            if bias is not None or code:
+                _k.bias_act_f32(y, bias, 1, code, a, bb, 1)
+        else:
+            y = _k.gemm_f32(x2, wc, None, bias, 1, code, a, bb, nt)
         return [y.reshape(lead + (n_out,))]
 
     return matmul

@@ -145,7 +145,7 @@ class InferenceSession:
                     raise InvalidInputError(
                         f"unknown output {name!r}; the model's outputs are {list(self._output_index)}")
                 picks.append(self._output_index[name])
-        threads.blas.set_threads(self._num_threads)
+        threads.blas.set_threads(1)   # BLAS only serves small products here; OpenMP does the rest
         outs = self._executor.run(feeds, signature)
         result = []
         consts = self._graph.initializers

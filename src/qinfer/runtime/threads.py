@@ -2,10 +2,10 @@
 
 Design: ``num_threads=None`` resolves once, the way scikit-learn does: ``QINFER_NUM_THREADS`` if set,
 else the number of physical cores available to this process (affinity mask, cgroup CPU quota).
-The float path calls numpy's matmul, whose OpenBLAS keeps a process-wide thread count; we set it
-before each run only when it differs (a ctypes call, ~100 ns). Two sessions with different thread
-counts running at the same time in one process therefore share that setting (documented limitation;
-the int8 kernels take their thread count per call).
+Heavy ops run on qinfer's own OpenMP kernels, which take their thread count per call. numpy's
+OpenBLAS still serves small products (batch-1 dense layers, attention matmuls of the reference ops):
+sessions pin it to one thread, so its pool never competes with OpenMP's for the cores and its
+results do not depend on a thread count.
 """
 import ctypes
 import math
