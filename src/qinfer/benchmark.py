@@ -84,8 +84,7 @@ class Variant:
     what: str
 
     def missing(self):
-        import qinfer
-        return [f for f in self.needs if not hasattr(qinfer, f)]
+        return [f for f in self.needs if not _has_capability(f)]
 
     def available(self):
         return not self.missing()
@@ -110,7 +109,7 @@ class Variant:
 VARIANTS = {
     "float": Variant("float", (), False, "float32 weights and activations"),
     "int8": Variant("int8", ("quantize",), True, "int8 weights (per channel), int8 static activations"),
-    "int4": Variant("int4", ("quantize",), True, "int4 weights (groups of 64), int8 activations"),
+    "int4": Variant("int4", ("quantize", "int4 weights"), True, "int4 weights (groups of 64), int8 activations"),
     "sparse-int8": Variant("sparse-int8", ("prune", "quantize"), True,
                            f"{SPARSITY:.0%} of weights pruned in 1x4 blocks, then int8"),
 }
@@ -141,10 +140,19 @@ def parse_variants(text):
     return names
 
 
+def _has_capability(what):
+    """A public function of qinfer ("quantize", "prune") or a weight format ("int4 weights")."""
+    import qinfer
+    if what.endswith(" weights"):
+        from .quant.quantize import WEIGHT_FORMATS
+        return what.split()[0] in WEIGHT_FORMATS
+    return hasattr(qinfer, what)
+
+
 def _not_built(names):
-    """One phrase saying which API functions the given variants miss."""
+    """One phrase saying which API functions (or weight formats) the given variants miss."""
     funcs = sorted({f for n in names for f in VARIANTS[n].missing()})
-    return " / ".join(f"qinfer.{f}" for f in funcs)
+    return " / ".join(f if " " in f else f"qinfer.{f}" for f in funcs)
 
 
 # ------------------------------------------------------------------------------------------ inputs

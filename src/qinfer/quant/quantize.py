@@ -31,6 +31,8 @@ from ..reference.qops import DYNAMIC_ZP
 from . import qparams as qp
 from .calibrate import calibrate, iter_calibration
 
+#: weight formats this version quantizes to (int4 comes with its kernels)
+WEIGHT_FORMATS = ("int8",)
 #: default output budget: every output keeps cosine similarity >= 0.99 with the float model
 DEFAULT_MAX_ERROR = 0.01
 #: calibration samples used to measure the output error (the first ones)
@@ -399,11 +401,16 @@ def quantize_graph(graph, calibration, weights="int8", activations="int8", metho
     feeds = list(iter_calibration(calibration, graph.input_names))
     if not feeds:
         raise errors.CalibrationError("calibration data is empty")
-    observers = calibrate(graph, feeds, method=method, progress=progress)
     candidates = find_candidates(graph, exclude)
     if not candidates:
-        raise errors.QinferError("the model has no layer qinfer can quantize (Conv, Gemm, MatMul "
-                                 "with constant weights)")
+        # nothing to quantize (no Conv / Gemm / MatMul with constant weights): the model is returned
+        # as it is, and says so, as ONNX Runtime's quantizer does
+        g = graph.copy()
+        g.metadata["precision_report"] = []
+        g.metadata["quantization"] = {"weights": "int8", "activations": "int8",
+                                      "note": "no layer with constant weights to quantize"}
+        return g
+    observers = calibrate(graph, feeds, method=method, progress=progress)
     unfit = {}
     for c in candidates:   # a bias that int32 cannot hold (tiny input scale) keeps the layer float
         try:
