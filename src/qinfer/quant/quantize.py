@@ -350,16 +350,21 @@ def _outputs(graph, feeds, num_threads=1):
 
 
 def output_error(ref_outs, got_outs):
-    """max over outputs of 1 - cosine similarity (over all evaluation samples together)."""
+    """Worst 1 - cosine similarity over every output of every evaluation sample.
+
+    Per sample, not pooled: a model must keep its answer on each input (a text-free image's
+    near-zero map must not hide a broken one in a pooled cosine).
+    """
     worst = 0.0
-    for k in range(len(ref_outs[0])):
-        r = np.concatenate([np.asarray(o[k], np.float64).ravel() for o in ref_outs])
-        q = np.concatenate([np.asarray(o[k], np.float64).ravel() for o in got_outs])
-        nr, nq = np.linalg.norm(r), np.linalg.norm(q)
-        if nr == 0 and nq == 0:
-            continue
-        cos = float(r @ q / (nr * nq)) if nr > 0 and nq > 0 else 0.0
-        worst = max(worst, 1.0 - cos)
+    for ref, got in zip(ref_outs, got_outs):
+        for r, q in zip(ref, got):
+            r = np.asarray(r, np.float64).ravel()
+            q = np.asarray(q, np.float64).ravel()
+            nr, nq = np.linalg.norm(r), np.linalg.norm(q)
+            if nr == 0 and nq == 0:
+                continue
+            cos = float(r @ q / (nr * nq)) if nr > 0 and nq > 0 else 0.0
+            worst = max(worst, 1.0 - cos)
     return worst
 
 

@@ -20,9 +20,16 @@ def _epilogue(attrs):
                 beta=float(attrs.get("beta", 0.0)))
 
 
+def _native(arr):
+    """The same bytes as a native-byte-order array (arrays loaded from a .qinf file say '<f4',
+    whose buffer format the kernels' strict checks do not take)."""
+    return None if arr is None else arr.view(arr.dtype.newbyteorder("="))
+
+
 def make_qop(node, consts, nt):
     """A fast function for a quantized node, or None (the planner then runs the reference op)."""
     a = node.attrs
+    consts = {name: _native(consts.get(name)) for name in node.inputs[1:] if name}
     if node.op == "QConv":
         packed, scale = consts.get(node.inputs[1]), consts.get(node.inputs[2])
         if packed is None or scale is None:
