@@ -203,3 +203,35 @@ def make_gemm(attrs, b_const, c_const, act, nt):
         return fn(inputs, attrs_, n)
 
     return gemm
+
+
+def make_pool(op, attrs):
+    """Non-overlapping 2-D max / average pooling (kernel == stride, no padding) as one reshape and
+    reduction, or None. Covers the 2x2 / stride-2 pools of classic CNNs without the general
+    sliding-window code."""
+    k = list(attrs.get("kernel_shape", []))
+    if op not in ("MaxPool", "AveragePool") or len(k) != 2:
+        return None
+    if list(attrs.get("strides", [1, 1])) != k or any(attrs.get("pads", [0, 0, 0, 0])):
+        return None
+    if attrs.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID") or any(d != 1 for d in attrs.get("dilations", [1, 1])):
+        return None
+    if attrs.get("storage_order", 0):
+        return None
+    kh, kw = k
+    reduce = np.max if op == "MaxPool" else np.mean
+
+    def pool(inputs, _attrs, n_out):
+        x = inputs[0]
+        if n_out != 1 or x.ndim != 4 or x.dtype != np.float32:
+            return None
+        n, c, h, w = x.shape
+        oh, ow = h // kh, w // kw
+        if oh == 0 or ow == 0:
+            return None
+        if attrs.get("ceil_mode", 0) and (h % kh or w % kw):
+            return None
+        v = x[:, :, :oh * kh, :ow * kw].reshape(n, c, oh, kh, ow, kw)
+        return [np.ascontiguousarray(reduce(v, axis=(3, 5)), dtype=np.float32)]
+
+    return pool
