@@ -24,3 +24,7 @@ def cache_dir():
     d = env_str(CACHE_DIR_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "qinfer")
     os.makedirs(d, exist_ok=True)
     return d
+
+#: GOMP_SPINCOUNT qinfer sets before libgomp loads, unless OMP_WAIT_POLICY or GOMP_SPINCOUNT is set
+#: (see qinfer/_ext/__init__.py for why)
+GOMP_SPIN_DEFAULT = "10000"
