@@ -6,7 +6,7 @@ Every test runs at every ISA tier this machine can run (capped through qinfer.ru
 same IEEE operations in the same order as the reference (docs: kernels/include/qinfer/qint8.h),
 so requantized uint8 and float32 outputs must be equal (np.testing.assert_array_equal).
 Shape classes come from the tiles: the AVX-512 tile is 8 rows x 32 channels (AVX2 6 x 8), K in
-groups of 4, K blocks of 512 bytes, N blocks of 256, row blocks of up to 192; depthwise works on
+groups of 4, K blocks of 512 bytes, N blocks of 256, row blocks of up to 256; depthwise works on
 16 (AVX-512) / 8 (AVX2) channels at a time.
 """
 import numpy as np
@@ -32,7 +32,12 @@ def isa(request):
 
 @pytest.fixture(params=THREADS, ids=lambda t: f"{t}thr")
 def nt(request):
-    return request.param
+    # test shapes are small: without this the drivers would run most of them on one thread
+    prev = K.qint8_set_min_work(1)
+    try:
+        yield request.param
+    finally:
+        K.qint8_set_min_work(prev)
 
 
 @pytest.fixture(params=[True, False], ids=["u8", "f32"])
@@ -52,7 +57,8 @@ def _qparams(rng, n, k):
     return bias, zp, scale
 
 
-def _out_kw(out_u8, act=(0, 0.0, 0.0), y_inv_scale=0.05, zp_y=11):
+def _out_kw(out_u8, act=(0, 0.0, 0.0), y_inv_scale=40.0, zp_y=100):
+    """y ~ +-2 (std) -> t = 40 y + 100: the bytes span 0..255 and both clamps are hit."""
     kw = dict(activation=act[0], alpha=act[1], beta=act[2], y_inv_scale=y_inv_scale, zp_y=zp_y)
     ref = dict(act=act[0], alpha=act[1], beta=act[2], out_u8=out_u8, y_inv_scale=y_inv_scale,
                zp_y=zp_y)
@@ -70,10 +76,11 @@ GEMM_SHAPES = {  # id: (M, K, N)
     "primes": (17, 63, 65),
     "k_tail": (7, 255, 63),
     "m1_wide": (1, 300, 257),
-    "rows_above_mc": (197, 64, 40),
+    "rows_above_mc": (261, 64, 40),
     "k_above_kc": (20, 1031, 70),
     "n_above_nc": (16, 64, 289),
     "big": (131, 600, 300),
+    "k1024_stride_copy": (21, 1024, 40),
 }
 
 
@@ -94,10 +101,12 @@ def test_qgemm_activations(isa, nt, out_u8, act, rng):
     a, w = _data(rng, (M, Kd)), _data(rng, (Kd, N), -127, 127, np.int8)
     bias, zp, scale = _qparams(rng, N, Kd)
     scale *= 4  # y spans about [-10, 10]: every activation's bends are crossed
-    kw, rkw = _out_kw(out_u8, act)
     packed = Q.pack_gemm_qc8w(w, bias, zp)
-    got = K.qgemm_u8s8(a, packed, scale, num_threads=nt, **kw)
-    np.testing.assert_array_equal(got, Q.qgemm(a, w, scale, bias, zp, **rkw))
+    # y_inv_scale 1 and zp_y 0 take the kernels' shortcuts (no multiply; no max for >= 0 acts)
+    for inv, zp_y in ((40.0, 100), (1.0, 0), (12.0, 0)):
+        kw, rkw = _out_kw(out_u8, act, inv, zp_y)
+        got = K.qgemm_u8s8(a, packed, scale, num_threads=nt, **kw)
+        np.testing.assert_array_equal(got, Q.qgemm(a, w, scale, bias, zp, **rkw))
 
 
 @pytest.mark.parametrize("case", ["a255_w127", "a255_wm128", "a0_w127", "alternating",
@@ -116,8 +125,9 @@ def test_qgemm_saturating_values(isa, nt, case, rng):
     bias = np.zeros(N, np.int32)
     scale = np.full(N, 1e-7, np.float32)
     packed = Q.pack_gemm_qc8w(w, bias, 0)
-    for out_u8 in (True, False):
-        kw, rkw = _out_kw(out_u8, y_inv_scale=1.0, zp_y=100)
+    # y_inv_scale 1e20: t far beyond int32 (cvtps2dq's 0x80000000 must still give 255 / 0)
+    for out_u8, inv in ((True, 1.0), (False, 1.0), (True, 1e20)):
+        kw, rkw = _out_kw(out_u8, y_inv_scale=inv, zp_y=100)
         got = K.qgemm_u8s8(a, packed, scale, num_threads=nt, **kw)
         ref = Q.qgemm(a, w, scale, bias, 0, **rkw)
         np.testing.assert_array_equal(got, ref)
@@ -180,7 +190,7 @@ CONV_CASES = {  # id: (N, H, W, Cin, Cout, KH, KW, strides, pads, dilations, gro
     "7x7_stem_stride2": (1, 30, 30, 3, 64, 7, 7, (2, 2), (3, 3, 3, 3), (1, 1), 1),
     "kernel_larger_than_input": (1, 3, 2, 4, 5, 5, 5, (1, 1), (2, 2, 2, 3), (1, 1), 1),
     "k_above_kc": (1, 6, 6, 96, 40, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1),
-    "rows_above_mc": (1, 15, 15, 16, 20, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1),
+    "rows_above_mc": (1, 17, 17, 16, 20, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1),
 }
 
 
@@ -227,18 +237,23 @@ DW_CASES = {  # id: (N, H, W, C, KH, KW, strides, pads, dilations)
     "3x3_dilation2": (1, 10, 10, 24, 3, 3, (1, 1), (2, 2, 2, 2), (2, 2)),
     "asym_pads": (1, 8, 9, 20, 3, 3, (1, 2), (0, 2, 1, 0), (1, 1)),
     "kernel_larger_than_input": (1, 2, 3, 18, 5, 5, (1, 1), (2, 2, 2, 2), (1, 1)),
-    "9x9_over_64_taps": (1, 10, 11, 21, 9, 9, (1, 1), (4, 4, 4, 4), (1, 1)),
+    "9x9_two_quads_plus": (1, 10, 11, 21, 9, 9, (1, 1), (4, 4, 4, 4), (1, 1)),
+    "2x3_row_pairs": (1, 7, 8, 35, 2, 3, (1, 1), (1, 1, 0, 1), (1, 1)),
+    "1x3_row_pairs": (2, 5, 6, 48, 1, 3, (1, 1), (0, 1, 0, 1), (1, 1)),
+    "3x3_c64_odd_rows": (1, 9, 6, 64, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1)),
+    "7x7_c200_rows_split_mid_row": (1, 7, 7, 200, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1)),
+    "5x5_s2_c72_batch2": (2, 9, 9, 72, 5, 5, (2, 2), (2, 2, 2, 2), (1, 1)),
 }
 
 
-def _dw(nt, out_u8, case, rng, act=(0, 0.0, 0.0), x_fill=None, w_fill=None):
+def _dw(nt, out_u8, case, rng, act=(0, 0.0, 0.0), x_fill=None, w_fill=None, inv_zp=(40.0, 100)):
     N, H, W, C, KH, KW, st, pads, dil = case
     x = _data(rng, (N, H, W, C)) if x_fill is None else np.full((N, H, W, C), x_fill, np.uint8)
     w = (_data(rng, (C, 1, KH, KW), -127, 127, np.int8) if w_fill is None
          else np.full((C, 1, KH, KW), w_fill, np.int8))
     bias, zp, scale = _qparams(rng, C, KH * KW)
     scale *= 4
-    kw, rkw = _out_kw(out_u8, act)
+    kw, rkw = _out_kw(out_u8, act, *inv_zp)
     packed = Q.pack_dwconv_qc8w(w, bias, zp)
     got = K.qdwconv2d_u8s8_nhwc(x, packed, scale, st, pads, dil, num_threads=nt, **kw)
     ref = Q.qdwconv2d_nhwc(x, w, scale, bias, zp, st, pads, dil, **rkw)
@@ -253,6 +268,7 @@ def test_qdwconv_cases(isa, nt, out_u8, case, rng):
 @pytest.mark.parametrize("act", ACTS, ids=ACT_IDS)
 def test_qdwconv_activations(isa, nt, act, rng):
     _dw(nt, True, DW_CASES["3x3_s1_c17"], rng, act)
+    _dw(nt, True, DW_CASES["3x3_c64_odd_rows"], rng, act, inv_zp=(1.0, 0))
     _dw(nt, False, DW_CASES["3x3_s2_c33"], rng, act)
 
 
@@ -277,6 +293,17 @@ def test_slots_in_kernel_table():
     assert table["dwconv2d_qu8_qc8w"].startswith("qi_dwconv2d_qu8_qc8w__")
     info = cpu.runtime_info()
     assert "gemm_qu8_qc8w" in info and "dwconv2d_qu8_qc8w" in info
+
+
+def test_explicit_little_endian_arrays_accepted(rng):
+    """Arrays read from files often spell the byte order ('<f4'); the checks take them."""
+    w = _data(rng, (10, 6), -127, 127, np.int8)
+    p = Q.pack_gemm_qc8w(w, None, 3)
+    a = _data(rng, (4, 10))
+    s = np.ones(6, np.float32)
+    ref = K.qgemm_u8s8(a, p, s, out_dtype=np.float32)
+    got = K.qgemm_u8s8(a, p, s.astype("<f4").view(np.dtype("<f4")), out_dtype=np.float32)
+    np.testing.assert_array_equal(got, ref)
 
 
 def test_validation_errors(rng):
@@ -308,6 +335,10 @@ def test_validation_errors(rng):
     bad[0] = 0
     with pytest.raises(ValueError, match="magic"):
         K.qgemm_u8s8(a, bad, s)
+    old = p.copy()
+    old[4] = 1  # version 1 (depthwise taps x channels): refused, never misread
+    with pytest.raises(ValueError, match="format version 1, this build reads 2"):
+        K.qgemm_u8s8(a, old, s)
     with pytest.raises(ValueError, match="bytes, the header says"):
         K.qgemm_u8s8(a, p[:-1].copy(), s)
     with pytest.raises(ValueError, match="packed_w holds GEMM weights"):

@@ -8,7 +8,7 @@
  * accumulators per row; one vphaddd + vpermq per tile at the end of a K block folds the halves
  * into channel order. Integer sums are exact, so the result equals the VNNI and scalar kernels'.
  * 12 accumulators + 2 weight registers + 1 activation + the shuffle mask = 16 ymm.
- * Blocking as the AVX-512 kernel (NC 256, KC <= 512, rows <= 192 from the driver); the 8-column
+ * Blocking as the AVX-512 kernel (NC 256, KC <= 512, rows <= 256 from the driver); the 8-column
  * sub-tiles walk the same 32-column panels, KC x 8 bytes of weights (4 KiB) per sliver.
  */
 #include <immintrin.h>

@@ -5,13 +5,16 @@
  * activation bytes per row (vpbroadcastd), 16 vpdpbusd (u8 x s8 -> int32, exact): 1 load per 1.6
  * dot products, 16 independent chains to cover the latency. Zen 4 runs one zmm vpdpbusd per cycle
  * (64 MACs), the machine's peak. Blocking: columns in blocks of 256 (NC), K in blocks of at most
- * 512 bytes (KC, balanced), rows as the driver hands them (<= 192); loops jc > kc > panel > row
+ * 512 bytes (KC, balanced), rows as the driver hands them (<= 256); loops jc > kc > panel > row
  * tile, so the KC x 32 weight sliver (<= 16 KiB) stays in L1 while every row tile of the block
- * streams over it and the A block (<= 192 x 512 B) stays in L2. Between K blocks the tile parks
- * its int32 sums in `acc`; the first block starts from the folded bias, the last runs the
- * epilogue (qepi-avx512vnni.h) straight from registers. Row tiles below 8 rows are separate
- * instantiations (no wasted rows at M = 1); a K tail of k % 4 bytes is read byte-wise, never past
- * a row. Column edges: masked scale loads and stores.
+ * streams over it and the A block (<= 256 x 512 B) stays in L2 with the B block and the parked
+ * sums (512 KiB in all; 256 rows let a 196-row layer read its weights once). Between K blocks
+ * the tile parks its int32 sums in `acc`; the first block starts from the folded bias, the last
+ * hands them (through a 1 KiB stack tile) to the epilogue (qepi-avx512vnni.h), instantiated per
+ * activation and output type so its per-vector code is straight-line. Row tiles below 8 rows are
+ * separate instantiations (no wasted rows at M = 1; a single row uses 4 chains and prefetches
+ * its weight stream, and a single row tile skips K blocking); a K tail of k % 4 bytes is read
+ * byte-wise, never past a row. Column edges: masked scale loads and stores.
  */
 #include <immintrin.h>
 #include "qinfer/ukernels.h"
@@ -20,6 +23,44 @@
 #define QI_MR 8
 #define QI_NR 32
 #define QI_KCG (QI_QGEMM_KC_MAX / 4) /* K groups per block */
+#ifndef QI_PF_DIST
+#define QI_PF_DIST 4096 /* bytes of weights prefetched ahead in the one-row loop (2-4 KiB: same) */
+#endif
+
+/* per panel: the epilogue's masks and scales (hoisted out of the row-tile loop) */
+typedef struct qi_qpanel {
+  __mmask16 m0, m1;
+  __m512 s0, s1;
+} qi_qpanel;
+
+/* The epilogue of one tile, sums in tile[r][0:32] for rows r < mr, instantiated per case */
+QI_INLINE void qi_qepi_rows(const int code, const int u8, int32_t (*tile)[QI_NR], int mr,
+                            const qi_qpanel *P, char *o, size_t ldo, const qi_qe16v v) {
+  const size_t es = u8 ? 1 : 4;
+  const int full0 = P->m0 == 0xFFFF, full1 = P->m1 == 0xFFFF;
+  for (int r = 0; r < mr; r++, o += ldo) {
+    const __m512i a0 = _mm512_load_si512(tile[r]), a1 = _mm512_load_si512(tile[r] + 16);
+    if (full0)
+      qi_qe16_store_k(a0, P->s0, v, o, 0xFFFF, code, u8, 1);
+    else
+      qi_qe16_store_k(a0, P->s0, v, o, P->m0, code, u8, 0);
+    if (full1)
+      qi_qe16_store_k(a1, P->s1, v, o + 16 * es, 0xFFFF, code, u8, 1);
+    else if (P->m1)
+      qi_qe16_store_k(a1, P->s1, v, o + 16 * es, P->m1, code, u8, 0);
+  }
+}
+
+static void qi_qepi_tile(int32_t (*tile)[QI_NR], int mr, const qi_qpanel *P, const qi_qepi *ep,
+                         const qi_qe16 *E, size_t row0, size_t n0) {
+  const qi_qe16v v = qi_qe16v_of(E);
+  const size_t es = E->out_u8 ? 1 : 4;
+  char *o = (char *)ep->out + (row0 * ep->ldo + n0) * es;
+  const size_t ldo = ep->ldo * es;
+#define QI_EPI_CASE(CODE, U8, FULL) qi_qepi_rows(CODE, U8, tile, mr, P, o, ldo, v)
+  QI_QE16_DISPATCH(E, 0, QI_EPI_CASE)
+#undef QI_EPI_CASE
+}
 
 /* One row's two accumulators are c<r>0, c<r>1: named variables rather than an array, so gcc keeps
  * all 16 in zmm registers with no copies in the K loop. `mr` is a compile-time constant in each
@@ -29,7 +70,7 @@
 QI_INLINE void qi_qtile(const int mr, size_t g0, size_t g1, size_t kg_full, size_t tail,
                         const uint8_t *a, size_t lda, const int8_t *b, int first, int last,
                         const int32_t *bias, int32_t *acc, const qi_qepi *ep, const qi_qe16 *E,
-                        size_t row0, size_t n0, size_t nvalid) {
+                        size_t row0, size_t n0, const qi_qpanel *P) {
 #define QI_DECL(r) __m512i c##r##0 = _mm512_setzero_si512(), c##r##1 = _mm512_setzero_si512();
   QI_FOR_ROWS(QI_DECL)
 #undef QI_DECL
@@ -57,7 +98,28 @@ QI_INLINE void qi_qtile(const int mr, size_t g0, size_t g1, size_t kg_full, size
   }
 #define QI_DOT_FULL(r) QI_DOT(r, qi_q_load_i32(ap + r * lda))
 #define QI_DOT_TAIL(r) QI_DOT(r, qi_q_load_tail(ap + r * lda, tail))
-  for (size_t g = g0; g < gend; g++) {
+  size_t g = g0;
+  if (mr == 1) { /* one row: a second accumulator pair on odd K groups, for 4 chains in flight */
+    __m512i d00 = _mm512_setzero_si512(), d01 = _mm512_setzero_si512();
+    for (; g + 2 <= gend; g += 2) {
+      /* the weights are one sequential stream here (panels are contiguous): fetch ahead of the
+       * hardware prefetcher, which alone leaves L3 -> L2 at about half its bandwidth */
+      _mm_prefetch((const char *)b + QI_PF_DIST, _MM_HINT_T0);
+      _mm_prefetch((const char *)b + QI_PF_DIST + 64, _MM_HINT_T0);
+      _mm_prefetch((const char *)b + QI_PF_DIST + 128, _MM_HINT_T0);
+      _mm_prefetch((const char *)b + QI_PF_DIST + 192, _MM_HINT_T0);
+      const __m512i av = _mm512_set1_epi32(qi_q_load_i32(ap)), av2 = _mm512_set1_epi32(qi_q_load_i32(ap + 4));
+      c00 = _mm512_dpbusd_epi32(c00, av, _mm512_loadu_si512(b));
+      c01 = _mm512_dpbusd_epi32(c01, av, _mm512_loadu_si512(b + 64));
+      d00 = _mm512_dpbusd_epi32(d00, av2, _mm512_loadu_si512(b + 128));
+      d01 = _mm512_dpbusd_epi32(d01, av2, _mm512_loadu_si512(b + 192));
+      b += 256;
+      ap += 8;
+    }
+    c00 = _mm512_add_epi32(c00, d00);
+    c01 = _mm512_add_epi32(c01, d01);
+  }
+  for (; g < gend; g++) {
     const __m512i w0 = _mm512_loadu_si512(b), w1 = _mm512_loadu_si512(b + 64);
     b += 128;
     QI_FOR_ROWS(QI_DOT_FULL)
@@ -80,27 +142,23 @@ QI_INLINE void qi_qtile(const int mr, size_t g0, size_t g1, size_t kg_full, size
 #undef QI_PARK
     return;
   }
-  const __mmask16 m0 = nvalid >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << nvalid) - 1);
-  const __mmask16 m1 = nvalid >= 32 ? (__mmask16)0xFFFF
-                       : nvalid <= 16 ? (__mmask16)0 : (__mmask16)((1u << (nvalid - 16)) - 1);
-  const __m512 s0 = _mm512_maskz_loadu_ps(m0, ep->scale + n0);
-  const __m512 s1 = _mm512_maskz_loadu_ps(m1, ep->scale + n0 + 16);
-  const size_t es = ep->out_u8 ? 1 : 4;
-  char *o = (char *)ep->out + (row0 * ep->ldo + n0) * es;
-  const size_t ldo = ep->ldo * es;
-#define QI_EPI(r)                                                    \
+  /* epilogue: the sums go through a 1 KiB stack tile to one routine instantiated per
+   * (activation, output type), so the per-vector code has no switch and no reloaded flags */
+  int32_t tile[QI_MR][QI_NR] __attribute__((aligned(64)));
+#define QI_PUT(r)                                                    \
   if (mr > r) {                                                      \
-    qi_qe16_store(c##r##0, s0, E, o + r * ldo, m0);                  \
-    if (m1) qi_qe16_store(c##r##1, s1, E, o + r * ldo + 16 * es, m1); \
+    _mm512_store_si512(tile[r], c##r##0);                            \
+    _mm512_store_si512(tile[r] + 16, c##r##1);                       \
   }
-  QI_FOR_ROWS(QI_EPI)
-#undef QI_EPI
+  QI_FOR_ROWS(QI_PUT)
+#undef QI_PUT
+  qi_qepi_tile(tile, mr, P, ep, E, row0, n0);
 }
 
 #define QI_QTILE_CASE(R)                                                                     \
   case R:                                                                                    \
     qi_qtile(R, g0, g1, kg_full, tail, a + i * lda, lda, bp, first, last, bias,             \
-             acc + i * QI_QGEMM_NC_MAX + (j - jc), ep, &E, i, j, nvalid);                  \
+             acc + i * QI_QGEMM_NC_MAX + (j - jc), ep, &E, i, j, &P);                       \
     break;
 
 void qi_gemm_qu8_qc8w__avx512vnni(size_t m, size_t n_begin, size_t n_end, size_t k,
@@ -108,7 +166,9 @@ void qi_gemm_qu8_qc8w__avx512vnni(size_t m, size_t n_begin, size_t n_end, size_t
                                   const int8_t *w, size_t k_pad, const qi_qepi *ep, int32_t *acc) {
   const qi_qe16 E = qi_qe16_init(ep);
   const size_t kg_full = k / 4, tail = k % 4, G = kg_full + (tail ? 1 : 0);
-  const size_t nkb = (G + QI_KCG - 1) / QI_KCG;
+  /* K blocks pay off when several row tiles reuse the weight sliver; a single row tile streams
+   * each panel whole (one contiguous stream for the prefetcher, no parked sums) */
+  const size_t nkb = m <= QI_MR ? 1 : (G + QI_KCG - 1) / QI_KCG;
   const size_t kcg = nkb ? (G + nkb - 1) / nkb : 0;
   for (size_t jc = n_begin; jc < n_end; jc += QI_QGEMM_NC_MAX) {
     const size_t jend = n_end - jc < QI_QGEMM_NC_MAX ? n_end : jc + QI_QGEMM_NC_MAX;
@@ -118,6 +178,12 @@ void qi_gemm_qu8_qc8w__avx512vnni(size_t m, size_t n_begin, size_t n_end, size_t
       for (size_t j = jc; j < jend; j += QI_NR) {
         const int8_t *bp = w + (j / QI_NR) * k_pad * QI_NR + g0 * 4 * QI_NR;
         const size_t nvalid = jend - j < QI_NR ? jend - j : QI_NR;
+        qi_qpanel P;
+        P.m0 = nvalid >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << nvalid) - 1);
+        P.m1 = nvalid >= 32 ? (__mmask16)0xFFFF
+               : nvalid <= 16 ? (__mmask16)0 : (__mmask16)((1u << (nvalid - 16)) - 1);
+        P.s0 = _mm512_maskz_loadu_ps(P.m0, ep->scale + j);
+        P.s1 = _mm512_maskz_loadu_ps(P.m1, ep->scale + j + 16);
         for (size_t i = 0; i < m; i += QI_MR) {
           switch (m - i < QI_MR ? m - i : QI_MR) {
             QI_QTILE_CASE(8)

@@ -7,15 +7,15 @@
  */
 #include "qinfer/ukernels.h"
 
-void qi_dwconv2d_qu8_qc8w__scalar(const qi_conv2d_geom *g, size_t c, size_t p_begin,
-                                  size_t p_end, const uint8_t *x, const int32_t *bias,
+void qi_dwconv2d_qu8_qc8w__scalar(const qi_conv2d_geom *g, size_t c, size_t c_begin,
+                                  size_t c_end, size_t p_begin, size_t p_end, const uint8_t *x, const int32_t *bias,
                                   const int8_t *w, size_t c_pad, uint8_t zp_x,
                                   const qi_qepi *ep, uint8_t *scratch) {
   (void)scratch;
   const size_t nq = qi_qdw_nq(g);
   for (size_t p = p_begin; p < p_end; p++) {
     const size_t oy = p / g->out_w, ox = p - oy * g->out_w;
-    for (size_t ch = 0; ch < c; ch++) {
+    for (size_t ch = c_begin; ch < c_end; ch++) {
       int32_t acc = bias[ch];
       for (size_t kx = 0; kx < g->k_w; kx++) {
         const ptrdiff_t ix = (ptrdiff_t)(ox * g->stride_w + kx * g->dil_w) - (ptrdiff_t)g->pad_left;

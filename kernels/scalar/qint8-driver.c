@@ -11,6 +11,8 @@
  * MC x k_pad bytes, built once per (row block, group) and reused for every panel of that group.
  * Integer sums are exact, so neither the block sizes nor the thread rectangle change any output.
  */
+#include <pthread.h>
+#include <stdlib.h>
 #include "qinfer/ukernels.h"
 
 #define QI_ALIGN64(n) (((n) + 63) & ~(size_t)63)
@@ -27,13 +29,27 @@ static size_t qi_qconv_acc_bytes(const qi_qconv_problem *p, size_t mc) {
   return k > QI_QGEMM_KC_MAX ? QI_ALIGN64(mc * QI_QGEMM_NC_MAX * sizeof(int32_t)) : 0;
 }
 
+/* Row stride of an A block copied into scratch: k_pad, plus one cache line when k_pad is a
+ * multiple of 1 KiB (then rows r and r + 4 of a tile would share L1 sets: 4 KiB aliasing). */
+static size_t qi_qconv_a_stride(size_t k_pad) {
+  return k_pad % 1024 == 0 ? k_pad + 64 : k_pad;
+}
+
+/* A read in place, but through a copy: rows of a multiple-of-1 KiB stride (a GEMM with K = 1024,
+ * 4096, ...) all fall in the same few L1 sets, which costs the 8-row tile about a tenth of its
+ * speed; copying a row block (once per block, K bytes per row) is far cheaper than that. */
+static int qi_qconv_copies_a(const qi_qconv_problem *p, size_t mc) {
+  return p->direct && mc > 8 && p->lda % 1024 == 0 && p->k >= 256;
+}
+
 size_t qi_qconv_scratch_bytes(const qi_qconv_problem *p, size_t rows) {
   if (rows == 0) return 0;
   size_t mc = qi_qconv_mc(rows);
-  return qi_qconv_acc_bytes(p, mc) + (p->direct ? 0 : QI_ALIGN64(mc * p->k_pad));
+  int copy = !p->direct || qi_qconv_copies_a(p, mc);
+  return qi_qconv_acc_bytes(p, mc) + (copy ? QI_ALIGN64(mc * qi_qconv_a_stride(p->k_pad)) : 0);
 }
 
-/* patches of rows [r0, r0 + m) of group g into buf[m, k_pad] */
+/* patches of rows [r0, r0 + m) of group g into buf[m, k_pad] (row stride qi_qconv_a_stride) */
 static void qi_qconv_im2col(const qi_qconv_problem *p, size_t g, size_t r0, size_t m, uint8_t *buf) {
   const qi_conv2d_geom *ge = &p->geom;
   const size_t ohw = ge->out_h * ge->out_w, cin = p->cin, ct = p->cin_total;
@@ -41,7 +57,7 @@ static void qi_qconv_im2col(const qi_qconv_problem *p, size_t g, size_t r0, size
     size_t r = r0 + i, img = r / ohw, pix = r - img * ohw;
     size_t oy = pix / ge->out_w, ox = pix - oy * ge->out_w;
     const uint8_t *xi = p->x + img * ge->in_h * ge->in_w * ct + g * cin;
-    uint8_t *dst = buf + i * p->k_pad;
+    uint8_t *dst = buf + i * qi_qconv_a_stride(p->k_pad);
     const ptrdiff_t ix0 = (ptrdiff_t)(ox * ge->stride_w) - (ptrdiff_t)ge->pad_left;
     const int row_inside = ix0 >= 0 && ix0 + (ptrdiff_t)((ge->k_w - 1) * ge->dil_w) < (ptrdiff_t)ge->in_w;
     for (size_t ky = 0; ky < ge->k_h; ky++) {
@@ -73,6 +89,7 @@ void qi_qconv_run(const qi_qconv_problem *p, qi_gemm_qu8_qc8w_fn *fn, size_t m_b
   int32_t *acc = (int32_t *)scratch;
   uint8_t *cols = (uint8_t *)scratch + qi_qconv_acc_bytes(p, mc);
   const size_t es = p->ep.out_u8 ? 1 : sizeof(float);
+  const int copy = qi_qconv_copies_a(p, mc);
   for (size_t r0 = m_begin; r0 < m_end; r0 += mc) {
     size_t m = m_end - r0 < mc ? m_end - r0 : mc;
     for (size_t g = p_begin / ppg; g * ppg < p_end; g++) {
@@ -83,14 +100,20 @@ void qi_qconv_run(const qi_qconv_problem *p, qi_gemm_qu8_qc8w_fn *fn, size_t m_b
       if (n0 >= n1) continue;
       const uint8_t *a;
       size_t lda, k;
-      if (p->direct) {
+      if (p->direct && !copy) {
         a = p->x + r0 * p->lda + g * p->cin;
         lda = p->lda;
+        k = p->k;
+      } else if (p->direct) {
+        const size_t st = qi_qconv_a_stride(p->k_pad);
+        for (size_t i = 0; i < m; i++) memcpy(cols + i * st, p->x + (r0 + i) * p->lda + g * p->cin, p->k);
+        a = cols;
+        lda = st;
         k = p->k;
       } else {
         qi_qconv_im2col(p, g, r0, m, cols);
         a = cols;
-        lda = p->k_pad;
+        lda = qi_qconv_a_stride(p->k_pad);
         k = p->k_pad;
       }
       qi_qepi ep = p->ep;
@@ -100,6 +123,50 @@ void qi_qconv_run(const qi_qconv_problem *p, qi_gemm_qu8_qc8w_fn *fn, size_t m_b
          &ep, acc);
     }
   }
+}
+
+/* Per-thread scratch for the Cython drivers: one buffer per OS thread, kept between calls and
+ * grown on demand (freed when the thread exits). Allocating per call cost a batch-1 layer a few
+ * microseconds (above 128 KiB glibc maps fresh pages each time), which is what it computes in.
+ * 16 KiB of slack past the end keeps the next thread's buffer out of this core's prefetcher. */
+typedef struct qi_qbuf {
+  void *mem;
+  size_t cap;
+} qi_qbuf;
+static pthread_key_t g_qbuf_key;
+static pthread_once_t g_qbuf_once = PTHREAD_ONCE_INIT;
+static int g_qbuf_ok;
+
+static void qi_qbuf_free(void *p) {
+  qi_qbuf *b = (qi_qbuf *)p;
+  free(b->mem);
+  free(b);
+}
+
+static void qi_qbuf_init(void) { g_qbuf_ok = pthread_key_create(&g_qbuf_key, qi_qbuf_free) == 0; }
+
+void *qi_qint8_scratch(size_t bytes) {
+  pthread_once(&g_qbuf_once, qi_qbuf_init);
+  if (!g_qbuf_ok) return NULL;
+  qi_qbuf *b = (qi_qbuf *)pthread_getspecific(g_qbuf_key);
+  if (!b) {
+    b = (qi_qbuf *)calloc(1, sizeof *b);
+    if (!b) return NULL;
+    if (pthread_setspecific(g_qbuf_key, b)) {
+      free(b);
+      return NULL;
+    }
+  }
+  if (b->cap < bytes || !b->mem) {
+    void *m = NULL;
+    free(b->mem);
+    b->mem = NULL;
+    b->cap = 0;
+    if (posix_memalign(&m, 64, bytes + 16384)) return NULL;
+    b->mem = m;
+    b->cap = bytes;
+  }
+  return b->mem;
 }
 
 #if QI_BUILD_AVX512VNNI

@@ -3,11 +3,11 @@
  * problem descriptors, the slot function types and the scalar epilogue that defines the math.
  *
  * Design (scheme of ../shared/DESIGN.md "Quantization scheme"):
- *   activations uint8, asymmetric per tensor (s_x, zp_x); weights int8 symmetric per output channel,
- *   values in [-127, 127] (-128 is computed exactly too); acc = bias_i32[n] + sum_k x[m, k] * w[k, n]
- *   in int32, where bias_i32 was
- *   folded at pack time as bias_q[n] - zp_x * sum_k w[k, n], so the zero-point correction costs
- *   nothing at run time, and a padded conv tap reads zp_x (the real value 0) exactly. The integer
+ *   activations uint8, asymmetric per tensor (s_x, zp_x); weights int8 symmetric per output
+ *   channel, values in [-127, 127] (-128 is computed exactly too); acc = bias_i32[n] +
+ *   sum_k x[m, k] * w[k, n] in int32, where bias_i32 was folded at pack time as
+ *   bias_q[n] - zp_x * sum_k w[k, n], so the zero-point correction costs nothing at run time, and
+ *   a padded conv tap reads zp_x (the real value 0) exactly. The integer
  *   part is exact in every variant (no int16 saturation anywhere: VNNI vpdpbusd accumulates into
  *   int32, AVX2 widens to int16 and uses vpmaddwd on pairs whose sum fits), so the loop order,
  *   blocking and thread split cannot change it. The Python layer bounds K * 255 * 128 + |bias| below
@@ -40,7 +40,7 @@
 /* ---- packed weights (docs/formats.md, "int8 packed weights"); little-endian bytes ---- */
 #define QI_QC8W_MAGIC_GEMM 0x57384351u /* "QC8W": GEMM / conv panels */
 #define QI_QC8W_MAGIC_DW 0x38574451u   /* "QDW8": depthwise taps x channels */
-#define QI_QC8W_VERSION 1u
+#define QI_QC8W_VERSION 2u /* 2: depthwise weights in kernel-row quads (1: taps x channels) */
 #define QI_QC8W_NR 32 /* output channels per panel */
 #define QI_QC8W_KR 4  /* K bytes per channel per group (one vpdpbusd lane) */
 #define QI_QDW_CR 16  /* depthwise: channels padded to a multiple of this */
@@ -88,7 +88,7 @@ typedef struct qi_qepi {
  * may pass a k below it when A holds zeros past k); bias: the group's bias[n_pad].
  * Reads exactly k bytes of each A row. m <= QI_QGEMM_MC_MAX. acc: scratch private to the call,
  * acc[i * QI_QGEMM_NC_MAX + j] for i < m (K blocking), needed only when k > QI_QGEMM_KC_MAX. */
-#define QI_QGEMM_MC_MAX 192
+#define QI_QGEMM_MC_MAX 256
 #define QI_QGEMM_NC_MAX 256
 #define QI_QGEMM_KC_MAX 512 /* K bytes per block of any variant: acc is used only when k > this */
 #define QI_QGEMM_ACC_INTS ((size_t)QI_QGEMM_MC_MAX * QI_QGEMM_NC_MAX)
@@ -97,13 +97,14 @@ typedef void qi_gemm_qu8_qc8w_fn(size_t m, size_t n_begin, size_t n_end, size_t 
                                  const int8_t *w, size_t k_pad, const qi_qepi *ep, int32_t *acc);
 
 /* Depthwise conv of one NHWC image, single-threaded over output pixels p = oy*out_w + ox in
- * [p_begin, p_end), all channels: x[in_h, in_w, c]; w: the packed quads (layout above),
+ * [p_begin, p_end) and channels [c_begin, c_end) (c_begin a multiple of 16; the driver passes
+ * all channels and splits pixels): x[in_h, in_w, c]; w: the packed quads (layout above),
  * w[((kx * nq + q) * c_pad + ch) * 4 + t] = weight (ky = 4q + t, kx) of channel ch, nq =
  * ceil(k_h / 4); bias[c_pad]; taps outside the image read zp_x. ep->out is the image's output
  * [out_h*out_w, c] (ldo = c), ep->scale[c]. scratch: qi_qdw_scratch_bytes(g, c_pad) bytes, 64-byte
  * aligned, private to the call (the SIMD variants' row of input quads). */
-typedef void qi_dwconv2d_qu8_qc8w_fn(const qi_conv2d_geom *g, size_t c, size_t p_begin,
-                                     size_t p_end, const uint8_t *x, const int32_t *bias,
+typedef void qi_dwconv2d_qu8_qc8w_fn(const qi_conv2d_geom *g, size_t c, size_t c_begin,
+                                     size_t c_end, size_t p_begin, size_t p_end, const uint8_t *x, const int32_t *bias,
                                      const int8_t *w, size_t c_pad, uint8_t zp_x,
                                      const qi_qepi *ep, uint8_t *scratch);
 
@@ -112,11 +113,15 @@ typedef void qi_dwconv2d_qu8_qc8w_fn(const qi_conv2d_geom *g, size_t c, size_t p
  * 4q + t >= k_h; e over the padded width in_w + pad_left + pad_right. One vpdpbusd of a quad with
  * a weight quad then adds a whole kernel column (up to 4 rows) of one channel. */
 QI_INLINE size_t qi_qdw_nq(const qi_conv2d_geom *g) { return (g->k_h + 3) / 4; }
+#define QI_QDW_NQ_MAX 64 /* kernel height <= 256 (the Python layer checks) */
 QI_INLINE size_t qi_qdw_row_width(const qi_conv2d_geom *g) {
   return g->in_w + g->pad_left + g->pad_right;
 }
+/* Q, then (AVX-512 kernel) a row of zp_x, a row of zeros (c_pad + 32 bytes each) and a second
+ * set of weight quads */
 QI_INLINE size_t qi_qdw_scratch_bytes(const qi_conv2d_geom *g, size_t c_pad) {
-  return qi_qdw_row_width(g) * qi_qdw_nq(g) * c_pad * 4;
+  return qi_qdw_row_width(g) * qi_qdw_nq(g) * c_pad * 4 + 2 * (c_pad + 32) +
+         g->k_w * qi_qdw_nq(g) * c_pad * 4;
 }
 /* source rows of quad q of output row oy: row pointer (x + iy*in_w*c) or NULL (outside: zp_x),
  * and a flag for taps past k_h (value 0) */
@@ -154,6 +159,10 @@ size_t qi_qconv_scratch_bytes(const qi_qconv_problem *p, size_t rows);
  * panel q % (n_pad/32)) of the output; m_begin a multiple of 8 unless it is the only chunk. */
 void qi_qconv_run(const qi_qconv_problem *p, qi_gemm_qu8_qc8w_fn *fn, size_t m_begin, size_t m_end,
                   size_t p_begin, size_t p_end, void *scratch);
+
+/* This OS thread's scratch buffer of at least `bytes` bytes, 64-byte aligned, kept between calls
+ * (contents undefined); NULL when out of memory. For the drivers, not the kernels. */
+void *qi_qint8_scratch(size_t bytes);
 
 /* Register-only VNNI loop for the peak measurement: `iters` iterations of 24 independent zmm
  * vpdpbusd (24 * 64 MACs each). Returns a value depending on the result (keep it alive), or -1 when

@@ -143,10 +143,10 @@ ctypedef void (*qi_gemm_qu8_qc8w_ptr)(size_t m, size_t n_begin, size_t n_end, si
                                       const uint8_t *a, size_t lda, const int32_t *bias,
                                       const int8_t *w, size_t k_pad, const qi_qepi *ep,
                                       int32_t *acc) noexcept nogil
-ctypedef void (*qi_dwconv2d_qu8_qc8w_ptr)(const qi_conv2d_geom *g, size_t c, size_t p_begin,
-                                          size_t p_end, const uint8_t *x, const int32_t *bias,
-                                          const int8_t *w, size_t c_pad, const uint8_t *zp_row,
-                                          const qi_qepi *ep) noexcept nogil
+ctypedef void (*qi_dwconv2d_qu8_qc8w_ptr)(const qi_conv2d_geom *g, size_t c, size_t c_begin,
+                                          size_t c_end, size_t p_begin, size_t p_end, const uint8_t *x, const int32_t *bias,
+                                          const int8_t *w, size_t c_pad, uint8_t zp_x,
+                                          const qi_qepi *ep, uint8_t *scratch) noexcept nogil
 
 cdef extern from "qinfer/qint8.h":
     ctypedef struct qi_qconv_problem:
@@ -165,6 +165,8 @@ cdef extern from "qinfer/qint8.h":
     void qi_qconv_run(const qi_qconv_problem *p, qi_gemm_qu8_qc8w_ptr fn, size_t m_begin,
                       size_t m_end, size_t p_begin, size_t p_end, void *scratch) nogil
     long long qi_qint8_vnni_peak(long long iters) nogil
+    size_t qi_qdw_scratch_bytes(const qi_conv2d_geom *g, size_t c_pad) nogil
+    void *qi_qint8_scratch(size_t bytes) nogil
 
 cdef extern from "qinfer/dispatch.h":
     qi_gemm_qu8_qc8w_ptr qi_kernel_gemm_qu8_qc8w() nogil

@@ -7,11 +7,17 @@
 # the whole call. Threads: one OpenMP region, static; thread t owns a rectangle of the output,
 # rows (units of 8 output pixels) x panels (units of 32 output channels), from a pr x pc grid that
 # minimizes the largest share (a batch-1 layer splits its channels, so both threads get work);
-# the depthwise conv splits output pixels. Integer sums are exact and the float epilogue is the
-# same per element everywhere, so any split gives bit-identical outputs.
+# the depthwise conv splits output pixels. Scratch: one buffer per OS thread kept between calls
+# (qi_qint8_scratch; a per-call malloc cost batch-1 layers microseconds). Integer sums are
+# exact and the float epilogue is the same per element everywhere, so any split gives
+# bit-identical outputs.
 
-from libc.string cimport memcpy, memset
+import sys
+
+from libc.string cimport memcpy, memset, strcmp
 from libc.math cimport isfinite, fabs
+from cpython.buffer cimport (PyObject_GetBuffer, PyBuffer_Release, PyBUF_C_CONTIGUOUS,
+                             PyBUF_FORMAT, PyBUF_WRITABLE)
 
 ACT_SILU = QI_QACT_SILU
 #: activation codes of the int8 epilogue, by name
@@ -21,6 +27,7 @@ QACT_CODES = {"none": 0, "relu": 1, "clip": 2, "hardswish": 3, "sigmoid": 4, "ha
 # a thread gets at least this many multiply-adds (~2-3 us of VNNI) before another is added
 cdef size_t _Q_MIN_MACS_PER_THREAD = 1 << 20
 cdef double _Q_SCALE_MAX = 1e20
+cdef bint _Q_LITTLE = sys.byteorder == "little"
 
 
 cdef struct _QSplit:
@@ -30,11 +37,15 @@ cdef struct _QSplit:
 
 cdef void _q_split(_QSplit *s, size_t M, size_t panels, size_t macs, int nt) noexcept nogil:
     """pr x pc grid of nt' <= nt threads over (M/8 row units) x panels minimizing the largest
-    share; ties go to splitting rows."""
+    share's cost, in units of K cycles: 4 per 8 x 32 tile (the VNNI tile's K/4 groups of 16
+    vpdpbusd), 2 per panel of weights the thread streams (32 K bytes at ~16 B per cycle from L2/L3;
+    weights are not shared between threads that split columns), and its A rows re-read once per
+    256 columns. Batch-1 layers thus split their channels, big-M layers their rows."""
     cdef size_t ru = (M + 7) // 8
     cdef size_t by_work = macs // _Q_MIN_MACS_PER_THREAD
     cdef int n, pr, best_pr = 1, best_pc = 1
-    cdef size_t cost, best = <size_t>-1
+    cdef size_t rt, pt
+    cdef double cost, best = 1e300
     if by_work < <size_t>nt:
         nt = <int>by_work if by_work > 1 else 1
     if nt > 1 and ru * panels < <size_t>nt:
@@ -43,7 +54,9 @@ cdef void _q_split(_QSplit *s, size_t M, size_t panels, size_t macs, int nt) noe
         if nt % pr:
             continue
         n = nt // pr
-        cost = ((ru + pr - 1) // pr) * ((panels + n - 1) // n)
+        rt = (ru + pr - 1) // pr
+        pt = (panels + n - 1) // n
+        cost = 4.0 * rt * pt + 2.0 * pt + 0.5 * rt * ((pt + 7) // 8)
         if cost < best:
             best, best_pr, best_pc = cost, pr, n
     s.nt, s.pr, s.pc = nt, best_pr, best_pc
@@ -61,50 +74,105 @@ cdef inline void _q_rect(const _QSplit *s, size_t M, int t, size_t *r0, size_t *
     p1[0] = s.panels * (tc + 1) // <size_t>s.pc
 
 
-cdef object _q_packed(object packed, qi_qc8w_header *h, unsigned magic, str what):
-    """Check the packed weight array and its header; fill *h; return the array."""
-    flags = getattr(packed, "flags", None)
-    if (getattr(packed, "dtype", None) != np.uint8 or getattr(packed, "ndim", -1) != 1
-            or flags is None or not flags["C_CONTIGUOUS"]):
-        raise ValueError(f"{what} must be a 1-D C-contiguous uint8 array (from "
-                         f"qinfer.reference.quantized.pack_*), got {_describe(packed)}")
-    cdef const unsigned char[::1] pv = packed
-    cdef size_t nbytes = pv.shape[0]
+
+# ---- argument checks on raw buffers: a typed memoryview or numpy attribute lookups cost ~0.3-1 us
+# each, and a batch-1 layer's whole call should take a few microseconds
+
+cdef int _qbuf(object obj, Py_buffer *v, str name, const char *fmt, int ndim, bint writable,
+               str want) except -1:
+    """Acquire a C-contiguous buffer of format `fmt` and rank `ndim` (ValueError otherwise)."""
+    cdef int flags = PyBUF_C_CONTIGUOUS | PyBUF_FORMAT
+    if writable:
+        flags |= PyBUF_WRITABLE
+    try:
+        PyObject_GetBuffer(obj, v, flags)
+    except Exception:  # (the failed call left v->obj NULL: nothing to release)
+        raise ValueError(f"{name} must be {want}, got {_describe(obj)}") from None
+    cdef const char *f = v.format
+    if f != NULL and (f[0] == b'@' or f[0] == b'=' or (f[0] == b'<' and _Q_LITTLE)):
+        f += 1  # native order spelled out (e.g. a '<f4' array read from a file)
+    if v.ndim != ndim or f == NULL or strcmp(f, fmt) != 0:
+        PyBuffer_Release(v)
+        raise ValueError(f"{name} must be {want}, got {_describe(obj)}")
+    return 0
+
+
+cdef inline bint _qoverlap(const Py_buffer *a, const Py_buffer *b) noexcept:
+    cdef char *pa = <char *>a.buf
+    cdef char *pb = <char *>b.buf
+    return a.len > 0 and b.len > 0 and pa < pb + b.len and pb < pa + a.len
+
+
+cdef int _q_geom(qi_conv2d_geom *g, size_t h, size_t w, size_t kh, size_t kw, object strides,
+                 object pads, object dilations) except -1:
+    """_geom's checks and messages without its Python-level tuple work (~1.5 us a call)."""
+    cdef long sh, sw, dh, dw, pt, pl, pb, pr
+    try:
+        if len(strides) != 2 or len(dilations) != 2 or len(pads) != 4:
+            raise TypeError
+        sh, sw = strides[0], strides[1]
+        dh, dw = dilations[0], dilations[1]
+        pt, pl, pb, pr = pads[0], pads[1], pads[2], pads[3]
+    except (TypeError, ValueError, OverflowError):
+        return _geom(g, h, w, (kh, kw), strides, pads, dilations)  # raises the full message
+    if (sh < 1 or sw < 1 or dh < 1 or dw < 1 or pt < 0 or pl < 0 or pb < 0 or pr < 0
+            or max(sh, sw, dh, dw, pt, pl, pb, pr) >= (1 << 30)):
+        return _geom(g, h, w, (kh, kw), strides, pads, dilations)
+    cdef size_t eh = <size_t>dh * (kh - 1) + 1, ew = <size_t>dw * (kw - 1) + 1
+    cdef size_t spanh = h + pt + pb, spanw = w + pl + pr
+    if spanh < eh or spanw < ew or max(spanh, spanw, eh, ew, kh * kw) >= (1 << 31):
+        return _geom(g, h, w, (kh, kw), strides, pads, dilations)
+    g.in_h, g.in_w = h, w
+    g.out_h, g.out_w = (spanh - eh) // sh + 1, (spanw - ew) // sw + 1
+    g.k_h, g.k_w, g.stride_h, g.stride_w = kh, kw, sh, sw
+    g.dil_h, g.dil_w = dh, dw
+    g.pad_top, g.pad_left, g.pad_bottom, g.pad_right = pt, pl, pb, pr
+    return 0
+
+
+cdef int _q_packed(object packed, Py_buffer *pv, qi_qc8w_header *h, unsigned magic) except -1:
+    """Acquire packed_w, check its header; fill *h."""
+    _qbuf(packed, pv, "packed_w", "B", 1, False,
+          "a 1-D C-contiguous uint8 array (from qinfer.reference.quantized.pack_*)")
+    cdef size_t nbytes = pv.len
     if nbytes < sizeof(qi_qc8w_header):
-        raise ValueError(f"{what}: {nbytes} bytes is shorter than the 64-byte header")
-    memcpy(h, &pv[0], sizeof(qi_qc8w_header))
-    kind = "GEMM/conv (QC8W)" if magic == QI_QC8W_MAGIC_GEMM else "depthwise (QDW8)"
+        raise ValueError(f"packed_w: {nbytes} bytes is shorter than the 64-byte header")
+    memcpy(h, pv.buf, sizeof(qi_qc8w_header))
     if h.magic != magic:
-        raise ValueError(f"{what}: not {kind} packed weights (magic {h.magic:#010x}, expected "
+        kind = "GEMM/conv (QC8W)" if magic == QI_QC8W_MAGIC_GEMM else "depthwise (QDW8)"
+        raise ValueError(f"packed_w: not {kind} packed weights (magic {h.magic:#010x}, expected "
                          f"{magic:#010x}); pack them with the matching pack_* function")
     if h.version != QI_QC8W_VERSION:
-        raise ValueError(f"{what}: packed format version {h.version}, this build reads "
+        raise ValueError(f"packed_w: packed format version {h.version}, this build reads "
                          f"{QI_QC8W_VERSION}")
-    if (<size_t>&pv[0]) % 4:
-        raise ValueError(f"{what}: the array must be 4-byte aligned (int32 bias section)")
-    nr = QI_QC8W_NR if magic == QI_QC8W_MAGIC_GEMM else QI_QDW_CR
-    kr = QI_QC8W_KR if magic == QI_QC8W_MAGIC_GEMM else 1
-    G, n, k = h.groups, h.n, h.k
-    if (G < 1 or n < 1 or k < 1 or h.nr != nr or h.kr != kr
-            or h.n_pad != (n + nr - 1) // nr * nr or h.k_pad != (k + kr - 1) // kr * kr
-            or not 0 <= h.zp_x <= 255):
-        raise ValueError(f"{what}: inconsistent header (groups {G}, n {n}, k {k}, n_pad {h.n_pad}, "
-                         f"k_pad {h.k_pad}, nr {h.nr}, kr {h.kr}, zp_x {h.zp_x})")
+    if (<size_t>pv.buf) % 4:
+        raise ValueError("packed_w: the array must be 4-byte aligned (int32 bias section)")
+    cdef size_t G = h.groups, n = h.n, k = h.k, nr, k_pad
+    if magic == QI_QC8W_MAGIC_GEMM:
+        nr, k_pad = QI_QC8W_NR, (k + 3) // 4 * 4
+    else:
+        nr, k_pad = QI_QDW_CR, h.kw * ((h.kh + 3) // 4) * 4
+    if (G < 1 or n < 1 or k < 1 or h.nr != nr or h.kr != 4 or h.n_pad != (n + nr - 1) // nr * nr
+            or h.k_pad != k_pad or h.zp_x < 0 or h.zp_x > 255 or G > (1 << 20) or n > (1 << 24)
+            or k > (1 << 24)):
+        raise ValueError(f"packed_w: inconsistent header (groups {G}, n {n}, k {k}, n_pad "
+                         f"{h.n_pad}, k_pad {h.k_pad}, nr {h.nr}, kr {h.kr}, zp_x {h.zp_x})")
     if magic == QI_QC8W_MAGIC_GEMM:
         if h.kh == 0:
             if h.kw != 0 or h.cin != k or G != 1:
-                raise ValueError(f"{what}: inconsistent GEMM header (kw {h.kw}, cin {h.cin}, "
+                raise ValueError(f"packed_w: inconsistent GEMM header (kw {h.kw}, cin {h.cin}, "
                                  f"groups {G})")
-        elif h.kw < 1 or h.kh * h.kw * h.cin != k:
-            raise ValueError(f"{what}: inconsistent conv header (kh {h.kh} x kw {h.kw} x cin "
+        elif h.kw < 1 or <size_t>h.kh * h.kw * h.cin != k:
+            raise ValueError(f"packed_w: inconsistent conv header (kh {h.kh} x kw {h.kw} x cin "
                              f"{h.cin} != k {k})")
-    elif h.kh < 1 or h.kw < 1 or h.kh * h.kw != k or h.cin != 1 or G != 1:
-        raise ValueError(f"{what}: inconsistent depthwise header (kh {h.kh}, kw {h.kw}, taps {k})")
-    want = 64 + 8 * G * h.n_pad + G * h.n_pad * h.k_pad
+    elif (h.kh < 1 or h.kw < 1 or h.kh > 256 or <size_t>h.kh * h.kw != k or h.cin != 1
+          or G != 1):
+        raise ValueError(f"packed_w: inconsistent depthwise header (kh {h.kh}, kw {h.kw}, taps {k})")
+    cdef size_t want = 64 + 8 * G * h.n_pad + G * h.n_pad * h.k_pad
     if nbytes != want:
-        raise ValueError(f"{what}: {nbytes} bytes, the header says {want}")
+        raise ValueError(f"packed_w: {nbytes} bytes, the header says {want}")
     # int32 bound: |bias| + K * 255 * 128 < 2^31 for every channel (so no partial sum wraps)
-    cdef const int *bias = <const int *>(&pv[0] + 64)
+    cdef const int *bias = <const int *>(<char *>pv.buf + 64)
     cdef size_t i, nb = G * h.n_pad
     cdef long long bmax = 0, v
     with nogil:
@@ -115,75 +183,78 @@ cdef object _q_packed(object packed, qi_qc8w_header *h, unsigned magic, str what
             if v > bmax:
                 bmax = v
     if bmax + <long long>k * 255 * 128 >= (1LL << 31):
-        raise ValueError(f"{what}: K = {k} with |bias| up to {bmax} can overflow the int32 "
+        raise ValueError(f"packed_w: K = {k} with |bias| up to {bmax} can overflow the int32 "
                          f"accumulator (needs K * 255 * 128 + |bias| < 2**31)")
-    return packed
+    return 0
 
 
-cdef int _q_epi(qi_qepi *ep, object scale, size_t n_total, object out_dtype, object y_inv_scale,
-                object zp_y, object activation, object alpha, object beta) except -1:
-    _check_array(scale, "scale", 1)
-    cdef const float[::1] sv = scale
+cdef int _q_epi(qi_qepi *ep, object scale, Py_buffer *sv, size_t n_total, object out_dtype,
+                object y_inv_scale, object zp_y, object activation, object alpha,
+                object beta) except -1:
+    _qbuf(scale, sv, "scale", "f", 1, False, "a 1-D C-contiguous float32 array")
     if <size_t>sv.shape[0] != n_total:
         raise ValueError(f"scale must have {n_total} elements (one per output channel), got "
                          f"{sv.shape[0]}")
+    cdef const float *sp = <const float *>sv.buf
     cdef size_t i
     cdef bint bad = False
     with nogil:
         for i in range(n_total):
-            if not (isfinite(sv[i]) and fabs(sv[i]) <= _Q_SCALE_MAX):
+            if not (isfinite(sp[i]) and fabs(sp[i]) <= _Q_SCALE_MAX):
                 bad = True
                 break
     if bad:
         raise ValueError(f"scale must be finite with |scale| <= {_Q_SCALE_MAX:g}, got "
-                         f"{scale[i]!r} at channel {i}")
-    ep.scale = &sv[0]
-    dt = np.dtype(out_dtype)
-    if dt == np.uint8:
+                         f"{sp[i]!r} at channel {i}")
+    ep.scale = sp
+    if out_dtype is np.uint8:
         ep.out_u8 = 1
-    elif dt == np.float32:
+    elif out_dtype is np.float32:
         ep.out_u8 = 0
     else:
-        raise ValueError(f"out_dtype must be uint8 (requantized) or float32, got {dt}")
-    inv = float(y_inv_scale)
-    if not (isfinite(inv) and inv > 0):
-        raise ValueError(f"y_inv_scale must be finite and > 0, got {y_inv_scale!r}")
-    z = int(zp_y)
-    if not 0 <= z <= 255:
+        dt = np.dtype(out_dtype)
+        if dt == np.uint8:
+            ep.out_u8 = 1
+        elif dt == np.float32:
+            ep.out_u8 = 0
+        else:
+            raise ValueError(f"out_dtype must be uint8 (requantized) or float32, got {dt}")
+    cdef double inv = y_inv_scale
+    if not (isfinite(inv) and inv > 0 and inv <= _Q_SCALE_MAX):
+        raise ValueError(f"y_inv_scale must be finite and in (0, {_Q_SCALE_MAX:g}], got "
+                         f"{y_inv_scale!r}")
+    cdef long z = zp_y
+    if z < 0 or z > 255:
         raise ValueError(f"zp_y must be in 0..255, got {zp_y!r}")
-    ep.y_inv_scale = inv
-    ep.zp_y = z
-    code = int(activation)
-    if not 0 <= code < QI_QACT_COUNT:
+    ep.y_inv_scale = <float>inv
+    ep.zp_y = <float>z
+    cdef long code = activation
+    if code < 0 or code >= QI_QACT_COUNT:
         raise ValueError(f"activation code must be 0..{QI_QACT_COUNT - 1} ({', '.join(QACT_CODES)}), "
                          f"got {activation!r}")
-    a, b = float(alpha), float(beta)
-    if not (isfinite(a) and isfinite(b)):
-        raise ValueError(f"alpha and beta must be finite, got {alpha!r}, {beta!r}")
+    cdef double a = alpha, b = beta
+    if not (isfinite(a) and isfinite(b) and fabs(a) <= _Q_SCALE_MAX and fabs(b) <= _Q_SCALE_MAX):
+        raise ValueError(f"alpha and beta must be finite (|.| <= {_Q_SCALE_MAX:g}), got "
+                         f"{alpha!r}, {beta!r}")
     if code == QI_ACT_CLIP and not a <= b:
         raise ValueError(f"clip activation needs alpha (min) <= beta (max), got {alpha!r}, {beta!r}")
-    ep.act.code, ep.act.a, ep.act.b = code, a, b
+    ep.act.code, ep.act.a, ep.act.b = code, <float>a, <float>b
     return 0
 
 
-cdef object _q_out(object out, tuple shape, const qi_qepi *ep, str what):
-    dt = np.uint8 if ep.out_u8 else np.float32
+cdef object _q_out(object out, Py_buffer *ov, tuple shape, qi_qepi *ep, str what):
+    """Allocate or check out; acquire it writable into *ov; set ep.out."""
+    want = (f"a writable C-contiguous {'uint8' if ep.out_u8 else 'float32'} array of shape "
+            f"{shape} ({what})") if out is not None else ""
     if out is None:
-        return np.empty(shape, dt)
-    flags = getattr(out, "flags", None)
-    if (getattr(out, "dtype", None) != dt or flags is None or not flags["C_CONTIGUOUS"]
-            or not flags["WRITEABLE"] or tuple(getattr(out, "shape", ())) != shape):
-        raise ValueError(f"out must be a writable C-contiguous {np.dtype(dt)} array of shape "
-                         f"{shape} ({what}), got {_describe(out)}")
+        out = np.empty(shape, np.uint8 if ep.out_u8 else np.float32)
+    _qbuf(out, ov, "out", "B" if ep.out_u8 else "f", len(shape), True, want)
+    cdef int i
+    for i in range(len(shape)):
+        if ov.shape[i] != shape[i]:
+            raise ValueError(f"out must be {want}, got {_describe(out)}")
+    ep.out = ov.buf
     return out
-
-
-def _q_check_u8(a, str name, int ndim):
-    flags = getattr(a, "flags", None)
-    if (getattr(a, "dtype", None) != np.uint8 or getattr(a, "ndim", -1) != ndim
-            or flags is None or not flags["C_CONTIGUOUS"]):
-        raise ValueError(f"{name} must be a C-contiguous uint8 array of rank {ndim}, "
-                         f"got {_describe(a)}")
 
 
 cdef object _q_run(qi_qconv_problem *pb, object out, int nt_req):
@@ -197,31 +268,39 @@ cdef object _q_run(qi_qconv_problem *pb, object out, int nt_req):
     _q_split(&s, pb.m, panels, macs if macs > wbytes else wbytes, nt_req)
     cdef size_t r0, r1, p0, p1, per = 0, need
     cdef int t
+    cdef int failed = 0
+    cdef char *scratch
     for t in range(s.pr):
         _q_rect(&s, pb.m, t * s.pc, &r0, &r1, &p0, &p1)
         need = qi_qconv_scratch_bytes(pb, r1 - r0) if r1 > r0 else 0
         if need > per:
             per = need
-    per = (per + 63) & ~(<size_t>63)
-    cdef void *mem = NULL
-    cdef char *scratch = NULL
-    if per:
-        mem = malloc(per * s.nt + 64)
-        if mem == NULL:
-            raise MemoryError(f"int8 conv: cannot allocate {per * s.nt} bytes of scratch")
-        scratch = <char *>((<uintptr_t>mem + 63) & ~(<uintptr_t>63))
     cdef qi_gemm_qu8_qc8w_ptr fn = qi_kernel_gemm_qu8_qc8w()
-    try:
-        with nogil:
-            if s.nt == 1:
-                qi_qconv_run(pb, fn, 0, pb.m, 0, panels, scratch)
+    with nogil:
+        if s.nt == 1:
+            scratch = <char *>qi_qint8_scratch(per)
+            if scratch == NULL:
+                failed = 1
             else:
-                for t in prange(s.nt, num_threads=s.nt, schedule="static"):
+                qi_qconv_run(pb, fn, 0, pb.m, 0, panels, scratch)
+        else:
+            for t in prange(s.nt, num_threads=s.nt, schedule="static"):
+                scratch = <char *>qi_qint8_scratch(per)
+                if scratch == NULL:
+                    failed += 1  # (a reduction: a plain assignment would be lastprivate)
+                else:
                     _q_rect(&s, pb.m, t, &r0, &r1, &p0, &p1)
-                    qi_qconv_run(pb, fn, r0, r1, p0, p1, scratch + per * t)
-    finally:
-        free(mem)
+                    qi_qconv_run(pb, fn, r0, r1, p0, p1, scratch)
+    if failed:
+        raise MemoryError(f"int8 conv: cannot allocate {per} bytes of scratch per thread")
     return out
+
+
+cdef inline void _qrelease(Py_buffer *a, Py_buffer *b, Py_buffer *c, Py_buffer *d) noexcept:
+    PyBuffer_Release(a)
+    PyBuffer_Release(b)
+    PyBuffer_Release(c)
+    PyBuffer_Release(d)
 
 
 def qgemm_u8s8(a, packed_w, scale, out=None, out_dtype=np.uint8, y_inv_scale=1.0, zp_y=0,
@@ -232,46 +311,47 @@ def qgemm_u8s8(a, packed_w, scale, out=None, out_dtype=np.uint8, y_inv_scale=1.0
     y_inv_scale = 1/s_y and zp_y) or float32. ``activation``: 0 none, 1 relu, 2 clip(alpha, beta),
     3 hardswish, 4 sigmoid, 5 hardsigmoid(alpha, beta), 6 silu, applied to the real value before
     requantization. Bit-identical for any ``num_threads``. Returns out."""
+    cdef Py_buffer pv, av, sv, ov
+    memset(&pv, 0, sizeof(Py_buffer))
+    memset(&av, 0, sizeof(Py_buffer))
+    memset(&sv, 0, sizeof(Py_buffer))
+    memset(&ov, 0, sizeof(Py_buffer))
     cdef qi_qc8w_header h
-    _q_packed(packed_w, &h, QI_QC8W_MAGIC_GEMM, "packed_w")
-    if h.kh != 0:
-        raise ValueError("packed_w holds conv weights; use qconv2d_u8s8_nhwc (or pack with "
-                         "pack_gemm_qc8w)")
-    _q_check_u8(a, "a", 2)
-    if a.shape[1] != h.k:
-        raise ValueError(f"a must have K = {h.k} columns (the packed weights' K), got a of shape "
-                         f"{tuple(a.shape)}")
     cdef qi_qconv_problem pb
-    memset(&pb, 0, sizeof(pb))
-    _q_epi(&pb.ep, scale, h.n, out_dtype, y_inv_scale, zp_y, activation, alpha, beta)
-    cdef size_t M = a.shape[0]
-    out = _q_out(out, (M, h.n), &pb.ep, "M, N")
-    _no_overlap(out, "out", ("a", a), ("packed_w", packed_w), ("scale", scale))
-    cdef int nt = _threads(num_threads)
-    if M == 0:
-        return out
-    cdef const unsigned char[:, ::1] av = a
-    cdef const unsigned char[::1] pv = packed_w
-    cdef unsigned char[:, ::1] ou
-    cdef float[:, ::1] of
-    if pb.ep.out_u8:
-        ou = out
-        pb.ep.out = &ou[0, 0]
-    else:
-        of = out
-        pb.ep.out = &of[0, 0]
-    pb.ep.ldo = h.n
-    pb.x = &av[0, 0]
-    pb.batch, pb.cin_total = 1, h.k
-    pb.geom.in_h = pb.geom.out_h = M
-    pb.geom.in_w = pb.geom.out_w = 1
-    pb.geom.k_h = pb.geom.k_w = pb.geom.stride_h = pb.geom.stride_w = 1
-    pb.geom.dil_h = pb.geom.dil_w = 1
-    pb.direct, pb.lda, pb.m, pb.zp_x = 1, h.k, M, h.zp_x
-    pb.groups, pb.n, pb.k, pb.k_pad, pb.n_pad, pb.cin = 1, h.n, h.k, h.k_pad, h.n_pad, h.k
-    pb.bias = <const int32_t *>(&pv[0] + 64)
-    pb.w = <const int8_t *>(&pv[0] + 64 + 8 * h.n_pad)
-    return _q_run(&pb, out, nt)
+    cdef size_t M
+    cdef int nt
+    try:
+        _q_packed(packed_w, &pv, &h, QI_QC8W_MAGIC_GEMM)
+        if h.kh != 0:
+            raise ValueError("packed_w holds conv weights; use qconv2d_u8s8_nhwc (or pack with "
+                             "pack_gemm_qc8w)")
+        _qbuf(a, &av, "a", "B", 2, False, "a C-contiguous uint8 array of rank 2")
+        if <size_t>av.shape[1] != h.k:
+            raise ValueError(f"a must have K = {h.k} columns (the packed weights' K), got a of "
+                             f"shape {tuple(a.shape)}")
+        memset(&pb, 0, sizeof(pb))
+        _q_epi(&pb.ep, scale, &sv, h.n, out_dtype, y_inv_scale, zp_y, activation, alpha, beta)
+        M = av.shape[0]
+        out = _q_out(out, &ov, (M, h.n), &pb.ep, "M, N")
+        if _qoverlap(&ov, &av) or _qoverlap(&ov, &pv) or _qoverlap(&ov, &sv):
+            raise ValueError("out must not overlap a, packed_w or scale")
+        nt = _threads(num_threads)
+        if M == 0:
+            return out
+        pb.ep.ldo = h.n
+        pb.x = <const uint8_t *>av.buf
+        pb.batch, pb.cin_total = 1, h.k
+        pb.geom.in_h = pb.geom.out_h = M
+        pb.geom.in_w = pb.geom.out_w = 1
+        pb.geom.k_h = pb.geom.k_w = pb.geom.stride_h = pb.geom.stride_w = 1
+        pb.geom.dil_h = pb.geom.dil_w = 1
+        pb.direct, pb.lda, pb.m, pb.zp_x = 1, h.k, M, h.zp_x
+        pb.groups, pb.n, pb.k, pb.k_pad, pb.n_pad, pb.cin = 1, h.n, h.k, h.k_pad, h.n_pad, h.k
+        pb.bias = <const int32_t *>(<char *>pv.buf + 64)
+        pb.w = <const int8_t *>(<char *>pv.buf + 64 + 8 * h.n_pad)
+        return _q_run(&pb, out, nt)
+    finally:
+        _qrelease(&pv, &av, &sv, &ov)
 
 
 def qconv2d_u8s8_nhwc(x, packed_w, scale, strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1, 1),
@@ -282,54 +362,57 @@ def qconv2d_u8s8_nhwc(x, packed_w, scale, strides=(1, 1), pads=(0, 0, 0, 0), dil
     size and groups come from it), scale float32 [Cout] -> out [N, OH, OW, Cout]; ``pads`` =
     (top, left, bottom, right). 1x1 stride-1 unpadded convs read x in place (a GEMM), others go
     through im2col blocks. Epilogue arguments as qgemm_u8s8. Returns out."""
+    cdef Py_buffer pv, xv, sv, ov
+    memset(&pv, 0, sizeof(Py_buffer))
+    memset(&xv, 0, sizeof(Py_buffer))
+    memset(&sv, 0, sizeof(Py_buffer))
+    memset(&ov, 0, sizeof(Py_buffer))
     cdef qi_qc8w_header h
-    _q_packed(packed_w, &h, QI_QC8W_MAGIC_GEMM, "packed_w")
-    if h.kh == 0:
-        raise ValueError("packed_w holds GEMM weights; pack conv weights with pack_conv_qc8w")
-    _q_check_u8(x, "x", 4)
-    cdef size_t G = h.groups, N = x.shape[0], C = x.shape[3]
-    if C != G * h.cin:
-        raise ValueError(f"x must have {G * h.cin} channels (groups {G} x {h.cin} per group, from "
-                         f"packed_w), got x of shape {tuple(x.shape)}")
     cdef qi_qconv_problem pb
-    memset(&pb, 0, sizeof(pb))
-    _geom(&pb.geom, x.shape[1], x.shape[2], (h.kh, h.kw), strides, pads, dilations)
-    _q_epi(&pb.ep, scale, G * h.n, out_dtype, y_inv_scale, zp_y, activation, alpha, beta)
-    shape = (N, pb.geom.out_h, pb.geom.out_w, G * h.n)
-    out = _q_out(out, shape, &pb.ep, "N, OH, OW, Cout")
-    _no_overlap(out, "out", ("x", x), ("packed_w", packed_w), ("scale", scale))
-    cdef int nt = _threads(num_threads)
-    if out.size == 0:
-        return out
-    cdef const unsigned char[:, :, :, ::1] xv = x
-    cdef const unsigned char[::1] pv = packed_w
-    cdef unsigned char[:, :, :, ::1] ou
-    cdef float[:, :, :, ::1] of
-    if pb.ep.out_u8:
-        ou = out
-        pb.ep.out = &ou[0, 0, 0, 0]
-    else:
-        of = out
-        pb.ep.out = &of[0, 0, 0, 0]
-    pb.ep.ldo = G * h.n
-    pb.x = &xv[0, 0, 0, 0]
-    pb.batch, pb.cin_total = N, C
-    pb.direct = (h.kh == 1 and h.kw == 1 and pb.geom.stride_h == 1 and pb.geom.stride_w == 1
-                 and pb.geom.pad_top == 0 and pb.geom.pad_left == 0 and pb.geom.pad_bottom == 0
-                 and pb.geom.pad_right == 0)
-    pb.lda = C
-    pb.m = N * pb.geom.out_h * pb.geom.out_w
-    pb.zp_x = h.zp_x
-    pb.groups, pb.n, pb.k, pb.k_pad, pb.n_pad, pb.cin = G, h.n, h.k, h.k_pad, h.n_pad, h.cin
-    pb.bias = <const int32_t *>(&pv[0] + 64)
-    pb.w = <const int8_t *>(&pv[0] + 64 + 8 * G * h.n_pad)
-    return _q_run(&pb, out, nt)
+    cdef size_t G, N, C
+    cdef int nt
+    try:
+        _q_packed(packed_w, &pv, &h, QI_QC8W_MAGIC_GEMM)
+        if h.kh == 0:
+            raise ValueError("packed_w holds GEMM weights; pack conv weights with pack_conv_qc8w")
+        _qbuf(x, &xv, "x", "B", 4, False, "a C-contiguous uint8 array of rank 4 (NHWC)")
+        G, N, C = h.groups, xv.shape[0], xv.shape[3]
+        if C != G * h.cin:
+            raise ValueError(f"x must have {G * h.cin} channels (groups {G} x {h.cin} per group, "
+                             f"from packed_w), got x of shape {tuple(x.shape)}")
+        memset(&pb, 0, sizeof(pb))
+        _q_geom(&pb.geom, xv.shape[1], xv.shape[2], h.kh, h.kw, strides, pads, dilations)
+        _q_epi(&pb.ep, scale, &sv, G * h.n, out_dtype, y_inv_scale, zp_y, activation, alpha, beta)
+        out = _q_out(out, &ov, (N, pb.geom.out_h, pb.geom.out_w, G * h.n), &pb.ep,
+                     "N, OH, OW, Cout")
+        if _qoverlap(&ov, &xv) or _qoverlap(&ov, &pv) or _qoverlap(&ov, &sv):
+            raise ValueError("out must not overlap x, packed_w or scale")
+        nt = _threads(num_threads)
+        if ov.len == 0:
+            return out
+        pb.ep.ldo = G * h.n
+        pb.x = <const uint8_t *>xv.buf
+        pb.batch, pb.cin_total = N, C
+        pb.direct = (h.kh == 1 and h.kw == 1 and pb.geom.stride_h == 1 and pb.geom.stride_w == 1
+                     and pb.geom.pad_top == 0 and pb.geom.pad_left == 0
+                     and pb.geom.pad_bottom == 0 and pb.geom.pad_right == 0)
+        pb.lda = C
+        pb.m = N * pb.geom.out_h * pb.geom.out_w
+        pb.zp_x = h.zp_x
+        pb.groups, pb.n, pb.k, pb.k_pad, pb.n_pad, pb.cin = G, h.n, h.k, h.k_pad, h.n_pad, h.cin
+        pb.bias = <const int32_t *>(<char *>pv.buf + 64)
+        pb.w = <const int8_t *>(<char *>pv.buf + 64 + 8 * G * h.n_pad)
+        return _q_run(&pb, out, nt)
+    finally:
+        _qrelease(&pv, &xv, &sv, &ov)
 
 
-cdef void _qdw_chunk(qi_dwconv2d_qu8_qc8w_ptr fn, const qi_conv2d_geom *g, size_t C, size_t b,
-                     size_t e, const uint8_t *x, const int32_t *bias, const int8_t *w,
-                     size_t c_pad, const uint8_t *zp_row, const qi_qepi *ep0) noexcept nogil:
-    """Output pixels [b, e) of N*OH*OW: split at image boundaries, one kernel call per image."""
+cdef void _qdw_chunk(qi_dwconv2d_qu8_qc8w_ptr fn, const qi_conv2d_geom *g, size_t C, size_t c0,
+                     size_t c1, size_t b, size_t e, const uint8_t *x, const int32_t *bias,
+                     const int8_t *w, size_t c_pad, uint8_t zp_x, const qi_qepi *ep0,
+                     uint8_t *scratch) noexcept nogil:
+    """Output pixels [b, e) of N*OH*OW, channels [c0, c1): split at image boundaries, one kernel
+    call per image."""
     cdef size_t ohw = g.out_h * g.out_w, xs = g.in_h * g.in_w * C
     cdef size_t n, p0, p1
     cdef qi_qepi ep = ep0[0]
@@ -339,7 +422,7 @@ cdef void _qdw_chunk(qi_dwconv2d_qu8_qc8w_ptr fn, const qi_conv2d_geom *g, size_
         p0 = b - n * ohw
         p1 = ohw if e - n * ohw > ohw else e - n * ohw
         ep.out = <char *>ep0.out + n * ohw * C * es
-        fn(g, C, p0, p1, x + n * xs, bias, w, c_pad, zp_row, &ep)
+        fn(g, C, c0, c1, p0, p1, x + n * xs, bias, w, c_pad, zp_x, &ep, scratch)
         b = n * ohw + p1
 
 
@@ -348,68 +431,96 @@ def qdwconv2d_u8s8_nhwc(x, packed_w, scale, strides=(1, 1), pads=(0, 0, 0, 0), d
                         alpha=0.0, beta=0.0, num_threads=None):
     """int8 depthwise conv, NHWC: x uint8 [N, H, W, C], packed_w from
     ``pack_dwconv_qc8w(w[C, 1, KH, KW], bias_q, zp_x)``, scale float32 [C] -> out [N, OH, OW, C];
-    padding reads zp_x. Epilogue arguments as qgemm_u8s8. Returns out."""
+    padding reads zp_x. Threads split output pixels. Epilogue arguments as qgemm_u8s8."""
+    cdef Py_buffer pv, xv, sv, ov
+    memset(&pv, 0, sizeof(Py_buffer))
+    memset(&xv, 0, sizeof(Py_buffer))
+    memset(&sv, 0, sizeof(Py_buffer))
+    memset(&ov, 0, sizeof(Py_buffer))
     cdef qi_qc8w_header h
-    _q_packed(packed_w, &h, QI_QC8W_MAGIC_DW, "packed_w")
-    _q_check_u8(x, "x", 4)
-    cdef size_t N = x.shape[0], C = x.shape[3]
-    if C != h.n:
-        raise ValueError(f"x must have {h.n} channels (from packed_w), got x of shape "
-                         f"{tuple(x.shape)}")
     cdef qi_conv2d_geom g
-    _geom(&g, x.shape[1], x.shape[2], (h.kh, h.kw), strides, pads, dilations)
     cdef qi_qepi ep
-    _q_epi(&ep, scale, C, out_dtype, y_inv_scale, zp_y, activation, alpha, beta)
-    out = _q_out(out, (N, g.out_h, g.out_w, C), &ep, "N, OH, OW, C")
-    _no_overlap(out, "out", ("x", x), ("packed_w", packed_w), ("scale", scale))
-    cdef int nt = _threads(num_threads)
-    if out.size == 0:
-        return out
-    cdef const unsigned char[:, :, :, ::1] xv = x
-    cdef const unsigned char[::1] pv = packed_w
-    cdef unsigned char[:, :, :, ::1] ou
-    cdef float[:, :, :, ::1] of
-    if ep.out_u8:
-        ou = out
-        ep.out = &ou[0, 0, 0, 0]
-    else:
-        of = out
-        ep.out = &of[0, 0, 0, 0]
-    ep.ldo = C
-    cdef size_t units = N * g.out_h * g.out_w
-    cdef size_t macs = units * C * h.k
-    if macs // _Q_MIN_MACS_PER_THREAD < <size_t>nt:
-        nt = <int>(macs // _Q_MIN_MACS_PER_THREAD) if macs // _Q_MIN_MACS_PER_THREAD > 1 else 1
-    if units < <size_t>nt:
-        nt = <int>units
-    cdef uint8_t *zp_row = <uint8_t *>malloc(h.n_pad)
-    if zp_row == NULL:
-        raise MemoryError("qdwconv2d_u8s8_nhwc: cannot allocate the padding row")
-    memset(zp_row, h.zp_x, h.n_pad)
-    cdef const int32_t *bp = <const int32_t *>(&pv[0] + 64)
-    cdef const int8_t *wp = <const int8_t *>(&pv[0] + 64 + 8 * h.n_pad)
-    cdef const uint8_t *xp = &xv[0, 0, 0, 0]
-    cdef qi_dwconv2d_qu8_qc8w_ptr fn = qi_kernel_dwconv2d_qu8_qc8w()
-    cdef int t
+    cdef size_t N, C, units, macs, per
+    cdef int nt, t
+    cdef int failed = 0
     cdef size_t b, e
+    cdef uint8_t *scratch
+    cdef const int32_t *bp
+    cdef const int8_t *wp
+    cdef const uint8_t *xp
+    cdef qi_dwconv2d_qu8_qc8w_ptr fn
     try:
+        _q_packed(packed_w, &pv, &h, QI_QC8W_MAGIC_DW)
+        _qbuf(x, &xv, "x", "B", 4, False, "a C-contiguous uint8 array of rank 4 (NHWC)")
+        N, C = xv.shape[0], xv.shape[3]
+        if C != h.n:
+            raise ValueError(f"x must have {h.n} channels (from packed_w), got x of shape "
+                             f"{tuple(x.shape)}")
+        _q_geom(&g, xv.shape[1], xv.shape[2], h.kh, h.kw, strides, pads, dilations)
+        memset(&ep, 0, sizeof(ep))
+        _q_epi(&ep, scale, &sv, C, out_dtype, y_inv_scale, zp_y, activation, alpha, beta)
+        out = _q_out(out, &ov, (N, g.out_h, g.out_w, C), &ep, "N, OH, OW, C")
+        if _qoverlap(&ov, &xv) or _qoverlap(&ov, &pv) or _qoverlap(&ov, &sv):
+            raise ValueError("out must not overlap x, packed_w or scale")
+        nt = _threads(num_threads)
+        if ov.len == 0:
+            return out
+        ep.ldo = C
+        units = N * g.out_h * g.out_w
+        # depthwise runs ~16x fewer multiply-adds per second than the GEMM (its epilogue and
+        # quad rows dominate): a thread's share is worth it from 1/16 of the GEMM's threshold
+        macs = units * C * h.k * 16
+        if macs // _Q_MIN_MACS_PER_THREAD < <size_t>nt:
+            nt = <int>(macs // _Q_MIN_MACS_PER_THREAD) if macs // _Q_MIN_MACS_PER_THREAD > 1 else 1
+        if units < <size_t>nt:
+            nt = <int>units
+        per = qi_qdw_scratch_bytes(&g, h.n_pad)
+        bp = <const int32_t *>(<char *>pv.buf + 64)
+        wp = <const int8_t *>(<char *>pv.buf + 64 + 8 * h.n_pad)
+        xp = <const uint8_t *>xv.buf
+        fn = qi_kernel_dwconv2d_qu8_qc8w()
+        # threads split output pixels (a channel split, tried for batch-1 14x14 and 7x7 layers,
+        # ran slower: the threads' output lines interleave within 128-byte prefetch pairs)
         with nogil:
             if nt <= 1:
-                _qdw_chunk(fn, &g, C, 0, units, xp, bp, wp, h.n_pad, zp_row, &ep)
+                scratch = <uint8_t *>qi_qint8_scratch(per)
+                if scratch == NULL:
+                    failed = 1
+                else:
+                    _qdw_chunk(fn, &g, C, 0, C, 0, units, xp, bp, wp, h.n_pad, h.zp_x, &ep,
+                               scratch)
             else:
                 for t in prange(nt, num_threads=nt, schedule="static"):
-                    b = _chunk_start(units, nt, t)
-                    e = _chunk_start(units, nt, t + 1)
-                    _qdw_chunk(fn, &g, C, b, e, xp, bp, wp, h.n_pad, zp_row, &ep)
+                    scratch = <uint8_t *>qi_qint8_scratch(per)
+                    if scratch == NULL:
+                        failed += 1  # (a reduction: a plain assignment would be lastprivate)
+                    else:
+                        b = _chunk_start(units, nt, t)
+                        e = _chunk_start(units, nt, t + 1)
+                        _qdw_chunk(fn, &g, C, 0, C, b, e, xp, bp, wp, h.n_pad, h.zp_x, &ep,
+                                   scratch)
+        if failed:
+            raise MemoryError(f"qdwconv2d_u8s8_nhwc: cannot allocate {per} bytes of scratch")
+        return out
     finally:
-        free(zp_row)
-    return out
+        _qrelease(&pv, &xv, &sv, &ov)
+
+
+def qint8_set_min_work(size_t macs):
+    """Test hook: multiply-adds a thread must get before another is added (default 2**20); 1 makes
+    every call with num_threads > 1 really split. Returns the previous value."""
+    global _Q_MIN_MACS_PER_THREAD
+    if macs < 1:
+        raise ValueError(f"macs must be >= 1, got {macs}")
+    prev = _Q_MIN_MACS_PER_THREAD
+    _Q_MIN_MACS_PER_THREAD = macs
+    return prev
 
 
 def qint8_vnni_peak(long long iters):
     """Run the register-only VNNI loop (24 independent zmm vpdpbusd per iteration, 24 * 64 MACs)
-    ``iters`` times on this thread; returns a checksum, or -1 when the build lacks AVX-512 VNNI.
-    The caller times it (bench/bench_ukernels.py) and must check that the CPU runs the tier."""
+    ``iters`` times on this thread; returns a checksum. For bench/bench_ukernels.py, which times
+    it; ValueError when this CPU or build cannot run the AVX-512 VNNI tier."""
     if not qi_cpu_tier_supported(QI_TIER_AVX512VNNI):
         raise ValueError("this CPU (or build) cannot run the AVX-512 VNNI tier")
     cdef long long r

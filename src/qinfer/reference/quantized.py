@@ -25,9 +25,9 @@ ACT_NAMES = ("none", "relu", "clip", "hardswish", "sigmoid", "hardsigmoid", "sil
 
 MAGIC_GEMM = 0x57384351  # b"QC8W"
 MAGIC_DW = 0x38574451    # b"QDW8"
-VERSION = 1
+VERSION = 2  # 2: depthwise weights in kernel-row quads (version 1 had taps x channels)
 NR, KR = 32, 4           # GEMM / conv panels: 32 output channels, K in groups of 4
-DW_CR = 16               # depthwise: channels padded to a multiple of 16
+DW_CR = 16               # depthwise: channels padded to a multiple of 16, kernel rows in quads
 HEADER = np.dtype([("magic", "<u4"), ("version", "<u4"), ("groups", "<u4"), ("n", "<u4"),
                    ("k", "<u4"), ("n_pad", "<u4"), ("k_pad", "<u4"), ("nr", "<u4"), ("kr", "<u4"),
                    ("zp_x", "<i4"), ("kh", "<u4"), ("kw", "<u4"), ("cin", "<u4"),
@@ -276,7 +276,7 @@ def pack_dwconv_qc8w(w, bias=None, zp_x=0):
     w = _check_w(w, 3, "depthwise w")
     zp_x = _check_zp(zp_x)
     C, kh, kw = w.shape
-    c_pad, T = _round_up(max(C, 1), DW_CR), kh * kw
+    c_pad, T, nq = _round_up(max(C, 1), DW_CR), kh * kw, (kh + 3) // 4
     colsum = np.zeros(c_pad, np.int64)
     colsum[:C] = w.astype(np.int64).reshape(C, T).sum(axis=1)
     b = np.zeros(c_pad, np.int64)
@@ -284,12 +284,14 @@ def pack_dwconv_qc8w(w, bias=None, zp_x=0):
     folded = b - zp_x * colsum
     if folded.min() < INT32_MIN or folded.max() > INT32_MAX:
         raise ValueError("bias - zp_x * sum(w) does not fit int32")
-    wt = np.zeros((T, c_pad), np.int8)
-    wt[:, :C] = w.reshape(C, T).T
+    # quads: wq[kx, q, c, t] = w[c, 4q + t, kx] (kernel rows in groups of 4, one vpdpbusd lane)
+    wq = np.zeros((kw, nq * 4, c_pad), np.int8)
+    wq[:, :kh, :C] = w.transpose(2, 1, 0)
+    wq = wq.reshape(kw, nq, 4, c_pad).transpose(0, 1, 3, 2)
     return np.frombuffer(
-        _header(MAGIC_DW, 1, C, T, c_pad, T, DW_CR, 1, zp_x, kh, kw, 1)
-        + folded.astype("<i4").tobytes() + colsum.astype("<i4").tobytes() + wt.tobytes(),
-        np.uint8).copy()
+        _header(MAGIC_DW, 1, C, T, c_pad, kw * nq * 4, DW_CR, 4, zp_x, kh, kw, 1)
+        + folded.astype("<i4").tobytes() + colsum.astype("<i4").tobytes()
+        + np.ascontiguousarray(wq).tobytes(), np.uint8).copy()
 
 
 def read_header(packed):
@@ -315,8 +317,9 @@ def unpack_qc8w(packed):
     body = np.frombuffer(packed[off:].tobytes(), np.int8)
     kh, kw, cin = h["kh"], h["kw"], h["cin"]
     if h["magic"] == MAGIC_DW:
-        wt = body.reshape(k_pad, n_pad)[:k, :n]
-        w = wt.T.reshape(n, 1, kh, kw).copy()
+        nq = (kh + 3) // 4
+        wq = body.reshape(kw, nq, n_pad, 4).transpose(0, 1, 3, 2).reshape(kw, nq * 4, n_pad)
+        w = wq[:, :kh, :n].transpose(2, 1, 0).reshape(n, 1, kh, kw).copy()
     elif h["magic"] == MAGIC_GEMM:
         panels = body.reshape(G, n_pad // NR, k_pad // KR, NR, KR)
         wp = panels.transpose(0, 2, 4, 1, 3).reshape(G, k_pad, n_pad)[:, :k, :n]
