@@ -1,0 +1,158 @@
+"""Whole models, one run: qinfer float and int8 against onnxruntime fp32 and int8 on the same inputs.
+
+For each model: qinfer int8 is built with ``qinfer.quantize`` and onnxruntime int8 with
+``onnxruntime.quantization.quantize_static`` (uint8 activations, per-channel int8 weights, QDQ and
+QOperator formats, the faster one kept) on the same calibration samples. All engines then run
+interleaved (the order rotates every round) at batch 1 with 1 and 2 threads; the script prints
+median and p90 latency, the ratios, file sizes, and the int8 models' output cosine against float.
+
+    python bench/bench_models.py                       # resnet18, mobilenetv2, ppocr_cls
+    python bench/bench_models.py --models resnet18 --threads 1 --iterations 50
+"""
+import argparse
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+import models  # noqa: E402
+
+import qinfer  # noqa: E402
+
+INPUTS = {
+    "resnet18": lambda n: models.imagenet_input(n) if hasattr(models, "imagenet_input") else None,
+    "mobilenetv2": lambda n: models.imagenet_input(n) if hasattr(models, "imagenet_input") else None,
+    "ppocr_cls": lambda n: models.cls_input(n),
+    "ppocr_rec": lambda n: models.rec_input(n),
+    "digits_cnn": None,
+}
+
+
+def _samples(name, n):
+    if name in ("digits_cnn", "digits_mlp"):
+        d = models.BUILDERS[name]()
+        return [d.x_test[i:i + 1] for i in range(n)]
+    x = INPUTS[name](n)
+    return [x[i:i + 1].astype(np.float32) for i in range(n)]
+
+
+def _path(name):
+    p = models.BUILDERS[name]()
+    return getattr(p, "path", p)
+
+
+def _ort_int8(path, input_name, calib, out_dir):
+    """Faster loadable onnxruntime static int8 model of QDQ / QOperator, or (None, reason)."""
+    import onnxruntime as ort
+    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType,
+                                          quantize_static)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter([{input_name: x} for x in calib])
+
+        def get_next(self):
+            return next(self.it, None)
+
+    best = None
+    for fmt in (QuantFormat.QDQ, QuantFormat.QOperator):
+        out = os.path.join(out_dir, f"ort_int8_{fmt.name}.onnx")
+        try:
+            quantize_static(path, out, Reader(), quant_format=fmt, per_channel=True,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+            so = ort.SessionOptions()
+            so.intra_op_num_threads = 1
+            s = ort.InferenceSession(out, so, providers=["CPUExecutionProvider"])
+            t = _time(lambda: s.run(None, {input_name: calib[0]}), 5)
+        except Exception as e:  # noqa: BLE001 - report and try the other format
+            print(f"  onnxruntime int8 {fmt.name}: failed ({type(e).__name__}: {str(e)[:80]})")
+            continue
+        if best is None or t < best[1]:
+            best = (out, t, fmt.name)
+    return best
+
+
+def _time(fn, n):
+    fn()
+    ts = []
+    for _ in range(n):
+        t = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t)
+    return float(np.median(ts))
+
+
+def _cos(a, b):
+    a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-30))
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", nargs="+", default=["resnet18", "mobilenetv2", "ppocr_cls"])
+    ap.add_argument("--threads", nargs="+", type=int, default=[1, 2])
+    ap.add_argument("--iterations", type=int, default=20)
+    ap.add_argument("--calib", type=int, default=16, help="calibration samples")
+    args = ap.parse_args(argv)
+    import onnxruntime as ort
+    ort.set_default_logger_severity(3)
+    tmp = tempfile.mkdtemp(prefix="qinfer-bench-")
+    print(f"qinfer {qinfer.__version__}, onnxruntime {ort.__version__}; batch 1; {args.iterations} "
+          f"interleaved iterations after warm-up; p50 / p90 ms")
+    for name in args.models:
+        path = _path(name)
+        samples = _samples(name, args.calib + 4)
+        calib, test = samples[:args.calib], samples[args.calib:]
+        m = qinfer.convert(path)
+        iname = m.graph.inputs[0].name
+        q = qinfer.quantize(m, calib, progress=False)
+        qpath = os.path.join(tmp, f"{name}.qinf")
+        q.save(qpath)
+        kept = sum(r["precision"] == "float32" for r in q.graph.metadata["precision_report"])
+        ort_q = _ort_int8(path, iname, calib, tmp)
+        sizes = {"onnx": os.path.getsize(path), "qinfer int8": os.path.getsize(qpath)}
+        if ort_q:
+            sizes["onnxruntime int8"] = os.path.getsize(ort_q[0])
+        print(f"\n{name}: qinfer int8 keeps {kept} layer(s) float; sizes: "
+              + ", ".join(f"{k} {v / 1e6:.2f} MB" for k, v in sizes.items())
+              + f" (qinfer int8 / onnx = {sizes['qinfer int8'] / sizes['onnx']:.2f}x)")
+        for T in args.threads:
+            so = ort.SessionOptions()
+            so.intra_op_num_threads = T
+            so.inter_op_num_threads = 1
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            engines = {"qinfer float": qinfer.InferenceSession(m, num_threads=T),
+                       "qinfer int8": qinfer.InferenceSession(qpath, num_threads=T),
+                       "onnxruntime fp32": ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])}
+            if ort_q:
+                engines[f"onnxruntime int8 ({ort_q[2]})"] = ort.InferenceSession(ort_q[0], so, providers=["CPUExecutionProvider"])
+            feeds = {iname: test[0]}
+            outs = {k: e.run(None, feeds)[0] for k, e in engines.items()}
+            times = {k: [] for k in engines}
+            names = list(engines)
+            for it in range(args.iterations):
+                for k in names[it % len(names):] + names[:it % len(names)]:
+                    t = time.perf_counter()
+                    engines[k].run(None, feeds)
+                    times[k].append(time.perf_counter() - t)
+            p50 = {k: float(np.median(v)) * 1e3 for k, v in times.items()}
+            p90 = {k: float(np.percentile(v, 90)) * 1e3 for k, v in times.items()}
+            ref = outs["qinfer float"]
+            print(f"  threads {T}:")
+            for k in names:
+                extra = f"  cosine vs float {_cos(ref, outs[k]):.4f}" if "int8" in k else ""
+                print(f"    {k:<28} {p50[k]:8.2f} / {p90[k]:8.2f}{extra}")
+            qi = p50["qinfer int8"]
+            line = [f"qinfer int8 vs qinfer float {p50['qinfer float'] / qi:.2f}x",
+                    f"vs onnxruntime fp32 {p50['onnxruntime fp32'] / qi:.2f}x"]
+            for k in names:
+                if k.startswith("onnxruntime int8"):
+                    line.append(f"vs {k} {p50[k] / qi:.2f}x")
+            print("    speed-up of qinfer int8: " + ", ".join(line))
+
+
+if __name__ == "__main__":
+    main()
