@@ -18,7 +18,6 @@ needs PyPI once to fetch the rapidocr-onnxruntime wheel).
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 
@@ -38,14 +37,8 @@ MODELS = {
 
 
 def _cpu_name():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    from qinfer.runtime.cpu import cpu_name
+    return cpu_name()
 
 
 def _stats(seconds):

@@ -267,7 +267,8 @@ def test_save_crash_keeps_old_file(tmp_path):
     p = tmp_path / "m.qinf"
     S.save(Graph("old"), p)
     old = p.read_bytes()
-    src = os.path.join(os.path.dirname(__file__), "..", "src")
+    import qinfer
+    src = os.path.dirname(os.path.dirname(os.path.abspath(qinfer.__file__)))   # the qinfer under test
     code = f"""
 import os, sys
 sys.path.insert(0, {os.path.abspath(src)!r})

@@ -524,21 +524,9 @@ def probe_memory(engine, model_path, feeds, threads, workdir, runs=PROBE_RUNS):
 
 # ------------------------------------------------------------------------------------------ machine
 
-def _cpu_name():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-    return platform.processor() or platform.machine()
-
-
 def machine_info():
     from .runtime import cpu, threads
-    return {"cpu": _cpu_name(), "isa": JSON_ISA.get(cpu.isa(), cpu.isa()), "cores": threads.physical_cores(),
+    return {"cpu": cpu.cpu_name(), "isa": JSON_ISA.get(cpu.isa(), cpu.isa()), "cores": threads.physical_cores(),
             "logical_cpus": os.cpu_count()}
 
 

@@ -104,7 +104,8 @@ def max_threads():
     return _kernels.max_threads()
 
 
-def _cpu_name():
+def cpu_name():
+    """The CPU's model name (from /proc/cpuinfo, else the platform module)."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -122,7 +123,7 @@ def runtime_info():
     feats = cpu_features()
     env = env_str(ISA_ENV)
     lines = [
-        f"cpu:            {_cpu_name()}",
+        f"cpu:            {cpu_name()}",
         "features:       " + (" ".join(k for k, v in feats.items() if v) or "(none detected)"),
         "missing:        " + (" ".join(k for k, v in feats.items() if not v) or "-"),
         f"isa tier:       {isa()} (best {best_isa()}; {ISA_ENV}={env if env else 'unset'})",
