@@ -289,6 +289,9 @@ cdef object _q_run(qi_qconv_problem *pb, object out, int nt_req):
                 if scratch == NULL:
                     failed += 1  # (a reduction: a plain assignment would be lastprivate)
                 else:
+                    # assigned here so Cython makes them thread-private: written only through
+                    # pointers, they were shared between the threads (a race on the rectangle)
+                    r0 = r1 = p0 = p1 = 0
                     _q_rect(&s, pb.m, t, &r0, &r1, &p0, &p1)
                     qi_qconv_run(pb, fn, r0, r1, p0, p1, scratch)
     if failed:
