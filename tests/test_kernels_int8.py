@@ -356,3 +356,37 @@ def test_validation_errors(rng):
     pd = Q.pack_dwconv_qc8w(_data(rng, (5, 1, 3, 3), -127, 127, np.int8), None, 0)
     with pytest.raises(ValueError, match="must have 5 channels"):
         K.qdwconv2d_u8s8_nhwc(_data(rng, (1, 5, 5, 4)), pd, np.ones(5, np.float32))
+
+
+@pytest.mark.parametrize("kind", ["gemm", "conv", "dw"])
+def test_repeated_two_thread_calls_are_stable(kind, rng):
+    """Races show up as rare wrong tiles: run the same call many times with more threads than this
+    machine has cores (so threads get preempted mid-region), every result must equal the reference
+    (a per-thread rectangle once shared between threads made ~1% of calls wrong)."""
+    prev = K.qint8_set_min_work(1)
+    try:
+        if kind == "gemm":
+            x, w = _data(rng, (37, 70)), _data(rng, (70, 65), -127, 127, np.int8)
+            bias, zp, scale = _qparams(rng, 65, 70)
+            packed = Q.pack_gemm_qc8w(w, bias, zp)
+            ref = Q.qgemm(x, w, scale, bias, zp, out_u8=False)
+            run = lambda: K.qgemm_u8s8(x, packed, scale, out_dtype=np.float32, num_threads=nthr)  # noqa: E731
+        elif kind == "conv":
+            x, w = _data(rng, (1, 9, 11, 8)), _data(rng, (33, 8, 3, 3), -127, 127, np.int8)
+            bias, zp, scale = _qparams(rng, 33, 72)
+            packed = Q.pack_conv_qc8w(w, bias, zp, 1)
+            ref = Q.qconv2d_nhwc(x, w, scale, bias, zp, (1, 1), (1, 1, 1, 1), (1, 1), 1, out_u8=False)
+            run = lambda: K.qconv2d_u8s8_nhwc(x, packed, scale, (1, 1), (1, 1, 1, 1), (1, 1),  # noqa: E731
+                                              out_dtype=np.float32, num_threads=nthr)
+        else:
+            x, w = _data(rng, (2, 9, 11, 40)), _data(rng, (40, 1, 3, 3), -127, 127, np.int8)
+            bias, zp, scale = _qparams(rng, 40, 9)
+            packed = Q.pack_dwconv_qc8w(w, bias, zp)
+            ref = Q.qdwconv2d_nhwc(x, w, scale, bias, zp, (1, 1), (1, 1, 1, 1), (1, 1), out_u8=False)
+            run = lambda: K.qdwconv2d_u8s8_nhwc(x, packed, scale, (1, 1), (1, 1, 1, 1), (1, 1),  # noqa: E731
+                                                out_dtype=np.float32, num_threads=nthr)
+        for i in range(2000):
+            nthr = 2 + i % 5
+            np.testing.assert_array_equal(run(), ref)
+    finally:
+        K.qint8_set_min_work(prev)
