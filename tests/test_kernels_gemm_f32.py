@@ -313,3 +313,22 @@ def test_conv2d_validation_errors(rng):
         K.conv2d_f32(x, K.pack_conv2d_weights_f32(rand(rng, 6, 2, 3, 3), group=2), group=1)
     with pytest.raises(ValueError, match="x must be a C-contiguous float32"):
         K.conv2d_f32(x.astype(np.float64), w)
+
+
+@pytest.mark.parametrize("kind", ["gemm", "conv"])
+def test_repeated_oversubscribed_calls_are_bit_identical(kind):
+    """More threads than cores (threads preempted mid-region), many calls: every result equals the
+    1-thread one bit for bit -- a race in a driver shows up as a rare wrong tile."""
+    from qinfer.runtime.cpu import _kernels as K
+    rng = np.random.default_rng(0)
+    if kind == "gemm":
+        a = rng.standard_normal((67, 129)).astype(np.float32)
+        b = rng.standard_normal((129, 70)).astype(np.float32)
+        run = lambda nt: K.gemm_f32(a, b, num_threads=nt)  # noqa: E731
+    else:
+        x = rng.standard_normal((1, 8, 13, 17)).astype(np.float32)
+        w = rng.standard_normal((40, 8, 3, 3)).astype(np.float32)
+        run = lambda nt: K.conv2d_f32(x, w, None, None, (1, 1), (1, 1, 1, 1), num_threads=nt)  # noqa: E731
+    want = run(1)
+    for i in range(1000):
+        np.testing.assert_array_equal(run(2 + i % 5), want)
