@@ -25,7 +25,8 @@ import sys
 import numpy as np
 
 from .. import errors
-from ..ir.graph import Graph, Node, QuantParams, Value
+from ..ir.graph import Node, QuantParams, Value
+from ..ir.passes.fuse import epilogue_activation
 from ..reference import quantized as qref
 from ..reference.qops import DYNAMIC_ZP
 from . import qparams as qp
@@ -37,9 +38,6 @@ WEIGHT_FORMATS = ("int8",)
 DEFAULT_MAX_ERROR = 0.01
 #: calibration samples used to measure the output error (the first ones)
 EVAL_SAMPLES = 8
-
-_ACT_CODES = {"Relu": 1, "Clip": 2, "HardSwish": 3, "Sigmoid": 4, "HardSigmoid": 5}
-
 
 class Candidate:
     """A quantizable layer: its node, the nodes its epilogue absorbs, and its I/O values."""
@@ -60,23 +58,6 @@ class Candidate:
 
 
 # ----------------------------------------------------------------------------- candidates
-def _activation(node, consts):
-    code = _ACT_CODES.get(node.op)
-    if code is None:
-        return None
-    if node.op == "Clip":
-        lo = node.inputs[1] if len(node.inputs) > 1 else ""
-        hi = node.inputs[2] if len(node.inputs) > 2 else ""
-        if (lo and lo not in consts) or (hi and hi not in consts):
-            return None
-        a = float(consts[lo]) if lo else -3.4e38
-        b = float(consts[hi]) if hi else 3.4e38
-        return (code, a, b)
-    if node.op == "HardSigmoid":
-        return (code, float(node.attrs.get("alpha", 0.2)), float(node.attrs.get("beta", 0.5)))
-    return (code, 0.0, 0.0)
-
-
 def find_candidates(graph, exclude=()):
     consts = graph.initializers
     consumers = graph.consumers()
@@ -134,7 +115,7 @@ def find_candidates(graph, exclude=()):
         act = (0, 0.0, 0.0)
         nxt = single(last)
         if nxt is not None and nxt.inputs and nxt.inputs[0] == last:
-            a = _activation(nxt, consts)
+            a = epilogue_activation(nxt, consts)
             if a is not None:
                 act = a
                 absorbed.append(nxt)
@@ -190,7 +171,6 @@ def build_quantized(graph, candidates, observers, quantize_set):
     by_node = {c.name: c for c in chosen}
     absorbed = {a.name for c in chosen for a in c.absorbed}
     consumers = graph.consumers()
-    producers = graph.producers()
     outputs = set(graph.output_names)
     layouts = dict(g.metadata.get("layouts", {}))
 

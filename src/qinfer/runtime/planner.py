@@ -18,6 +18,7 @@ import numpy as np
 from .. import reference
 from ..errors import InvalidInputError, QinferError, UnsupportedOperatorError
 from ..ir.ops import SHAPE_ONLY
+from ..ir.passes.fuse import epilogue_activation
 from . import float_ops, qops
 
 #: ops with fast float32 kernels (constant weights)
@@ -32,29 +33,6 @@ class Step:
         self.post = post      # (ref fn, node, extra input slots) of a fused activation
         self.free = ()
         self.static = False
-
-
-def _fused_activation(node, consts):
-    """(code, a, b) if ``node`` is an activation the conv epilogue can apply, else None."""
-    op = node.op
-    if op == "Relu":
-        return (float_ops.ACT_RELU, 0.0, 0.0)
-    if op == "Sigmoid":
-        return (float_ops.ACT_SIGMOID, 0.0, 0.0)
-    if op == "HardSwish":
-        return (float_ops.ACT_HARDSWISH, 0.0, 0.0)
-    if op == "HardSigmoid":
-        return (float_ops.ACT_HARDSIGMOID, float(node.attrs.get("alpha", 0.2)),
-                float(node.attrs.get("beta", 0.5)))
-    if op == "Clip":
-        lo = node.inputs[1] if len(node.inputs) > 1 else ""
-        hi = node.inputs[2] if len(node.inputs) > 2 else ""
-        if (lo and lo not in consts) or (hi and hi not in consts):
-            return None
-        a = float(consts[lo]) if lo else -np.inf
-        b = float(consts[hi]) if hi else np.inf
-        return (float_ops.ACT_CLIP, a, b)
-    return None
 
 
 class Program:
@@ -136,7 +114,7 @@ class Program:
         act = float_ops.NO_ACT
         nxt = single_consumer(last)
         if nxt is not None and nxt.inputs and nxt.inputs[0] == last:
-            a = _fused_activation(nxt, consts)
+            a = epilogue_activation(nxt, consts)
             if a is not None:
                 act = a
                 absorbed.append(nxt)

@@ -160,7 +160,6 @@ def fuse_hardswish(graph):
     (How Paddle, TF and older PyTorch exports spell HardSwish; one pass instead of four.)
     """
     g = graph.copy()
-    producers = g.producers()
     consumers = g.consumers()
     outputs = set(g.output_names)
     remove = set()
@@ -218,3 +217,29 @@ def fuse_hardswish(graph):
         return graph
     g.nodes = [replace.get(n.name, n) for n in g.nodes if n.name not in remove]
     return g.remove_unused()
+
+
+# ----------------------------------------------------------------------------- epilogues
+#: activation codes of the kernels' fused epilogue (kernels/include/qinfer/common.h), shared by the
+#: float and int8 kernels
+ACT_CODES = {"Relu": 1, "Clip": 2, "HardSwish": 3, "Sigmoid": 4, "HardSigmoid": 5}
+_F32_MAX = 3.4028234663852886e38
+
+
+def epilogue_activation(node, consts):
+    """``(code, a, b)`` when ``node`` is an activation a conv / GEMM epilogue can apply (Clip only
+    with constant bounds), else None. Clip: a, b = min, max; HardSigmoid: a, b = alpha, beta."""
+    code = ACT_CODES.get(node.op)
+    if code is None:
+        return None
+    if node.op == "Clip":
+        lo = node.inputs[1] if len(node.inputs) > 1 else ""
+        hi = node.inputs[2] if len(node.inputs) > 2 else ""
+        if (lo and lo not in consts) or (hi and hi not in consts):
+            return None
+        a = float(consts[lo]) if lo else -_F32_MAX
+        b = float(consts[hi]) if hi else _F32_MAX
+        return (code, a, b)
+    if node.op == "HardSigmoid":
+        return (code, float(node.attrs.get("alpha", 0.2)), float(node.attrs.get("beta", 0.5)))
+    return (code, 0.0, 0.0)
