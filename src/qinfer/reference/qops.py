@@ -21,19 +21,30 @@ from .registry import register
 _f = np.float32
 
 
-def quantize_u8(x, scale, zp):
-    """THE activation rounding rule: float32 division, round half to even, saturate."""
-    t = np.rint(np.asarray(x, np.float32) / _f(scale)) + _f(zp)
-    t = np.nan_to_num(t, nan=float(zp))
-    return np.clip(t, 0, 255).astype(np.uint8)
+def quantize_u8(x, scale, zp, to_nhwc=False):
+    """THE activation rounding rule: float32 division, round half to even, add the zero point,
+    NaN -> zero point, saturate to [0, 255]. ``to_nhwc`` also moves channels last (one strided
+    pass instead of a transpose copy)."""
+    x = np.asarray(x, np.float32)
+    if to_nhwc and x.ndim == 4:
+        x = x.transpose(0, 2, 3, 1)
+    t = np.empty(x.shape, np.float32)
+    np.divide(x, _f(scale), out=t)
+    np.rint(t, out=t)
+    t += _f(zp)
+    np.nan_to_num(t, copy=False, nan=float(zp))
+    np.clip(t, 0, 255, out=t)
+    return t.astype(np.uint8)
 
 
-def dequantize_u8(x, scale, zp):
-    return ((x.astype(np.int32) - int(zp)).astype(np.float32) * _f(scale))
-
-
-def _to_nhwc(x):
-    return np.ascontiguousarray(x.transpose(0, 2, 3, 1)) if x.ndim == 4 else x
+def dequantize_u8(x, scale, zp, to_nchw=False):
+    """scale * (q - zp) in float32 (q - zp is exact in float32); ``to_nchw`` moves channels first."""
+    if to_nchw and x.ndim == 4:
+        x = x.transpose(0, 3, 1, 2)
+    y = np.empty(x.shape, np.float32)
+    np.subtract(x, _f(zp), out=y, dtype=np.float32)
+    y *= _f(scale)
+    return y
 
 
 def _to_nchw(x):
@@ -42,18 +53,14 @@ def _to_nchw(x):
 
 @register("QuantizeU8")
 def quantize_op(inputs, attrs, n):
-    x = inputs[0]
-    if attrs.get("layout") == "nchw_to_nhwc":
-        x = _to_nhwc(x)
-    return [quantize_u8(x, attrs["scale"], attrs["zero_point"])]
+    return [quantize_u8(inputs[0], attrs["scale"], attrs["zero_point"],
+                        attrs.get("layout") == "nchw_to_nhwc")]
 
 
 @register("DequantizeU8")
 def dequantize_op(inputs, attrs, n):
-    y = dequantize_u8(inputs[0], attrs["scale"], attrs["zero_point"])
-    if attrs.get("layout") == "nhwc_to_nchw":
-        y = _to_nchw(y)
-    return [y]
+    return [dequantize_u8(inputs[0], attrs["scale"], attrs["zero_point"],
+                          attrs.get("layout") == "nhwc_to_nchw")]
 
 
 def epilogue_kwargs(attrs):
@@ -92,11 +99,19 @@ def qgemm(inputs, attrs, n):
 @register("QAdd")
 def qadd(inputs, attrs, n):
     a, b = inputs
-    y = dequantize_u8(a, attrs["a_scale"], attrs["a_zp"]) + dequantize_u8(b, attrs["b_scale"], attrs["b_zp"])
+    y = dequantize_u8(a, attrs["a_scale"], attrs["a_zp"])
+    yb = dequantize_u8(b, attrs["b_scale"], attrs["b_zp"])
+    if y.shape == np.broadcast_shapes(y.shape, yb.shape):
+        y += yb
+    else:
+        y = y + yb
     if attrs.get("activation", 0) == q.ACT_RELU:
-        y = np.maximum(y, _f(0))
-    t = y * _f(attrs["y_inv_scale"]) + _f(attrs["zp_y"])
-    return [np.rint(np.clip(t, _f(0), _f(255))).astype(np.uint8)]
+        np.maximum(y, _f(0), out=y)
+    y *= _f(attrs["y_inv_scale"])
+    y += _f(attrs["zp_y"])
+    np.clip(y, _f(0), _f(255), out=y)
+    np.rint(y, out=y)
+    return [y.astype(np.uint8)]
 
 
 #: the fixed zero point of dynamically quantized activations (symmetric range around it), so the
