@@ -2,7 +2,7 @@
 
 Design: setuptools gives one set of flags per extension, but ISA code must be quarantined by
 folder: only kernels/avx2/*.c get the AVX2 flags and only kernels/avx512vnni/*.c the AVX-512 VNNI
-flags (never -march=native: the wheel must run on any x86-64, dispatch picks the variant at run
+flags (never a flag tuned to the build host: the wheel must run on any x86-64, dispatch picks the variant at run
 time). So build_ext compiles each ISA folder itself with its own extra_postargs and links the
 objects in (extra_objects); the Cython module, cpu.c, dispatch.c and kernels/scalar/ get the
 baseline flags. Each ISA's flags and OpenMP are probed with a tiny compile first: a compiler

@@ -188,8 +188,6 @@ def test_rounded_weights_lower_sqnr_and_per_layer(digits, tmp_path):
 
 
 def test_quantized_model_per_layer_dequantizes_nhwc(digits, tmp_path):
-    if not hasattr(qinfer, "quantize"):
-        pytest.skip("qinfer.quantize is not available")
     float_model = qinfer.convert(digits.path)
     calib = {"input": digits.x_test[:32]}
     qmodel = qinfer.quantize(float_model, calib, progress=False)
