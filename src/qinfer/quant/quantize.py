@@ -416,17 +416,27 @@ def quantize_graph(graph, calibration, weights="int8", activations="int8", metho
             g1, _ = build_quantized(graph, candidates, observers, {c.name})
             sens[c.name] = output_error(ref, _outputs(g1, eval_feeds))
         order = sorted(all_names, key=lambda n: -sens[n])
-        chosen = set(all_names)
-        step = 1
-        i = 0
-        while err > budget and i < len(order):
-            for name in order[i:i + step]:
-                chosen.discard(name)
-                kept[name] = sens[name]
-            i += step
-            step = min(step * 2, 8)
-            qg, report = build_quantized(graph, candidates, observers, chosen)
-            err = output_error(ref, _outputs(qg, eval_feeds)) if chosen else 0.0
+
+        def attempt(k):   # the k most sensitive layers float, the rest int8
+            chosen = set(order[k:])
+            g_k, rep_k = build_quantized(graph, candidates, observers, chosen)
+            return (output_error(ref, _outputs(g_k, eval_feeds)) if chosen else 0.0), g_k, rep_k
+
+        # the fewest float layers that meet the budget: binary search on k (the error shrinks as
+        # k grows, near enough; the result is checked, and k = all layers always meets it)
+        lo, hi = 0, len(order)
+        best = None
+        while lo < hi:
+            mid = (lo + hi) // 2
+            e_mid, g_mid, rep_mid = attempt(mid)
+            if e_mid <= budget:
+                hi, best = mid, (e_mid, g_mid, rep_mid)
+            else:
+                lo = mid + 1
+        if best is None:          # only k = all layers is left, which never needs measuring twice
+            best = attempt(lo)
+        err, qg, report = best
+        kept = {name: sens[name] for name in order[:lo]}
         for name, e in kept.items():
             node = next(c.node for c in candidates if c.name == name)
             report.append({"layer": name, "op": node.op, "precision": "float32",
