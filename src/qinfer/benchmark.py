@@ -802,8 +802,8 @@ def run(model=None, *, variants=None, batch=None, threads=None, iterations=None,
                                                         if demo else ""))
     if os.path.isdir(path):
         raise BenchmarkError(f"{path}: is a directory, expected a .onnx or .qinf file")
-    from .runtime.session import _is_qinf
-    is_qinf = path.lower().endswith(".qinf") or _is_qinf(path)
+    from .model import is_qinf_path
+    is_qinf = is_qinf_path(path)
     if is_qinf:
         if compare_ort:
             raise BenchmarkError(f"{path}: --compare onnxruntime needs the .onnx file (onnxruntime cannot "

@@ -17,15 +17,8 @@ class UserError(QinferError):
 
 
 def _load_model(path):
-    import qinfer
-    if not os.path.exists(path):
-        raise UserError(f"{path}: no such file")
-    if os.path.isdir(path):
-        raise UserError(f"{path}: is a directory, expected a .onnx or .qinf file")
-    from .runtime.session import _is_qinf
-    if path.lower().endswith(".qinf") or _is_qinf(path):
-        return qinfer.load(path)
-    return qinfer.convert(path)
+    from .model import open_model
+    return open_model(path)
 
 
 def cmd_convert(args):

@@ -426,8 +426,8 @@ def _resolve_model(model, what):
             raise EvaluateError(f"{what} {path}: no such file")
         if os.path.isdir(path):
             raise EvaluateError(f"{what} {path}: is a directory, expected a .qinf or .onnx file")
-        from .runtime.session import _is_qinf
-        if path.lower().endswith(".qinf") or _is_qinf(path):
+        from .model import is_qinf_path
+        if is_qinf_path(path):
             return qinfer.load(path), path
         return qinfer.convert(path), path
     return qinfer.convert(model), f"<{type(model).__name__}>"

@@ -2,6 +2,7 @@
 import os
 
 from .ir.graph import Graph
+from .errors import ModelFormatError
 from .ir import serialize
 
 
@@ -56,6 +57,49 @@ class Model:
 
     def __repr__(self):
         return f"<qinfer.Model {self.graph.name!r}: {len(self.graph.nodes)} nodes>"
+
+
+def check_model_path(path):
+    """ModelFormatError unless ``path`` is an existing regular file."""
+    if not os.path.exists(path):
+        raise ModelFormatError(f"{path}: no such file")
+    if os.path.isdir(path):
+        raise ModelFormatError(f"{path}: is a directory, expected a .qinf or .onnx file")
+
+
+def is_qinf_path(path):
+    """True for a ``.qinf`` name or a file starting with the ``.qinf`` magic bytes."""
+    if path.lower().endswith(".qinf"):
+        return True
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(serialize.MAGIC)) == serialize.MAGIC
+    except OSError as e:
+        raise ModelFormatError(f"{path}: cannot read ({e.strerror})") from None
+
+
+def open_graph(src) -> Graph:
+    """Any model source -> Graph: a Graph, a ``Model``, a ``.qinf`` path (memory-mapped), or ONNX
+    (path, bytes, ModelProto; only then is the importer, and with it ``onnx``, imported)."""
+    if isinstance(src, Graph):
+        return src
+    if isinstance(src, Model):
+        return src.graph
+    if isinstance(src, (str, os.PathLike)):
+        path = os.fspath(src)
+        check_model_path(path)
+        if is_qinf_path(path):
+            return serialize.load(path)
+    from .importers import onnx as onnx_importer
+    return onnx_importer.convert(src)
+
+
+def open_model(src) -> Model:
+    """``open_graph`` as a ``Model`` (keeping the path of a file)."""
+    if isinstance(src, Model):
+        return src
+    path = os.fspath(src) if isinstance(src, (str, os.PathLike)) else None
+    return Model(open_graph(src), path)
 
 
 def load(path) -> Model:

@@ -26,7 +26,7 @@ import numpy as np
 
 from .. import errors
 from ..ir.graph import Node, QuantParams, Value
-from ..ir.passes.fuse import epilogue_activation
+from ..ir.passes.fuse import epilogue_chain
 from ..reference import quantized as qref
 from ..reference.qops import DYNAMIC_ZP
 from . import qparams as qp
@@ -65,10 +65,6 @@ def find_candidates(graph, exclude=()):
     exclude = set(exclude)
     out = []
 
-    def single(name):
-        cs = consumers.get(name, [])
-        return cs[0] if len(cs) == 1 and name not in outputs else None
-
     for n in graph.nodes:
         if n.name in exclude or n.op not in ("Conv", "Gemm", "MatMul"):
             continue
@@ -79,11 +75,10 @@ def find_candidates(graph, exclude=()):
         if bias_name and bias_name not in consts:
             continue
         bias = consts[bias_name].astype(np.float32) if bias_name else None
-        absorbed = []
         if n.op == "Conv":
             if w.ndim != 4:
                 continue
-            if any(k in n.attrs and n.attrs["auto_pad"] not in ("NOTSET", "VALID") for k in ("auto_pad",)):
+            if n.attrs.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
                 continue
             group = int(n.attrs.get("group", 1))
             m, cg = w.shape[:2]
@@ -104,21 +99,9 @@ def find_candidates(graph, exclude=()):
             else:
                 weight = w
             kind = "gemm"
-            nxt = single(n.outputs[0])
-            if n.op == "MatMul" and nxt is not None and nxt.op == "Add" and len(nxt.inputs) == 2:
-                other = nxt.inputs[1] if nxt.inputs[0] == n.outputs[0] else nxt.inputs[0]
-                cb = consts.get(other)
-                if cb is not None and cb.dtype == np.float32 and cb.shape == (weight.shape[1],):
-                    bias = cb
-                    absorbed.append(nxt)
-        last = (absorbed[-1] if absorbed else n).outputs[0]
-        act = (0, 0.0, 0.0)
-        nxt = single(last)
-        if nxt is not None and nxt.inputs and nxt.inputs[0] == last:
-            a = epilogue_activation(nxt, consts)
-            if a is not None:
-                act = a
-                absorbed.append(nxt)
+        add_bias, absorbed, act = epilogue_chain(n, consts, consumers, outputs)
+        if add_bias is not None:
+            bias = add_bias
         out.append(Candidate(n, kind, absorbed, act, bias, weight))
     return out
 

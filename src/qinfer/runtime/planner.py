@@ -3,8 +3,9 @@
 Design:
 - ``Program`` (one per session): every node becomes a step ``(fn, input slots, output slots)``
   with values numbered into slots of a flat list (no dict lookups in the run loop). Heavy float ops
-  get the fast kernels of ``float_ops``; an activation that is the only consumer of a Conv /
-  ConvTranspose output is fused into its epilogue; everything else runs its numpy reference op.
+  get the fast kernels of ``float_ops`` and absorb what their epilogue can apply (a MatMul's bias
+  Add, one activation: ``ir.passes.fuse.epilogue_chain``, shared with the quantizer); quantized
+  ops get the int8 kernels (``qops``); everything else runs its numpy reference op.
   Slots are released after their last reader (liveness), so peak memory follows the live set.
 - ``Plan`` (one per input-shape signature, cached): the first run with a new signature executes every
   step and records the values that depend only on shapes and constants (``Shape`` -> ``Gather`` ->
@@ -18,7 +19,7 @@ import numpy as np
 from .. import reference
 from ..errors import InvalidInputError, QinferError, UnsupportedOperatorError
 from ..ir.ops import SHAPE_ONLY
-from ..ir.passes.fuse import epilogue_activation
+from ..ir.passes.fuse import epilogue_chain
 from . import float_ops, qops
 
 #: ops with fast float32 kernels (constant weights)
@@ -30,7 +31,7 @@ class Step:
 
     def __init__(self, node, fn, ref, ins, outs, post=None):
         self.node, self.fn, self.ref, self.ins, self.outs = node, fn, ref, ins, outs
-        self.post = post      # (ref fn, node, extra input slots) of a fused activation
+        self.post = post      # [(ref fn, node, input slots)] of the absorbed nodes, replayed if fn declines
         self.free = ()
         self.static = False
 
@@ -90,34 +91,14 @@ class Program:
         Returns (fn or None, absorbed nodes, post) where ``post`` replays the absorbed nodes with
         reference ops if the fast function declines at run time.
         """
-        def single_consumer(name):
-            cs = consumers.get(name, [])
-            return cs[0] if len(cs) == 1 and name not in outputs else None
-
         w = consts.get(n.inputs[1]) if len(n.inputs) > 1 else None
         third = n.inputs[2] if len(n.inputs) > 2 and n.inputs[2] else None
         if w is None or (third is not None and third not in consts):
             return None, [], None
         c = consts.get(third) if third else None
-        absorbed = []
-        last = n.outputs[0]
-        if n.op == "MatMul" and w.ndim == 2:
-            nxt = single_consumer(last)
-            if nxt is not None and nxt.op == "Add" and len(nxt.inputs) == 2:
-                other = nxt.inputs[1] if nxt.inputs[0] == last else nxt.inputs[0]
-                cb = consts.get(other)
-                if (cb is not None and cb.dtype == np.float32 and cb.size == w.shape[1]
-                        and cb.shape == (w.shape[1],)):
-                    c = cb
-                    absorbed.append(nxt)
-                    last = nxt.outputs[0]
-        act = float_ops.NO_ACT
-        nxt = single_consumer(last)
-        if nxt is not None and nxt.inputs and nxt.inputs[0] == last:
-            a = epilogue_activation(nxt, consts)
-            if a is not None:
-                act = a
-                absorbed.append(nxt)
+        add_bias, absorbed, act = epilogue_chain(n, consts, consumers, outputs)
+        if add_bias is not None:
+            c = add_bias
 
         def build(act_):
             if n.op == "Conv":
@@ -129,7 +110,7 @@ class Program:
             return float_ops.make_matmul(w, c.reshape(-1) if c is not None else None, act_, num_threads)
 
         fn = build(act)
-        if fn is None and absorbed and act is not float_ops.NO_ACT:
+        if fn is None and absorbed and act[0]:
             absorbed = absorbed[:-1]
             fn = build(float_ops.NO_ACT)
         if fn is None:
@@ -245,6 +226,10 @@ class Executor:
         return [env[o] for o in self.program.output_slots]
 
 
+def _input_shapes(step, env):
+    return [None if i < 0 or env[i] is None else tuple(np.shape(env[i])) for i in step.ins]
+
+
 def _execute_checked(step, env):
     try:
         outs = _execute(step, env)
@@ -252,13 +237,11 @@ def _execute_checked(step, env):
         raise
     except UnsupportedOperatorError as e:
         # the node was accepted at import: failing now depends on the input shapes or values
-        shapes = [None if i < 0 or env[i] is None else tuple(np.shape(env[i])) for i in step.ins]
-        raise InvalidInputError(
-            f"node {step.node.name!r} ({step.node.op}) cannot run on input shapes {shapes}: {e}") from None
+        raise InvalidInputError(f"node {step.node.name!r} ({step.node.op}) cannot run on input shapes "
+                                f"{_input_shapes(step, env)}: {e}") from None
     except QinferError:
         raise
     except (ValueError, IndexError, ZeroDivisionError, OverflowError, MemoryError) as e:
-        shapes = [None if i < 0 or env[i] is None else tuple(np.shape(env[i])) for i in step.ins]
-        raise InvalidInputError(
-            f"node {step.node.name!r} ({step.node.op}) failed on input shapes {shapes}: {e}") from None
+        raise InvalidInputError(f"node {step.node.name!r} ({step.node.op}) failed on input shapes "
+                                f"{_input_shapes(step, env)}: {e}") from None
     return [np.asarray(v) for v in outs]

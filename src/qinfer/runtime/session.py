@@ -5,13 +5,12 @@ so a wrong feed is an ``InvalidInputError`` naming expected vs. got, never a cra
 per-call state lives in the call (the executor copies a slot list), so one session may be shared by
 threads. Plans are cached per input-shape signature.
 """
-import os
 import threading
 
 import numpy as np
 
-from ..errors import InvalidInputError, ModelFormatError, QinferError
-from ..ir.graph import Graph
+from ..errors import InvalidInputError, QinferError
+from ..model import open_graph
 from . import threads
 from .planner import Executor, Program
 
@@ -47,36 +46,6 @@ class ModelMetadata:
         self.custom_metadata_map = dict(meta.get("custom_metadata_map", {}))
 
 
-def _is_qinf(path):
-    try:
-        with open(path, "rb") as f:
-            head = f.read(8)
-    except OSError as e:
-        raise ModelFormatError(f"{path}: cannot read ({e.strerror})") from None
-    from ..ir import serialize
-    return head == serialize.MAGIC
-
-
-def _resolve_graph(model):
-    if isinstance(model, Graph):
-        return model
-    graph = getattr(model, "graph", None)
-    if isinstance(graph, Graph):     # qinfer.Model
-        return graph
-    if isinstance(model, (str, os.PathLike)):
-        path = os.fspath(model)
-        if not os.path.exists(path):
-            raise ModelFormatError(f"{path}: no such file")
-        if os.path.isdir(path):
-            raise ModelFormatError(f"{path}: is a directory, expected a .qinf or .onnx file")
-        if path.lower().endswith(".qinf") or _is_qinf(path):
-            from ..ir import serialize
-            return serialize.load(path)
-    # ONNX (path, bytes or ModelProto): only here is the importer (and onnx) needed
-    from ..importers import onnx as onnx_importer
-    return onnx_importer.convert(model)
-
-
 class InferenceSession:
     """Run a qinfer model; a drop-in for ``onnxruntime.InferenceSession`` where applications use it.
 
@@ -91,7 +60,7 @@ class InferenceSession:
             n = int(getattr(sess_options, "intra_op_num_threads", 0) or 0)
             num_threads = n if n > 0 else None
         self._num_threads = threads.resolve_num_threads(num_threads)
-        self._graph = _resolve_graph(model)
+        self._graph = open_graph(model)
         self._program = Program(self._graph, self._num_threads)
         self._executor = Executor(self._program)
         self._inputs = [NodeArg(v.name, v.dtype, v.shape) for v in self._graph.inputs]

@@ -9,7 +9,6 @@ folded later, per input-shape signature, by the runtime planner.
 import numpy as np
 
 from ...reference import executor
-from ..graph import Node
 from ..ops import NONDETERMINISTIC, SHAPE_ONLY
 
 #: outputs above this size are folded only if they are not larger than the node's inputs
@@ -83,4 +82,4 @@ def remove_identity(graph):
     return g
 
 
-__all__ = ["constants_to_initializers", "fold_constants", "remove_identity", "Node"]
+__all__ = ["constants_to_initializers", "fold_constants", "remove_identity"]

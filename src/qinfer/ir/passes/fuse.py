@@ -243,3 +243,38 @@ def epilogue_activation(node, consts):
     if node.op == "HardSigmoid":
         return (code, float(node.attrs.get("alpha", 0.2)), float(node.attrs.get("beta", 0.5)))
     return (code, 0.0, 0.0)
+
+
+def epilogue_chain(node, consts, consumers, outputs):
+    """What a weighted node's fused epilogue can absorb: ``(bias, absorbed nodes, activation)``.
+
+    A MatMul with a constant 2-D weight absorbs a following ``Add`` of a constant ``[N]`` bias
+    (PyTorch's Linear on 3-D inputs); then any weighted node absorbs one following activation
+    (``epilogue_activation``). Each absorbed node must be the only reader of the value before it,
+    which must not be a graph output. ``bias`` is that Add's constant, else None (the node's own
+    bias input is the caller's business). Used by the float planner and by the quantizer alike.
+    """
+    def single(name):
+        cs = consumers.get(name, [])
+        return cs[0] if len(cs) == 1 and name not in outputs else None
+
+    bias, absorbed = None, []
+    last = node.outputs[0]
+    w = consts.get(node.inputs[1]) if len(node.inputs) > 1 else None
+    if node.op == "MatMul" and w is not None and w.ndim == 2:
+        nxt = single(last)
+        if nxt is not None and nxt.op == "Add" and len(nxt.inputs) == 2:
+            other = nxt.inputs[1] if nxt.inputs[0] == last else nxt.inputs[0]
+            cb = consts.get(other)
+            if cb is not None and cb.dtype == np.float32 and cb.shape == (w.shape[1],):
+                bias = cb
+                absorbed.append(nxt)
+                last = nxt.outputs[0]
+    act = (0, 0.0, 0.0)
+    nxt = single(last)
+    if nxt is not None and nxt.inputs and nxt.inputs[0] == last:
+        a = epilogue_activation(nxt, consts)
+        if a is not None:
+            act = a
+            absorbed.append(nxt)
+    return bias, absorbed, act
