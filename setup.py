@@ -38,6 +38,7 @@ OPENMP_PROBE = ("#include <omp.h>\n"
 IS_X86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686", "x86")
 
 KERNEL_DEPENDS = (glob.glob("kernels/include/qinfer/*.h") + glob.glob("kernels/*/*.h")
+                  + glob.glob("src/qinfer/_ext/*.pxi")
                   + ["kernels/ukernels.inc", "src/qinfer/_ext/_kernels.pxd"])
 
 

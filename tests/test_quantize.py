@@ -133,3 +133,29 @@ def test_cli_quantize(digits_cnn, tmp_path):
     r = subprocess.run([sys.executable, "-m", "qinfer.cli", "quantize", digits_cnn.path, "-o", str(out)],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 1 and "--calib" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_squeeze_excitation_and_maxpool_run_on_uint8(ppocr_cls_onnx):
+    """PP-OCRv4's direction classifier (PP-LCNet: SE blocks, a 3x3 max pool): with a loose budget
+    every SE gate, pool and max pool runs on uint8 (QMulChannel / QGlobalAveragePool / QMaxPool),
+    bit-identical to the reference ops at 1 and 2 threads; with the default budget the answers
+    (top-1 direction) are the float model's."""
+    m = qinfer.convert(ppocr_cls_onnx)
+    x = models.cls_input(20).astype(np.float32)
+    calib = [x[i:i + 1] for i in range(16)]
+    loose = qinfer.quantize(m, calib, max_error=1.0, progress=False)
+    ops = loose.graph.op_counts()
+    assert ops.get("QMulChannel", 0) >= 8 and ops.get("QGlobalAveragePool", 0) >= 8, ops
+    assert ops.get("QMaxPool") == 1 and "Mul" not in ops and "MaxPool" not in ops, ops
+    name = m.graph.input_names[0]
+    ref = run_graph(loose.graph, {name: x[16:]})
+    one = qinfer.InferenceSession(loose, num_threads=1).run(None, {name: x[16:]})[0]
+    two = qinfer.InferenceSession(loose, num_threads=2).run(None, {name: x[16:]})[0]
+    np.testing.assert_array_equal(one, ref[loose.graph.output_names[0]])
+    np.testing.assert_array_equal(one, two)
+    q = qinfer.quantize(m, calib, progress=False)
+    f = qinfer.InferenceSession(m).run(None, {name: x})[0]
+    got = qinfer.InferenceSession(q).run(None, {name: x})[0]
+    assert (f.argmax(1) == got.argmax(1)).all()
+    assert q.graph.metadata["quantization"]["output_error"] <= 0.01

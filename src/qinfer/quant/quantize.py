@@ -38,6 +38,8 @@ WEIGHT_FORMATS = ("int8",)
 DEFAULT_MAX_ERROR = 0.01
 #: calibration samples used to measure the output error (the first ones)
 EVAL_SAMPLES = 8
+#: float units the refinement after the binary search gives a second try at int8 (at most)
+REFINE_TRIES = 64
 
 class Candidate:
     """A quantizable layer: its node, the nodes its epilogue absorbs, and its I/O values."""
@@ -173,14 +175,17 @@ def build_quantized(graph, candidates, observers, quantize_set):
         y = relu.outputs[0] if relu else n.outputs[0]
         if y not in outputs:
             qadds[y] = (n, relu)
-    while True:   # keep the QAdds whose result a quantized conv or another QAdd reads
+    passthrough = {k: v for k, v in _passthrough_nodes(graph, absorbed, outputs).items()
+                   if k in quantize_set}
+    while True:   # keep the QAdds whose result a quantized conv, another QAdd or a pass-through reads
         add_nodes = {n.name for n, _ in qadds.values()}
 
         def wants_u8(cn, y):
             c = by_node.get(cn.name)
             if c is not None:
                 return c.kind in ("conv", "dw") and c.x == y
-            return cn.name in add_nodes
+            pt = passthrough.get(cn.name)
+            return cn.name in add_nodes or (pt is not None and pt[1] == y)
 
         unwanted = [y for y in qadds if not any(wants_u8(cn, y) for cn in consumers.get(y, []))]
         if not unwanted:
@@ -188,6 +193,15 @@ def build_quantized(graph, candidates, observers, quantize_set):
         for y in unwanted:
             del qadds[y]
     u8 = set(qadds) | {y for y in conv_out if any(wants_u8(cn, y) for cn in consumers.get(y, []))}
+    # pass-through ops run on uint8 when their input is: MaxPool and the channel Mul give uint8,
+    # the global average pool float (a dequantizing reduction)
+    active_pt = {}
+    for n in graph.nodes:
+        pt = passthrough.get(n.name)
+        if pt is not None and pt[1] in u8:
+            active_pt[n.name] = pt
+            if pt[0] != "gap":
+                u8.add(n.outputs[0])
     qadd_by_node = {n.name: (y, relu) for y, (n, relu) in qadds.items()}
     skip_relu = {relu.name for _, relu in qadds.values() if relu is not None}
 
@@ -258,6 +272,26 @@ def build_quantized(graph, candidates, observers, quantize_set):
             continue
         if n.name in skip_relu:
             continue
+        pt = active_pt.get(n.name)
+        if pt is not None:
+            kind, x, factor = pt
+            y = n.outputs[0]
+            s_x, zp_x = qp_of(x)
+            if kind == "maxpool":     # max commutes with the monotonic quantization: same qparams
+                qparams[y] = (s_x, zp_x)
+                attrs = {k: v for k, v in n.attrs.items()
+                         if k in ("kernel_shape", "strides", "pads", "dilations", "ceil_mode", "auto_pad")}
+                new_nodes.append(Node("QMaxPool", (x,), (y,), attrs, n.name, "qinfer"))
+            elif kind == "gap":
+                new_nodes.append(Node("QGlobalAveragePool", (x,), (y,),
+                                      {"scale": s_x, "zero_point": zp_x}, n.name, "qinfer"))
+            else:
+                s_y, zp_y = qp_of(y)
+                new_nodes.append(Node("QMulChannel", (x, float_of(factor)), (y,),
+                                      {"x_scale": s_x, "x_zp": zp_x,
+                                       "y_inv_scale": float(np.float32(1.0 / s_y)), "zp_y": zp_y},
+                                      n.name, "qinfer"))
+            continue
         if n.name in qadd_by_node:
             y, relu = qadd_by_node[n.name]
             a, b = n.inputs
@@ -283,6 +317,47 @@ def build_quantized(graph, candidates, observers, quantize_set):
     g.metadata["layouts"] = layouts
     g.metadata["quantization"] = {"weights": "int8", "activations": "int8"}
     return g.remove_unused(), report
+
+
+def _anchors(graph, candidates, x):
+    """The candidate convs whose outputs make ``x`` (directly, or through one Add / Relu)."""
+    by_y = {c.y: c.name for c in candidates if c.kind in ("conv", "dw")}
+    if x in by_y:
+        return {by_y[x]}
+    producer = next((n for n in graph.nodes if x in n.outputs), None)
+    if producer is not None and producer.op == "Relu":
+        producer = next((n for n in graph.nodes if producer.inputs[0] in n.outputs), None)
+    if producer is not None and producer.op == "Add":
+        return {by_y[i] for i in producer.inputs if i in by_y}
+    return set()
+
+
+def _passthrough_nodes(graph, absorbed, outputs):
+    """{node name: (kind, uint8 input, per-channel factor or None)} of the nodes that can run on a
+    uint8 NHWC input: 2-D MaxPool ("maxpool"), GlobalAveragePool ("gap") and a Mul of a rank-4
+    activation by a per-channel factor [N|1, C, 1, 1] ("mul", the gate of squeeze-excitation)."""
+    out = {}
+    for n in graph.nodes:
+        if n.name in absorbed or not n.outputs or n.outputs[0] in outputs:
+            continue
+        if n.op == "MaxPool":
+            a = n.attrs
+            if (len([o for o in n.outputs if o]) == 1 and graph.value(n.inputs[0]).rank == 4
+                    and len(a.get("kernel_shape", ())) == 2 and not a.get("storage_order", 0)
+                    and a.get("auto_pad", "NOTSET") in ("NOTSET", "VALID")):
+                out[n.name] = ("maxpool", n.inputs[0], None)
+        elif n.op == "GlobalAveragePool" and graph.value(n.inputs[0]).rank == 4:
+            out[n.name] = ("gap", n.inputs[0], None)
+        elif n.op == "Mul" and len(n.inputs) == 2 and n.inputs[0] != n.inputs[1]:
+            for x, f in (n.inputs, n.inputs[::-1]):
+                vx, vf = graph.value(x), graph.value(f)
+                if (vx.rank == 4 and vf.rank == 4 and vx.dtype == "float32" and vf.dtype == "float32"
+                        and x not in graph.initializers and tuple(vf.shape[2:]) == (1, 1)
+                        and tuple(vx.shape[2:]) != (1, 1) and vf.shape[1] == vx.shape[1]
+                        and vf.shape[1] is not None):
+                    out[n.name] = ("mul", x, f)
+                    break
+    return out
 
 
 def _reorder(nodes, graph):
@@ -388,20 +463,33 @@ def quantize_graph(graph, calibration, weights="int8", activations="int8", metho
     candidates = [c for c in candidates if c.name not in unfit]
     eval_feeds = feeds[:EVAL_SAMPLES]
     ref = _outputs(graph, eval_feeds)
-    all_names = [c.name for c in candidates]
-    qg, report = build_quantized(graph, candidates, observers, set(all_names))
+    # the pass-through ops (uint8 MaxPool / global average pool / channel Mul) are units of the
+    # precision search too: running one on uint8 makes its producer's output uint8, and a
+    # squeeze-excitation gate applied in uint8 adds a rounding the float gate does not
+    absorbed = {a.name for c in candidates for a in c.absorbed}
+    passthrough = _passthrough_nodes(graph, absorbed, set(graph.output_names))
+    units = {c.name: {c.name} for c in candidates}
+    by_input = {}    # the pass-through ops reading one value form one unit (SE: its pool and gate)
+    for name, (_, x, _) in passthrough.items():
+        by_input.setdefault(x, []).append(name)
+    for x, names in by_input.items():
+        units[names[0]] = set(names) | _anchors(graph, candidates, x)
+    members = {name: set(names) for names in by_input.values() for name in names[:1]}
+    all_names = list(units)
+    qg, report = build_quantized(graph, candidates, observers,
+                                 set().union(*(members.get(n, {n}) for n in all_names)))
     err = output_error(ref, _outputs(qg, eval_feeds))
     kept = {}
     if err > budget:
         # sensitivity: quantize each layer alone
         sens = {}
-        for c in _progress(candidates, progress, len(candidates), "sensitivity"):
-            g1, _ = build_quantized(graph, candidates, observers, {c.name})
-            sens[c.name] = output_error(ref, _outputs(g1, eval_feeds))
+        for name in _progress(all_names, progress, len(all_names), "sensitivity"):
+            g1, _ = build_quantized(graph, candidates, observers, units[name])
+            sens[name] = output_error(ref, _outputs(g1, eval_feeds))
         order = sorted(all_names, key=lambda n: -sens[n])
 
-        def attempt(k):   # the k most sensitive layers float, the rest int8
-            chosen = set(order[k:])
+        def attempt(k):   # the k most sensitive units float, the rest int8
+            chosen = set().union(*(members.get(n, {n}) for n in order[k:]))
             g_k, rep_k = build_quantized(graph, candidates, observers, chosen)
             return (output_error(ref, _outputs(g_k, eval_feeds)) if chosen else 0.0), g_k, rep_k
 
@@ -418,10 +506,25 @@ def quantize_graph(graph, calibration, weights="int8", activations="int8", metho
                 lo = mid + 1
         if best is None:          # only k = all layers is left, which never needs measuring twice
             best = attempt(lo)
+        # the error is not monotonic in k (a float layer changes which values its neighbours
+        # round): give each float unit, least sensitive first, another try at int8 and keep it
+        # there if the budget still holds
+        float_units = list(order[:lo])
+        chosen_units = list(order[lo:])
+        for name in _progress(float_units[::-1][:REFINE_TRIES], progress,
+                              min(len(float_units), REFINE_TRIES), "refine"):
+            trial = set().union(*(members.get(n, {n}) for n in chosen_units + [name]))
+            g_t, rep_t = build_quantized(graph, candidates, observers, trial)
+            e_t = output_error(ref, _outputs(g_t, eval_feeds))
+            if e_t <= budget:
+                chosen_units.append(name)
+                float_units.remove(name)
+                best = (e_t, g_t, rep_t)
         err, qg, report = best
-        kept = {name: sens[name] for name in order[:lo]}
+        kept = {name: sens[name] for name in float_units}
+        nodes = {n.name: n for n in graph.nodes}
         for name, e in kept.items():
-            node = next(c.node for c in candidates if c.name == name)
+            node = nodes[name]
             report.append({"layer": name, "op": node.op, "precision": "float32",
                            "reason": f"sensitive: quantized alone it costs {e:.2e} of the output "
                                      f"error budget {budget:g} (1 - cosine)"})

@@ -10,6 +10,11 @@ runs, e.g. to calibrate or evaluate a quantized graph layer by layer).
 - QGemm(x u8 [.., K], packed, s) -> u8 or f32 [.., N]
 - QAdd(a u8, b u8)             -> u8: requant((a - za) * sa + (b - zb) * sb), optional ReLU
 - DynQGemm(x f32 [.., K], packed, w_scale) -> f32: x quantized per call, symmetric around 128
+- QMaxPool(x u8 NHWC)           -> u8 NHWC: MaxPool's attributes; max commutes with quantization,
+                                   so the output keeps the input's scale and zero point
+- QGlobalAveragePool(x u8 NHWC) -> f32 NCHW [N, C, 1, 1]: (float32(sum) / float32(H*W) - zp) * scale
+- QMulChannel(x u8 NHWC, s f32 [N|1, C, 1, 1]) -> u8 NHWC: x times a per-channel factor (the gate
+                                   of a squeeze-excitation block), requantized
 Attributes carry the epilogue: activation (code), alpha, beta, out_dtype ("uint8"|"float32"),
 y_inv_scale (1 / output scale), zp_y, out_layout ("nhwc"|"nchw").
 """
@@ -141,3 +146,57 @@ def dynqgemm(inputs, attrs, n):
     y = q.activation(y, int(attrs.get("activation", 0)), float(attrs.get("alpha", 0.0)),
                      float(attrs.get("beta", 0.0)))
     return [y.reshape(lead + (y.shape[-1],))]
+
+
+@register("QMaxPool")
+def qmaxpool(inputs, attrs, n):
+    from .conv import max_pool
+    x = inputs[0]
+    y = max_pool([np.ascontiguousarray(x.transpose(0, 3, 1, 2))], attrs, 1)[0]
+    return [np.ascontiguousarray(y.transpose(0, 2, 3, 1))]
+
+
+def gap_u8(x, scale, zp):
+    """Global average pool of uint8 NHWC x to float32 [N, C, 1, 1]."""
+    n, h, w, c = x.shape
+    s = x.sum(axis=(1, 2), dtype=np.int64).astype(np.float32)
+    y = s / _f(h * w)
+    y -= _f(zp)
+    y *= _f(scale)
+    return y.reshape(n, c, 1, 1)
+
+
+@register("QGlobalAveragePool")
+def qgap(inputs, attrs, n):
+    return [gap_u8(inputs[0], attrs["scale"], attrs["zero_point"])]
+
+
+def channel_factors(s, x_shape, x_scale, y_inv_scale):
+    """m[N, C] = (s * x_scale) * y_inv_scale in float32, s broadcast from [N|1, C|1, 1, 1]."""
+    n, _, _, c = x_shape
+    s = np.asarray(s, np.float32)
+    s4 = s.reshape((1,) * (4 - s.ndim) + s.shape) if s.ndim <= 4 else s
+    if s4.ndim != 4 or s4.shape[2:] != (1, 1) or s4.shape[0] not in (1, n) or s4.shape[1] not in (1, c):
+        raise ValueError(f"QMulChannel: a factor of shape {s.shape} is not per channel of an "
+                         f"NHWC input of shape {tuple(x_shape)}")
+    m = np.broadcast_to(s4[:, :, 0, 0], (n, c)) * _f(x_scale)
+    m = m * _f(y_inv_scale)
+    return np.ascontiguousarray(m, dtype=np.float32)
+
+
+def qmul_channel(x, m, x_zp, zp_y):
+    """requant((x - x_zp) * m[n, c] + zp_y) for uint8 NHWC x and float32 m[N, C]."""
+    n, _, _, c = x.shape
+    y = np.subtract(x, _f(x_zp), dtype=np.float32)
+    y *= m.reshape(n, 1, 1, c)
+    y += _f(zp_y)
+    np.clip(y, _f(0), _f(255), out=y)
+    np.rint(y, out=y)
+    return y.astype(np.uint8)
+
+
+@register("QMulChannel")
+def qmul_channel_op(inputs, attrs, n):
+    x, s = inputs
+    m = channel_factors(s, x.shape, attrs["x_scale"], attrs["y_inv_scale"])
+    return [qmul_channel(x, m, attrs["x_zp"], attrs["zp_y"])]

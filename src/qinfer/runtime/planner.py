@@ -66,7 +66,9 @@ class Program:
             fn, post, out_names = None, None, n.outputs
             if n.op in qops.QOPS:
                 fn = qops.make_qop(n, consts, num_threads)
-            elif n.op in ("MaxPool", "AveragePool"):
+            elif n.op == "MaxPool":
+                fn = qops.make_maxpool_f32(n.attrs, num_threads)
+            elif n.op == "AveragePool":
                 fn = float_ops.make_pool(n.op, n.attrs)
             if n.op in FAST_OPS and float_ops.is_float32(graph, n):
                 fn, absorbed, post = self._fast(n, consts, consumers, outputs, num_threads, slot)

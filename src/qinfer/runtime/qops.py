@@ -1,15 +1,20 @@
 """Fast implementations of the quantized IR ops (see reference/qops.py for their definitions).
 
 Design: QConv / QGemm / DynQGemm call the int8 kernels with the packed weights stored in the graph
-(packed once at quantize time; loading is a memory map). Quantize / Dequantize / QAdd are numpy
-passes over the activation, the same code as their reference (one definition of the rounding).
+(packed once at quantize time; loading is a memory map). Quantize / Dequantize / QAdd / QMaxPool /
+QGlobalAveragePool / QMulChannel call the streaming C kernels (bit-identical to their numpy
+reference); a case those kernels do not take (a broadcasting QAdd, another dtype) returns None and
+the planner runs the reference op.
 """
+from types import SimpleNamespace
+
 import numpy as np
 
 from ..reference import qops as ref
 from .cpu import _kernels as _k
 
-QOPS = ("QConv", "QGemm", "DynQGemm", "QuantizeU8", "DequantizeU8", "QAdd")
+QOPS = ("QConv", "QGemm", "DynQGemm", "QuantizeU8", "DequantizeU8", "QAdd", "QMaxPool",
+        "QGlobalAveragePool", "QMulChannel")
 
 
 def _epilogue(attrs):
@@ -83,4 +88,92 @@ def make_qop(node, consts, nt):
                     _k.bias_act_f32(y, None, 0, act[0], act[1], act[2], nt)
             return [y.reshape(lead + (y.shape[-1],))]
         return dynqgemm
-    return None     # QuantizeU8 / DequantizeU8 / QAdd: the numpy definition is the fast path
+    return _make_stream_op(node.op, a, nt)
+
+
+def _make_stream_op(op, a, nt):
+    if op in ("QuantizeU8", "DequantizeU8"):
+        quant = op == "QuantizeU8"
+        kern, dtype = (_k.quantize_u8, np.float32) if quant else (_k.dequantize_u8, np.uint8)
+        scale, zp = float(a["scale"]), int(a["zero_point"])
+        move = a.get("layout") == ("nchw_to_nhwc" if quant else "nhwc_to_nchw")
+
+        def convert(inputs, _a, _n):
+            x = inputs[0]
+            if x.dtype != dtype or (move and x.ndim != 4):
+                return None
+            return [kern(np.ascontiguousarray(x), scale, zp, move, nt)]
+        return convert
+    if op == "QAdd":
+        args = (float(a["a_scale"]), int(a["a_zp"]), float(a["b_scale"]), int(a["b_zp"]),
+                float(a["y_inv_scale"]), int(a["zp_y"]), int(a.get("activation", 0)) == 1)
+
+        def qadd(inputs, _a, _n):
+            x, y = inputs
+            if x.shape != y.shape or x.dtype != np.uint8 or y.dtype != np.uint8:
+                return None
+            return [_k.qadd_u8(np.ascontiguousarray(x), np.ascontiguousarray(y), *args, num_threads=nt)]
+        return qadd
+    if op == "QMaxPool":
+        return _make_maxpool(a, nt, np.uint8, _k.maxpool2d_u8_nhwc, nhwc=True)
+    if op == "QGlobalAveragePool":
+        scale, zp = float(a["scale"]), int(a["zero_point"])
+
+        def qgap(inputs, _a, _n):
+            x = inputs[0]
+            if x.dtype != np.uint8 or x.ndim != 4 or x.shape[1] * x.shape[2] == 0:
+                return None
+            return [_k.gap_u8_nhwc(np.ascontiguousarray(x), scale, zp, nt)]
+        return qgap
+    if op == "QMulChannel":
+        xs, zx, inv, zy = float(a["x_scale"]), int(a["x_zp"]), float(a["y_inv_scale"]), int(a["zp_y"])
+
+        def qmul(inputs, _a, _n):
+            x, s = inputs
+            if x.dtype != np.uint8 or x.ndim != 4:
+                return None
+            m = ref.channel_factors(s, x.shape, xs, inv)
+            return [_k.qmul_channel_u8_nhwc(np.ascontiguousarray(x), m, zx, zy, nt)]
+        return qmul
+    return None
+
+
+def _maxpool_geometry(attrs, nchw_shape):
+    """(kernel, strides, pads incl. the ceil-mode extra, dilations) of a 2-D max pool for the
+    kernels, or None (another rank, auto_pad, storage order)."""
+    from ..reference.conv import _pool_geometry
+    if len(attrs.get("kernel_shape", ())) != 2 or attrs.get("storage_order", 0):
+        return None
+    if attrs.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
+        return None
+    kernel, strides, dilations, begin, end, extra, _ = _pool_geometry(
+        "MaxPool", SimpleNamespace(ndim=4, shape=tuple(nchw_shape)), attrs)
+    pads = (begin[0], begin[1], end[0] + extra[0], end[1] + extra[1])
+    return tuple(kernel), tuple(strides), pads, tuple(dilations)
+
+
+def _make_maxpool(attrs, nt, dtype, kern, nhwc):
+    """A 2-D MaxPool (one output) on the C kernel, its geometry cached per input shape."""
+    if len(attrs.get("kernel_shape", ())) != 2:
+        return None
+    geos = {}
+
+    def maxpool(inputs, _a, n_out):
+        x = inputs[0]
+        if x.dtype != dtype or x.ndim != 4 or n_out != 1:
+            return None
+        geo = geos.get(x.shape, False)
+        if geo is False:
+            if len(geos) >= 64:     # bounded for a service fed ever-new shapes
+                geos.clear()
+            nchw = (x.shape[0], x.shape[3], x.shape[1], x.shape[2]) if nhwc else x.shape
+            geo = geos[x.shape] = _maxpool_geometry(attrs, nchw)
+        if geo is None:
+            return None
+        return [kern(np.ascontiguousarray(x), *geo, num_threads=nt)]
+    return maxpool
+
+
+def make_maxpool_f32(attrs, nt):
+    """Fast float32 NCHW 2-D MaxPool (one output), or None."""
+    return _make_maxpool(attrs, nt, np.float32, _k.maxpool2d_f32_nchw, nhwc=False)

@@ -1,0 +1,324 @@
+# Memory-bound uint8 / float32 kernels around the int8 convs, ``include``d into _kernels.pyx.
+#
+# Design: each function checks dtype, rank, contiguity and shapes (ValueError naming the
+# argument), allocates its output, then splits the outer units (elements, pixels, channels,
+# planes or rows) over threads with the GIL released. The results are bit-identical to the numpy
+# definitions in qinfer.reference.qops for any thread count (every element is computed alone).
+
+cdef extern from "qinfer/qelementwise.h":
+    ctypedef struct qi_qadd_params:
+        float a_scale, a_zp, b_scale, b_zp, y_inv_scale, zp_y
+        int relu
+
+    void qi_quantize_f32_u8(const float *x, uint8_t *y, size_t begin, size_t end, float scale,
+                            float zp) nogil
+    void qi_quantize_chw_hwc_f32_u8(const float *x, uint8_t *y, size_t c, size_t hw, size_t p_begin,
+                                    size_t p_end, float scale, float zp) nogil
+    void qi_dequantize_u8_f32(const uint8_t *x, float *y, size_t begin, size_t end, float scale,
+                              float zp) nogil
+    void qi_dequantize_hwc_chw_u8_f32(const uint8_t *x, float *y, size_t c, size_t hw,
+                                      size_t c_begin, size_t c_end, float scale, float zp) nogil
+    void qi_qadd_u8(const uint8_t *a, const uint8_t *b, uint8_t *y, size_t begin, size_t end,
+                    const qi_qadd_params *p) nogil
+    void qi_maxpool2d_u8_hwc(const qi_conv2d_geom *g, size_t c, const uint8_t *x, uint8_t *y,
+                             size_t oy_begin, size_t oy_end) nogil
+    void qi_maxpool2d_f32_chw(const qi_conv2d_geom *g, const float *x, float *y, size_t p_begin,
+                              size_t p_end) nogil
+    void qi_gap_u8_hwc_f32(const uint8_t *x, float *y, size_t hw, size_t c, size_t c_begin,
+                           size_t c_end, float scale, float zp) nogil
+    void qi_qmul_channel_u8_hwc(const uint8_t *x, const float *m, uint8_t *y, size_t hw, size_t c,
+                                size_t p_begin, size_t p_end, float zx, float zy) nogil
+
+cdef void *_e_ptr(object a) except NULL:
+    """Data pointer of a C-contiguous array already checked by _e_check (the caller keeps
+    a reference to it for the whole call, so the memory stays put after the view is released)."""
+    cdef Py_buffer v
+    PyObject_GetBuffer(a, &v, PyBUF_C_CONTIGUOUS)
+    cdef void *p = v.buf
+    PyBuffer_Release(&v)
+    if p == NULL:
+        raise ValueError("array without data")
+    return p
+
+
+# elements (or pixel-channels) a thread gets at least, for these streaming kernels
+cdef size_t _E_MIN_PER_THREAD = 1 << 16
+
+
+def _e_check(a, str name, dtype, ndim=None):
+    flags = getattr(a, "flags", None)
+    ok = (getattr(a, "dtype", None) == dtype and flags is not None and flags["C_CONTIGUOUS"]
+          and (ndim is None or a.ndim == ndim))
+    if not ok:
+        rank = "" if ndim is None else f" of rank {ndim}"
+        raise ValueError(f"{name} must be a C-contiguous {np.dtype(dtype).name} array{rank}, "
+                         f"got {_describe(a)}")
+
+
+def _e_scale(scale, str name="scale"):
+    s = float(scale)
+    if not (isfinite(s) and s > 0.0 and s < _Q_SCALE_MAX):
+        raise ValueError(f"{name} must be a finite float > 0, got {scale!r}")
+    return s
+
+
+def _e_zp(zp, str name="zero_point"):
+    z = int(zp)
+    if z != zp or not 0 <= z <= 255:
+        raise ValueError(f"{name} must be an integer in 0..255, got {zp!r}")
+    return z
+
+
+cdef inline int _e_threads(object num_threads, size_t units, size_t work) except -1:
+    cdef int nt = _threads(num_threads)
+    cdef size_t by_work = work // _E_MIN_PER_THREAD
+    if by_work < <size_t>nt:
+        nt = <int>by_work if by_work > 1 else 1
+    if units < <size_t>nt:
+        nt = <int>units if units > 1 else 1
+    return nt
+
+
+def quantize_u8(x, scale, zero_point, to_nhwc=False, num_threads=None):
+    """uint8 q = clamp(rint(x / scale) + zero_point, 0, 255), NaN -> zero_point, of a float32
+    C-contiguous array; ``to_nhwc``: x is [N, C, H, W] and q comes out [N, H, W, C]."""
+    _e_check(x, "x", np.float32)
+    cdef float s = _e_scale(scale)
+    cdef float z = _e_zp(zero_point)
+    cdef bint move = bool(to_nhwc)
+    if move and x.ndim != 4:
+        raise ValueError(f"to_nhwc needs a rank-4 NCHW x, got {_describe(x)}")
+    out = np.empty((x.shape[0], x.shape[2], x.shape[3], x.shape[1]) if move else x.shape, np.uint8)
+    if x.size == 0:
+        return out
+    cdef const float *xp = <const float *>_e_ptr(x)
+    cdef uint8_t *yp = <uint8_t *>_e_ptr(out)
+    cdef size_t total = x.size, n_img = x.shape[0] if move else 1
+    cdef size_t C = x.shape[1] if move else 1
+    cdef size_t HW = total // (n_img * C)
+    cdef size_t units = n_img * HW if move else total
+    cdef int nt = _e_threads(num_threads, units, total)
+    cdef int t
+    cdef size_t b, e, i, u
+    with nogil:
+        if not move:
+            if nt == 1:
+                qi_quantize_f32_u8(xp, yp, 0, total, s, z)
+            else:
+                for t in prange(nt, num_threads=nt, schedule="static"):
+                    qi_quantize_f32_u8(xp, yp, _chunk_start(total, nt, t), _chunk_start(total, nt, t + 1), s, z)
+        elif nt == 1:
+            for i in range(n_img):
+                qi_quantize_chw_hwc_f32_u8(xp + i * C * HW, yp + i * C * HW, C, HW, 0, HW, s, z)
+        else:
+            for t in prange(nt, num_threads=nt, schedule="static"):
+                b = _chunk_start(units, nt, t)
+                e = _chunk_start(units, nt, t + 1)
+                u = b
+                while u < e:   # pixel range of each image in [b, e)
+                    i = u // HW
+                    qi_quantize_chw_hwc_f32_u8(xp + i * C * HW, yp + i * C * HW, C, HW, u - i * HW,
+                                               min(e, (i + 1) * HW) - i * HW, s, z)
+                    u = (i + 1) * HW
+    return out
+
+
+def dequantize_u8(x, scale, zero_point, to_nchw=False, num_threads=None):
+    """float32 scale * (x - zero_point) of a uint8 C-contiguous array; ``to_nchw``: x is
+    [N, H, W, C] and the result comes out [N, C, H, W]."""
+    _e_check(x, "x", np.uint8)
+    cdef float s = float(scale)
+    cdef float z = _e_zp(zero_point)
+    cdef bint move = bool(to_nchw)
+    if move and x.ndim != 4:
+        raise ValueError(f"to_nchw needs a rank-4 NHWC x, got {_describe(x)}")
+    out = np.empty((x.shape[0], x.shape[3], x.shape[1], x.shape[2]) if move else x.shape, np.float32)
+    if x.size == 0:
+        return out
+    cdef const uint8_t *xp = <const uint8_t *>_e_ptr(x)
+    cdef float *yp = <float *>_e_ptr(out)
+    cdef size_t total = x.size, n_img = x.shape[0] if move else 1
+    cdef size_t C = x.shape[3] if move else 1
+    cdef size_t HW = total // (n_img * C)
+    cdef size_t units = n_img * C if move else total
+    cdef int nt = _e_threads(num_threads, units, total)
+    cdef int t
+    cdef size_t b, e, i, u
+    with nogil:
+        if not move:
+            if nt == 1:
+                qi_dequantize_u8_f32(xp, yp, 0, total, s, z)
+            else:
+                for t in prange(nt, num_threads=nt, schedule="static"):
+                    qi_dequantize_u8_f32(xp, yp, _chunk_start(total, nt, t), _chunk_start(total, nt, t + 1), s, z)
+        elif nt == 1:
+            for i in range(n_img):
+                qi_dequantize_hwc_chw_u8_f32(xp + i * C * HW, yp + i * C * HW, C, HW, 0, C, s, z)
+        else:
+            for t in prange(nt, num_threads=nt, schedule="static"):
+                b = _chunk_start(units, nt, t)
+                e = _chunk_start(units, nt, t + 1)
+                u = b
+                while u < e:   # channel range of each image in [b, e)
+                    i = u // C
+                    qi_dequantize_hwc_chw_u8_f32(xp + i * C * HW, yp + i * C * HW, C, HW, u - i * C,
+                                                 min(e, (i + 1) * C) - i * C, s, z)
+                    u = (i + 1) * C
+    return out
+
+
+def qadd_u8(a, b, a_scale, a_zp, b_scale, b_zp, y_inv_scale, zp_y, relu=False, num_threads=None):
+    """uint8 requant((a - a_zp) * a_scale + (b - b_zp) * b_scale) (then ReLU if ``relu``) with
+    1 / output scale ``y_inv_scale`` and zero point ``zp_y``; a and b of one shape."""
+    _e_check(a, "a", np.uint8)
+    _e_check(b, "b", np.uint8)
+    if a.shape != b.shape:
+        raise ValueError(f"a and b must have one shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+    cdef qi_qadd_params p
+    p.a_scale = _e_scale(a_scale, "a_scale")
+    p.b_scale = _e_scale(b_scale, "b_scale")
+    p.y_inv_scale = _e_scale(y_inv_scale, "y_inv_scale")
+    p.a_zp = _e_zp(a_zp, "a_zp")
+    p.b_zp = _e_zp(b_zp, "b_zp")
+    p.zp_y = _e_zp(zp_y, "zp_y")
+    p.relu = 1 if relu else 0
+    out = np.empty(a.shape, np.uint8)
+    if a.size == 0:
+        return out
+    cdef const uint8_t *ap = <const uint8_t *>_e_ptr(a)
+    cdef const uint8_t *bp = <const uint8_t *>_e_ptr(b)
+    cdef uint8_t *yp = <uint8_t *>_e_ptr(out)
+    cdef size_t total = a.size
+    cdef int nt = _e_threads(num_threads, total, total)
+    cdef int t
+    with nogil:
+        if nt == 1:
+            qi_qadd_u8(ap, bp, yp, 0, total, &p)
+        else:
+            for t in prange(nt, num_threads=nt, schedule="static"):
+                qi_qadd_u8(ap, bp, yp, _chunk_start(total, nt, t), _chunk_start(total, nt, t + 1), &p)
+    return out
+
+
+def maxpool2d_u8_nhwc(x, kernel_shape, strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1, 1),
+                      num_threads=None):
+    """Max pooling of uint8 x[N, H, W, C] -> [N, OH, OW, C]; pads (top, left, bottom, right) only
+    shape the output (taps outside the image are skipped: a ceil-mode extra row or column is an
+    extra end pad)."""
+    _e_check(x, "x", np.uint8, 4)
+    cdef qi_conv2d_geom g
+    _geom(&g, x.shape[1], x.shape[2], kernel_shape, strides, pads, dilations)
+    cdef size_t N = x.shape[0], C = x.shape[3]
+    out = np.empty((N, g.out_h, g.out_w, C), np.uint8)
+    if out.size == 0:
+        return out
+    if x.size == 0:
+        raise ValueError(f"x must not be empty when the output is not, got {_describe(x)}")
+    cdef const uint8_t *xp = <const uint8_t *>_e_ptr(x)
+    cdef uint8_t *yp = <uint8_t *>_e_ptr(out)
+    cdef size_t xs = g.in_h * g.in_w * C, ys = g.out_h * g.out_w * C
+    cdef size_t units = N * g.out_h
+    cdef int nt = _e_threads(num_threads, units, out.size * g.k_h * g.k_w)
+    cdef int t
+    cdef size_t b, e, i, u
+    with nogil:
+        for t in prange(nt, num_threads=nt, schedule="static"):
+            b = _chunk_start(units, nt, t)
+            e = _chunk_start(units, nt, t + 1)
+            u = b
+            while u < e:
+                i = u // g.out_h
+                qi_maxpool2d_u8_hwc(&g, C, xp + i * xs, yp + i * ys, u - i * g.out_h,
+                                    min(e, (i + 1) * g.out_h) - i * g.out_h)
+                u = (i + 1) * g.out_h
+    return out
+
+
+def maxpool2d_f32_nchw(x, kernel_shape, strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1, 1),
+                       num_threads=None):
+    """Max pooling of float32 x[N, C, H, W] -> [N, C, OH, OW] (NaN propagates; taps outside the
+    image are skipped, a window with none gives -inf)."""
+    _check_array(x, "x", 4)
+    cdef qi_conv2d_geom g
+    _geom(&g, x.shape[2], x.shape[3], kernel_shape, strides, pads, dilations)
+    cdef size_t planes = x.shape[0] * x.shape[1]
+    out = np.empty((x.shape[0], x.shape[1], g.out_h, g.out_w), np.float32)
+    if out.size == 0:
+        return out
+    if x.size == 0:
+        raise ValueError(f"x must not be empty when the output is not, got {_describe(x)}")
+    cdef const float *xp = <const float *>_e_ptr(x)
+    cdef float *yp = <float *>_e_ptr(out)
+    cdef int nt = _e_threads(num_threads, planes, out.size * g.k_h * g.k_w)
+    cdef int t
+    with nogil:
+        if nt == 1:
+            qi_maxpool2d_f32_chw(&g, xp, yp, 0, planes)
+        else:
+            for t in prange(nt, num_threads=nt, schedule="static"):
+                qi_maxpool2d_f32_chw(&g, xp, yp, _chunk_start(planes, nt, t), _chunk_start(planes, nt, t + 1))
+    return out
+
+
+def gap_u8_nhwc(x, scale, zero_point, num_threads=None):
+    """Global average pool of uint8 x[N, H, W, C] to float32 [N, C, 1, 1]:
+    (float32(sum) / float32(H*W) - zero_point) * scale."""
+    _e_check(x, "x", np.uint8, 4)
+    cdef float s = float(scale)
+    cdef float z = _e_zp(zero_point)
+    cdef size_t N = x.shape[0], C = x.shape[3], HW = x.shape[1] * x.shape[2]
+    if HW == 0 or HW >= (1 << 24):
+        raise ValueError(f"x must have 1 .. 2**24 - 1 pixels per image, got {_describe(x)}")
+    out = np.empty((N, C, 1, 1), np.float32)
+    if out.size == 0:
+        return out
+    cdef const uint8_t *xp = <const uint8_t *>_e_ptr(x)
+    cdef float *yp = <float *>_e_ptr(out)
+    cdef size_t units = N * C
+    cdef int nt = _e_threads(num_threads, units, x.size)
+    cdef int t
+    cdef size_t b, e, i, u
+    with nogil:
+        for t in prange(nt, num_threads=nt, schedule="static"):
+            b = _chunk_start(units, nt, t)
+            e = _chunk_start(units, nt, t + 1)
+            u = b
+            while u < e:
+                i = u // C
+                qi_gap_u8_hwc_f32(xp + i * HW * C, yp + i * C, HW, C, u - i * C,
+                                  min(e, (i + 1) * C) - i * C, s, z)
+                u = (i + 1) * C
+    return out
+
+
+def qmul_channel_u8_nhwc(x, m, x_zp, zp_y, num_threads=None):
+    """Per-channel multiply of uint8 x[N, H, W, C] by float32 m[N, C] (the input scale, the
+    channel factor and 1 / output scale folded): requant((x - x_zp) * m[n, c] + zp_y)."""
+    _e_check(x, "x", np.uint8, 4)
+    _e_check(m, "m", np.float32, 2)
+    cdef size_t N = x.shape[0], C = x.shape[3], HW = x.shape[1] * x.shape[2]
+    if tuple(m.shape) != (N, C):
+        raise ValueError(f"m must have shape {(N, C)} (batch, channels), got {tuple(m.shape)}")
+    cdef float zx = _e_zp(x_zp, "x_zp")
+    cdef float zy = _e_zp(zp_y, "zp_y")
+    out = np.empty(x.shape, np.uint8)
+    if x.size == 0:
+        return out
+    cdef const uint8_t *xp = <const uint8_t *>_e_ptr(x)
+    cdef const float *mp = <const float *>_e_ptr(m)
+    cdef uint8_t *yp = <uint8_t *>_e_ptr(out)
+    cdef size_t units = N * HW
+    cdef int nt = _e_threads(num_threads, units, x.size)
+    cdef int t
+    cdef size_t b, e, i, u
+    with nogil:
+        for t in prange(nt, num_threads=nt, schedule="static"):
+            b = _chunk_start(units, nt, t)
+            e = _chunk_start(units, nt, t + 1)
+            u = b
+            while u < e:
+                i = u // HW
+                qi_qmul_channel_u8_hwc(xp + i * HW * C, mp + i * C, yp + i * HW * C, HW, C,
+                                       u - i * HW, min(e, (i + 1) * HW) - i * HW, zx, zy)
+                u = (i + 1) * HW
+    return out

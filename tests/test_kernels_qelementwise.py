@@ -1,0 +1,122 @@
+"""The streaming uint8 kernels (kernels/scalar/qelementwise-scalar.c) against their numpy definitions
+in qinfer.reference.qops: bit-exact over odd shapes, saturating values, NaN / inf, every thread
+count; bad arguments raise ValueError, never crash. These kernels are plain C with one (scalar)
+variant: the compiler vectorizes them, there is no ISA dispatch to force."""
+import numpy as np
+import pytest
+
+from qinfer._ext import _kernels as k
+from qinfer.reference import qops
+from qinfer.reference.conv import max_pool
+
+SHAPES = [(1, 1, 1, 1), (1, 3, 7, 5), (2, 17, 3, 65), (1, 63, 9, 1), (3, 65, 2, 17), (1, 16, 64, 64)]
+THREADS = [1, 2, 3]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("nt", THREADS)
+def test_quantize_dequantize(shape, nt, rng):
+    x = (rng.standard_normal(shape) * 40).astype(np.float32)
+    flat = x.reshape(-1)
+    flat[: min(5, flat.size)] = [np.nan, np.inf, -np.inf, 0.25, 1e30][: min(5, flat.size)]
+    for s, zp in ((0.5, 7), (0.013, 128), (3.0, 0), (1e-6, 255)):
+        for move in (False, True):
+            want = qops.quantize_u8(x, s, zp, move)
+            got = k.quantize_u8(x, s, zp, move, nt)
+            np.testing.assert_array_equal(got, want)
+            np.testing.assert_array_equal(k.dequantize_u8(got, s, zp, move, nt),
+                                          qops.dequantize_u8(got, s, zp, move))
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("nt", THREADS)
+def test_qadd(shape, relu, nt, rng):
+    a = rng.integers(0, 256, shape).astype(np.uint8)
+    b = rng.integers(0, 256, shape).astype(np.uint8)
+    a.reshape(-1)[:1], b.reshape(-1)[:1] = 255, 255          # saturates high
+    attrs = {"a_scale": 0.03, "a_zp": 120, "b_scale": 0.05, "b_zp": 3, "y_inv_scale": 12.5,
+             "zp_y": 60, "activation": int(relu)}
+    want = qops.qadd([a, b], attrs, 1)[0]
+    got = k.qadd_u8(a, b, 0.03, 120, 0.05, 3, 12.5, 60, relu, nt)
+    np.testing.assert_array_equal(got, want)
+    assert want.max() == 255
+
+
+POOLS = [  # kernel, strides, pads, dilations, ceil_mode
+    ((3, 3), (2, 2), (1, 1, 1, 1), (1, 1), 0),
+    ((2, 2), (2, 2), (0, 0, 0, 0), (1, 1), 0),
+    ((3, 3), (2, 2), (0, 0, 0, 0), (1, 1), 1),
+    ((1, 3), (1, 2), (0, 1, 0, 1), (1, 1), 0),
+    ((3, 2), (1, 1), (2, 0, 1, 1), (2, 1), 0),
+    ((5, 5), (3, 3), (2, 2, 2, 2), (1, 1), 1),
+]
+
+
+def _attrs(kernel, strides, pads, dil, ceil):
+    return {"kernel_shape": list(kernel), "strides": list(strides),
+            "pads": [pads[0], pads[1], pads[2], pads[3]], "dilations": list(dil), "ceil_mode": ceil}
+
+
+@pytest.mark.parametrize("pool", POOLS)
+@pytest.mark.parametrize("shape", [(1, 3, 7, 5), (2, 17, 9, 13), (1, 64, 12, 12)])
+@pytest.mark.parametrize("nt", THREADS)
+def test_maxpool_u8_and_f32(pool, shape, nt, rng):
+    from qinfer.runtime.qops import _maxpool_geometry
+    attrs = _attrs(*pool)
+    x = (rng.standard_normal(shape) * 10).astype(np.float32)
+    x.reshape(-1)[::37] = np.nan
+    try:
+        want = max_pool([x], attrs, 1)[0]
+    except Exception:   # noqa: BLE001 - a geometry the operator itself rejects
+        pytest.skip("pool larger than the input")
+    geo = _maxpool_geometry(attrs, x.shape)
+    got = k.maxpool2d_f32_nchw(x, *geo, num_threads=nt)
+    np.testing.assert_array_equal(got, want)      # NaN where the reference has NaN
+    xq = rng.integers(0, 256, shape).astype(np.uint8)
+    xh = np.ascontiguousarray(xq.transpose(0, 2, 3, 1))
+    want_u8 = qops.qmaxpool([xh], attrs, 1)[0]
+    got_u8 = k.maxpool2d_u8_nhwc(xh, *geo, num_threads=nt)
+    np.testing.assert_array_equal(got_u8, want_u8)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("nt", THREADS)
+def test_gap_and_channel_mul(shape, nt, rng):
+    n, c, h, w = shape
+    x = rng.integers(0, 256, (n, h, w, c)).astype(np.uint8)
+    x[0, 0, 0, :] = 255
+    np.testing.assert_array_equal(k.gap_u8_nhwc(x, 0.02, 17, nt), qops.gap_u8(x, 0.02, 17))
+    for s_shape in ((n, c, 1, 1), (1, c, 1, 1), (c, 1, 1)):
+        s = rng.uniform(-0.5, 3.0, s_shape).astype(np.float32)
+        s.reshape(s_shape[-3], -1)[0] = 3.0       # channel 0 saturates high at x = 255 ...
+        s.reshape(s_shape[-3], -1)[-1] = -0.5      # ... and the last channel low (when c > 1)
+        attrs = {"x_scale": 0.05, "x_zp": 30, "y_inv_scale": 9.0, "zp_y": 10}
+        want = qops.qmul_channel_op([x, s], attrs, 1)[0]
+        m = qops.channel_factors(s, x.shape, 0.05, 9.0)
+        np.testing.assert_array_equal(k.qmul_channel_u8_nhwc(x, m, 30, 10, nt), want)
+        assert c == 1 or (want.max() == 255 and want.min() == 0)   # saturates both ends
+
+
+def test_bad_arguments_raise():
+    x = np.zeros((1, 4, 4, 3), np.uint8)
+    with pytest.raises(ValueError, match="C-contiguous float32"):
+        k.quantize_u8(x, 0.1, 0)
+    with pytest.raises(ValueError, match="scale"):
+        k.quantize_u8(np.zeros(3, np.float32), 0.0, 0)
+    with pytest.raises(ValueError, match="zero_point"):
+        k.quantize_u8(np.zeros(3, np.float32), 0.1, 300)
+    with pytest.raises(ValueError, match="rank-4"):
+        k.quantize_u8(np.zeros(3, np.float32), 0.1, 0, True)
+    with pytest.raises(ValueError, match="one shape"):
+        k.qadd_u8(x, np.zeros((1, 4, 4, 2), np.uint8), 1, 0, 1, 0, 1, 0)
+    with pytest.raises(ValueError, match="m must have shape"):
+        k.qmul_channel_u8_nhwc(x, np.zeros((1, 4), np.float32), 0, 0)
+    with pytest.raises(ValueError, match="larger than the padded"):
+        k.maxpool2d_u8_nhwc(x, (5, 5))
+    with pytest.raises(ValueError, match="rank 4"):
+        k.maxpool2d_u8_nhwc(x[0], (2, 2))
+    with pytest.raises(ValueError, match="C-contiguous"):
+        k.gap_u8_nhwc(x[:, ::2], 0.1, 0)
+    with pytest.raises(ValueError, match="pixels"):
+        k.gap_u8_nhwc(np.zeros((1, 0, 4, 3), np.uint8), 0.1, 0)
