@@ -39,7 +39,7 @@ IS_X86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686", "x86"
 
 KERNEL_DEPENDS = (glob.glob("kernels/include/qinfer/*.h") + glob.glob("kernels/*/*.h")
                   + glob.glob("src/qinfer/_ext/*.pxi")
-                  + ["kernels/ukernels.inc", "src/qinfer/_ext/_kernels.pxd"])
+                  + ["kernels/ukernels.inc", "kernels/stream-u8-body.inc", "src/qinfer/_ext/_kernels.pxd"])
 
 
 class BuildExt(build_ext):

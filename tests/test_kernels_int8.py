@@ -102,8 +102,9 @@ def test_qgemm_activations(isa, nt, out_u8, act, rng):
     bias, zp, scale = _qparams(rng, N, Kd)
     scale *= 4  # y spans about [-10, 10]: every activation's bends are crossed
     packed = Q.pack_gemm_qc8w(w, bias, zp)
-    # y_inv_scale 1 and zp_y 0 take the kernels' shortcuts (no multiply; no max for >= 0 acts)
-    for inv, zp_y in ((40.0, 100), (1.0, 0), (12.0, 0)):
+    # y_inv_scale 1 and zp_y 0 take the kernels' shortcuts (no multiply; no max for >= 0 acts);
+    # a fractional or negative zp_y carries an affine map folded after the activation
+    for inv, zp_y in ((40.0, 100), (1.0, 0), (12.0, 0), (7.5, -3.25), (0.3, 17.6)):
         kw, rkw = _out_kw(out_u8, act, inv, zp_y)
         got = K.qgemm_u8s8(a, packed, scale, num_threads=nt, **kw)
         np.testing.assert_array_equal(got, Q.qgemm(a, w, scale, bias, zp, **rkw))
@@ -269,6 +270,7 @@ def test_qdwconv_cases(isa, nt, out_u8, case, rng):
 def test_qdwconv_activations(isa, nt, act, rng):
     _dw(nt, True, DW_CASES["3x3_s1_c17"], rng, act)
     _dw(nt, True, DW_CASES["3x3_c64_odd_rows"], rng, act, inv_zp=(1.0, 0))
+    _dw(nt, True, DW_CASES["3x3_c64_odd_rows"], rng, act, inv_zp=(7.5, -3.25))  # folded offset
     _dw(nt, False, DW_CASES["3x3_s2_c33"], rng, act)
 
 
@@ -328,7 +330,9 @@ def test_validation_errors(rng):
     with pytest.raises(ValueError, match="out must be a writable"):
         K.qgemm_u8s8(a, p, s, out=np.empty((4, 6), np.float32))
     with pytest.raises(ValueError, match="zp_y"):
-        K.qgemm_u8s8(a, p, s, zp_y=256)
+        K.qgemm_u8s8(a, p, s, zp_y=1e6)
+    with pytest.raises(ValueError, match="zp_y"):
+        K.qgemm_u8s8(a, p, s, zp_y=float("nan"))
     with pytest.raises(ValueError, match="num_threads"):
         K.qgemm_u8s8(a, p, s, num_threads=0)
     bad = p.copy()

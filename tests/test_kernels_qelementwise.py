@@ -1,13 +1,20 @@
-"""The streaming uint8 kernels (kernels/scalar/qelementwise-scalar.c) against their numpy definitions
-in qinfer.reference.qops: bit-exact over odd shapes, saturating values, NaN / inf, every thread
-count; bad arguments raise ValueError, never crash. These kernels are plain C with one (scalar)
-variant: the compiler vectorizes them, there is no ISA dispatch to force."""
+"""The streaming uint8 kernels (slot stream_u8: kernels/stream-u8-body.inc built per ISA) against
+their numpy definitions in qinfer.reference.qops: bit-exact over odd shapes, saturating values,
+NaN / inf, every ISA variant and thread count; bad arguments raise ValueError, never crash."""
 import numpy as np
 import pytest
 
 from qinfer._ext import _kernels as k
+from qinfer.runtime import cpu
 from qinfer.reference import qops
 from qinfer.reference.conv import max_pool
+
+@pytest.fixture(params=cpu.supported_isas(), autouse=True)
+def isa(request):
+    with cpu.isa_cap(request.param):
+        assert k.kernel_names()["stream_u8"].endswith("__" + request.param)
+        yield request.param
+
 
 SHAPES = [(1, 1, 1, 1), (1, 3, 7, 5), (2, 17, 3, 65), (1, 63, 9, 1), (3, 65, 2, 17), (1, 16, 64, 64)]
 THREADS = [1, 2, 3]

@@ -30,8 +30,11 @@ static inline qi_qe16 qi_qe16_init(const qi_qepi *ep) {
   e.zp = _mm512_set1_ps(ep->zp_y);
   e.inv_one = ep->y_inv_scale == 1.0f;
   e.zp_zero = ep->zp_y == 0.0f;
-  e.nonneg = ep->act.code == QI_ACT_RELU || ep->act.code == QI_ACT_SIGMOID ||
-             ep->act.code == QI_ACT_HARDSIGMOID || (ep->act.code == QI_ACT_CLIP && ep->act.a >= 0.0f);
+  /* y >= 0 and zp_y >= 0 (a fractional, even negative, zp_y carries an affine map folded
+   * after the activation) */
+  e.nonneg = (ep->act.code == QI_ACT_RELU || ep->act.code == QI_ACT_SIGMOID ||
+              ep->act.code == QI_ACT_HARDSIGMOID || (ep->act.code == QI_ACT_CLIP && ep->act.a >= 0.0f)) &&
+             ep->zp_y >= 0.0f;
   return e;
 }
 

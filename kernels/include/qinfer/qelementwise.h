@@ -16,43 +16,49 @@
 
 #include "qinfer/common.h"
 
-/* y[i] = clamp(rint(x[i] / scale) + zp, 0, 255), NaN -> zp, for i in [begin, end) */
-void qi_quantize_f32_u8(const float *x, uint8_t *y, size_t begin, size_t end, float scale, float zp);
-/* one image x[c, hw] -> y[hw, c], pixels [p_begin, p_end) */
-void qi_quantize_chw_hwc_f32_u8(const float *x, uint8_t *y, size_t c, size_t hw, size_t p_begin,
-                                size_t p_end, float scale, float zp);
-/* y[i] = ((float)x[i] - zp) * scale */
-void qi_dequantize_u8_f32(const uint8_t *x, float *y, size_t begin, size_t end, float scale, float zp);
-/* one image x[hw, c] -> y[c, hw], channels [c_begin, c_end) */
-void qi_dequantize_hwc_chw_u8_f32(const uint8_t *x, float *y, size_t c, size_t hw, size_t c_begin,
-                                  size_t c_end, float scale, float zp);
-
 /* y = requant(((float)a - za) * sa + ((float)b - zb) * sb), relu if asked; same shapes */
 typedef struct qi_qadd_params {
   float a_scale, a_zp, b_scale, b_zp, y_inv_scale, zp_y;
   int relu;
 } qi_qadd_params;
-void qi_qadd_u8(const uint8_t *a, const uint8_t *b, uint8_t *y, size_t begin, size_t end,
-                const qi_qadd_params *p);
 
-/* max pooling of one image: uint8 x[in_h, in_w, c] -> y[out_h, out_w, c], output rows
- * [oy_begin, oy_end); taps outside the image are skipped (a window with none gives 0, the
- * reference's -inf of uint8) */
-void qi_maxpool2d_u8_hwc(const qi_conv2d_geom *g, size_t c, const uint8_t *x, uint8_t *y,
-                         size_t oy_begin, size_t oy_end);
-/* max pooling of planes [p_begin, p_end) of float32 x[planes, in_h, in_w] -> y[planes, out_h,
- * out_w]; NaN propagates, a window with no tap in the image gives -inf */
-void qi_maxpool2d_f32_chw(const qi_conv2d_geom *g, const float *x, float *y, size_t p_begin,
-                          size_t p_end);
+/* What one call of the stream slot does, on the range [begin, end) of its units (x, y point to
+ * one image, or to the whole tensor for the element-wise ops):
+ *   QUANTIZE            y[i] = clamp(rint(x[i] / scale) + zp, 0, 255), NaN -> zp; units: elements
+ *   QUANTIZE_CHW_HWC    the same, x[c, hw] float -> y[hw, c] uint8; units: pixels
+ *   DEQUANTIZE          y[i] = ((float)x[i] - zp) * scale; units: elements
+ *   DEQUANTIZE_HWC_CHW  the same, x[hw, c] uint8 -> y[c, hw] float; units: channels
+ *   QADD                y = requant(((float)x - za) * sa + ((float)x2 - zb) * sb) (qadd); elements
+ *   MAXPOOL_U8_HWC      y[oh, ow, c] = max over the window's taps inside x[in_h, in_w, c] (0 if
+ *                       none, the reference's -inf of uint8); units: output rows
+ *   MAXPOOL_F32_CHW     float planes x[p, in_h, in_w] -> y[p, oh, ow], NaN propagates, -inf if no
+ *                       tap; units: planes
+ *   GAP_U8_HWC          y[c] = ((float)sum_p x[p, c] / (float)hw - zp) * scale; units: channels
+ *   QMUL_CHANNEL        y[p, c] = requant(((float)x[p, c] - zp) * m[c] + zp2); units: pixels
+ * requant(t) = rint(min(max(t, 0), 255)); rint is round half to even. */
+enum qi_stream_op {
+  QI_STREAM_QUANTIZE,
+  QI_STREAM_QUANTIZE_CHW_HWC,
+  QI_STREAM_DEQUANTIZE,
+  QI_STREAM_DEQUANTIZE_HWC_CHW,
+  QI_STREAM_QADD,
+  QI_STREAM_MAXPOOL_U8_HWC,
+  QI_STREAM_MAXPOOL_F32_CHW,
+  QI_STREAM_GAP_U8_HWC,
+  QI_STREAM_QMUL_CHANNEL
+};
 
-/* global average pool of one uint8 image x[hw, c] -> float y[c] for channels [c_begin, c_end):
- * y = ((float)sum / (float)hw - zp) * scale */
-void qi_gap_u8_hwc_f32(const uint8_t *x, float *y, size_t hw, size_t c, size_t c_begin,
-                       size_t c_end, float scale, float zp);
+typedef struct qi_stream_args {
+  int op;                  /* enum qi_stream_op */
+  const void *x, *x2;      /* x2: QADD's second operand */
+  void *y;
+  const float *m;          /* QMUL_CHANNEL's factors [c] */
+  const qi_conv2d_geom *g; /* the max pools' geometry */
+  size_t c, hw;
+  float scale, zp, zp2;    /* zp2: QMUL_CHANNEL's output zero point */
+  qi_qadd_params qadd;
+} qi_stream_args;
 
-/* per-channel multiply of one uint8 image x[hw, c]: y = requant(((float)x - zx) * m[ch] + zy),
- * pixels [p_begin, p_end) (m folds the input scale, the channel factor and 1 / output scale) */
-void qi_qmul_channel_u8_hwc(const uint8_t *x, const float *m, uint8_t *y, size_t hw, size_t c,
-                            size_t p_begin, size_t p_end, float zx, float zy);
+typedef void qi_stream_u8_fn(const qi_stream_args *a, size_t begin, size_t end);
 
 #endif /* QINFER_QELEMENTWISE_H */

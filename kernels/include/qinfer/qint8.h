@@ -74,7 +74,7 @@ typedef struct qi_qepi {
   qi_act act;         /* code: QI_ACT_* or QI_QACT_SILU; a, b: clip min/max, hardsigmoid alpha/beta */
   int out_u8;         /* 1: requantized uint8 out; 0: float32 out */
   float y_inv_scale;  /* u8 only */
-  float zp_y;         /* u8 only, an integer 0..255 held as float */
+  float zp_y;         /* u8 only: the zero point, plus (pb / s_y) of a folded a*act(y) + b */
   void *out;          /* element (row 0, column 0) of the block the call writes */
   size_t ldo;         /* row stride of out, in elements */
 } qi_qepi;

@@ -10,24 +10,65 @@ cdef extern from "qinfer/qelementwise.h":
         float a_scale, a_zp, b_scale, b_zp, y_inv_scale, zp_y
         int relu
 
-    void qi_quantize_f32_u8(const float *x, uint8_t *y, size_t begin, size_t end, float scale,
-                            float zp) nogil
-    void qi_quantize_chw_hwc_f32_u8(const float *x, uint8_t *y, size_t c, size_t hw, size_t p_begin,
-                                    size_t p_end, float scale, float zp) nogil
-    void qi_dequantize_u8_f32(const uint8_t *x, float *y, size_t begin, size_t end, float scale,
-                              float zp) nogil
-    void qi_dequantize_hwc_chw_u8_f32(const uint8_t *x, float *y, size_t c, size_t hw,
-                                      size_t c_begin, size_t c_end, float scale, float zp) nogil
-    void qi_qadd_u8(const uint8_t *a, const uint8_t *b, uint8_t *y, size_t begin, size_t end,
-                    const qi_qadd_params *p) nogil
-    void qi_maxpool2d_u8_hwc(const qi_conv2d_geom *g, size_t c, const uint8_t *x, uint8_t *y,
-                             size_t oy_begin, size_t oy_end) nogil
-    void qi_maxpool2d_f32_chw(const qi_conv2d_geom *g, const float *x, float *y, size_t p_begin,
-                              size_t p_end) nogil
-    void qi_gap_u8_hwc_f32(const uint8_t *x, float *y, size_t hw, size_t c, size_t c_begin,
-                           size_t c_end, float scale, float zp) nogil
-    void qi_qmul_channel_u8_hwc(const uint8_t *x, const float *m, uint8_t *y, size_t hw, size_t c,
-                                size_t p_begin, size_t p_end, float zx, float zy) nogil
+    enum:
+        QI_STREAM_QUANTIZE
+        QI_STREAM_QUANTIZE_CHW_HWC
+        QI_STREAM_DEQUANTIZE
+        QI_STREAM_DEQUANTIZE_HWC_CHW
+        QI_STREAM_QADD
+        QI_STREAM_MAXPOOL_U8_HWC
+        QI_STREAM_MAXPOOL_F32_CHW
+        QI_STREAM_GAP_U8_HWC
+        QI_STREAM_QMUL_CHANNEL
+
+    ctypedef struct qi_stream_args:
+        int op
+        const void *x
+        const void *x2
+        void *y
+        const float *m
+        const qi_conv2d_geom *g
+        size_t c, hw
+        float scale, zp, zp2
+        qi_qadd_params qadd
+
+ctypedef void (*qi_stream_u8_ptr)(const qi_stream_args *a, size_t begin, size_t end) noexcept nogil
+
+cdef extern from "qinfer/dispatch.h":
+    qi_stream_u8_ptr qi_kernel_stream_u8() nogil
+
+
+cdef void _stream_chunk(qi_stream_u8_ptr fn, const qi_stream_args *a, size_t per_img, size_t xs,
+                        size_t ys, size_t ms, size_t b, size_t e) noexcept nogil:
+    """Units [b, e) of n images of ``per_img`` units each: one call per image touched, with x, x2,
+    y and m moved to that image (byte strides xs, ys; m stride ms floats)."""
+    cdef qi_stream_args la = a[0]
+    cdef size_t u = b, i, stop
+    while u < e:
+        i = u // per_img
+        stop = (i + 1) * per_img
+        if stop > e:
+            stop = e
+        la.x = <const char *>a.x + i * xs
+        la.x2 = (<const char *>a.x2 + i * xs) if a.x2 != NULL else NULL
+        la.y = <char *>a.y + i * ys
+        la.m = (a.m + i * ms) if a.m != NULL else NULL
+        fn(&la, u - i * per_img, stop - i * per_img)
+        u = stop
+
+
+cdef void _stream(qi_stream_args *a, size_t n_img, size_t per_img, size_t xs, size_t ys, size_t ms,
+                  int nt) noexcept nogil:
+    cdef qi_stream_u8_ptr fn = qi_kernel_stream_u8()
+    cdef size_t units = n_img * per_img
+    cdef int t
+    if nt <= 1:
+        _stream_chunk(fn, a, per_img, xs, ys, ms, 0, units)
+        return
+    for t in prange(nt, num_threads=nt, schedule="static"):
+        _stream_chunk(fn, a, per_img, xs, ys, ms, _chunk_start(units, nt, t),
+                      _chunk_start(units, nt, t + 1))
+
 
 cdef void *_e_ptr(object a) except NULL:
     """Data pointer of a C-contiguous array already checked by _e_check (the caller keeps
@@ -91,35 +132,24 @@ def quantize_u8(x, scale, zero_point, to_nhwc=False, num_threads=None):
     out = np.empty((x.shape[0], x.shape[2], x.shape[3], x.shape[1]) if move else x.shape, np.uint8)
     if x.size == 0:
         return out
-    cdef const float *xp = <const float *>_e_ptr(x)
-    cdef uint8_t *yp = <uint8_t *>_e_ptr(out)
-    cdef size_t total = x.size, n_img = x.shape[0] if move else 1
-    cdef size_t C = x.shape[1] if move else 1
-    cdef size_t HW = total // (n_img * C)
-    cdef size_t units = n_img * HW if move else total
-    cdef int nt = _e_threads(num_threads, units, total)
-    cdef int t
-    cdef size_t b, e, i, u
-    with nogil:
-        if not move:
-            if nt == 1:
-                qi_quantize_f32_u8(xp, yp, 0, total, s, z)
-            else:
-                for t in prange(nt, num_threads=nt, schedule="static"):
-                    qi_quantize_f32_u8(xp, yp, _chunk_start(total, nt, t), _chunk_start(total, nt, t + 1), s, z)
-        elif nt == 1:
-            for i in range(n_img):
-                qi_quantize_chw_hwc_f32_u8(xp + i * C * HW, yp + i * C * HW, C, HW, 0, HW, s, z)
-        else:
-            for t in prange(nt, num_threads=nt, schedule="static"):
-                b = _chunk_start(units, nt, t)
-                e = _chunk_start(units, nt, t + 1)
-                u = b
-                while u < e:   # pixel range of each image in [b, e)
-                    i = u // HW
-                    qi_quantize_chw_hwc_f32_u8(xp + i * C * HW, yp + i * C * HW, C, HW, u - i * HW,
-                                               min(e, (i + 1) * HW) - i * HW, s, z)
-                    u = (i + 1) * HW
+    cdef qi_stream_args a
+    memset(&a, 0, sizeof(a))
+    a.x, a.y = _e_ptr(x), _e_ptr(out)
+    a.scale, a.zp = s, z
+    cdef size_t total = x.size, n_img = 1, C, HW
+    cdef int nt
+    if move:
+        n_img, C = x.shape[0], x.shape[1]
+        HW = total // (n_img * C)
+        a.op, a.c, a.hw = QI_STREAM_QUANTIZE_CHW_HWC, C, HW
+        nt = _e_threads(num_threads, n_img * HW, total)
+        with nogil:
+            _stream(&a, n_img, HW, C * HW * 4, C * HW, 0, nt)
+    else:
+        a.op = QI_STREAM_QUANTIZE
+        nt = _e_threads(num_threads, total, total)
+        with nogil:
+            _stream(&a, 1, total, 0, 0, 0, nt)
     return out
 
 
@@ -135,35 +165,24 @@ def dequantize_u8(x, scale, zero_point, to_nchw=False, num_threads=None):
     out = np.empty((x.shape[0], x.shape[3], x.shape[1], x.shape[2]) if move else x.shape, np.float32)
     if x.size == 0:
         return out
-    cdef const uint8_t *xp = <const uint8_t *>_e_ptr(x)
-    cdef float *yp = <float *>_e_ptr(out)
-    cdef size_t total = x.size, n_img = x.shape[0] if move else 1
-    cdef size_t C = x.shape[3] if move else 1
-    cdef size_t HW = total // (n_img * C)
-    cdef size_t units = n_img * C if move else total
-    cdef int nt = _e_threads(num_threads, units, total)
-    cdef int t
-    cdef size_t b, e, i, u
-    with nogil:
-        if not move:
-            if nt == 1:
-                qi_dequantize_u8_f32(xp, yp, 0, total, s, z)
-            else:
-                for t in prange(nt, num_threads=nt, schedule="static"):
-                    qi_dequantize_u8_f32(xp, yp, _chunk_start(total, nt, t), _chunk_start(total, nt, t + 1), s, z)
-        elif nt == 1:
-            for i in range(n_img):
-                qi_dequantize_hwc_chw_u8_f32(xp + i * C * HW, yp + i * C * HW, C, HW, 0, C, s, z)
-        else:
-            for t in prange(nt, num_threads=nt, schedule="static"):
-                b = _chunk_start(units, nt, t)
-                e = _chunk_start(units, nt, t + 1)
-                u = b
-                while u < e:   # channel range of each image in [b, e)
-                    i = u // C
-                    qi_dequantize_hwc_chw_u8_f32(xp + i * C * HW, yp + i * C * HW, C, HW, u - i * C,
-                                                 min(e, (i + 1) * C) - i * C, s, z)
-                    u = (i + 1) * C
+    cdef qi_stream_args a
+    memset(&a, 0, sizeof(a))
+    a.x, a.y = _e_ptr(x), _e_ptr(out)
+    a.scale, a.zp = s, z
+    cdef size_t total = x.size, n_img = 1, C, HW
+    cdef int nt
+    if move:
+        n_img, C = x.shape[0], x.shape[3]
+        HW = total // (n_img * C)
+        a.op, a.c, a.hw = QI_STREAM_DEQUANTIZE_HWC_CHW, C, HW
+        nt = _e_threads(num_threads, n_img * C, total)
+        with nogil:
+            _stream(&a, n_img, C, C * HW, C * HW * 4, 0, nt)
+    else:
+        a.op = QI_STREAM_DEQUANTIZE
+        nt = _e_threads(num_threads, total, total)
+        with nogil:
+            _stream(&a, 1, total, 0, 0, 0, nt)
     return out
 
 
@@ -185,18 +204,14 @@ def qadd_u8(a, b, a_scale, a_zp, b_scale, b_zp, y_inv_scale, zp_y, relu=False, n
     out = np.empty(a.shape, np.uint8)
     if a.size == 0:
         return out
-    cdef const uint8_t *ap = <const uint8_t *>_e_ptr(a)
-    cdef const uint8_t *bp = <const uint8_t *>_e_ptr(b)
-    cdef uint8_t *yp = <uint8_t *>_e_ptr(out)
+    cdef qi_stream_args args
+    memset(&args, 0, sizeof(args))
+    args.op, args.qadd = QI_STREAM_QADD, p
+    args.x, args.x2, args.y = _e_ptr(a), _e_ptr(b), _e_ptr(out)
     cdef size_t total = a.size
     cdef int nt = _e_threads(num_threads, total, total)
-    cdef int t
     with nogil:
-        if nt == 1:
-            qi_qadd_u8(ap, bp, yp, 0, total, &p)
-        else:
-            for t in prange(nt, num_threads=nt, schedule="static"):
-                qi_qadd_u8(ap, bp, yp, _chunk_start(total, nt, t), _chunk_start(total, nt, t + 1), &p)
+        _stream(&args, 1, total, 0, 0, 0, nt)
     return out
 
 
@@ -214,23 +229,13 @@ def maxpool2d_u8_nhwc(x, kernel_shape, strides=(1, 1), pads=(0, 0, 0, 0), dilati
         return out
     if x.size == 0:
         raise ValueError(f"x must not be empty when the output is not, got {_describe(x)}")
-    cdef const uint8_t *xp = <const uint8_t *>_e_ptr(x)
-    cdef uint8_t *yp = <uint8_t *>_e_ptr(out)
-    cdef size_t xs = g.in_h * g.in_w * C, ys = g.out_h * g.out_w * C
-    cdef size_t units = N * g.out_h
-    cdef int nt = _e_threads(num_threads, units, out.size * g.k_h * g.k_w)
-    cdef int t
-    cdef size_t b, e, i, u
+    cdef qi_stream_args a
+    memset(&a, 0, sizeof(a))
+    a.op, a.g, a.c = QI_STREAM_MAXPOOL_U8_HWC, &g, C
+    a.x, a.y = _e_ptr(x), _e_ptr(out)
+    cdef int nt = _e_threads(num_threads, N * g.out_h, out.size * g.k_h * g.k_w)
     with nogil:
-        for t in prange(nt, num_threads=nt, schedule="static"):
-            b = _chunk_start(units, nt, t)
-            e = _chunk_start(units, nt, t + 1)
-            u = b
-            while u < e:
-                i = u // g.out_h
-                qi_maxpool2d_u8_hwc(&g, C, xp + i * xs, yp + i * ys, u - i * g.out_h,
-                                    min(e, (i + 1) * g.out_h) - i * g.out_h)
-                u = (i + 1) * g.out_h
+        _stream(&a, N, g.out_h, g.in_h * g.in_w * C, g.out_h * g.out_w * C, 0, nt)
     return out
 
 
@@ -247,16 +252,13 @@ def maxpool2d_f32_nchw(x, kernel_shape, strides=(1, 1), pads=(0, 0, 0, 0), dilat
         return out
     if x.size == 0:
         raise ValueError(f"x must not be empty when the output is not, got {_describe(x)}")
-    cdef const float *xp = <const float *>_e_ptr(x)
-    cdef float *yp = <float *>_e_ptr(out)
+    cdef qi_stream_args a
+    memset(&a, 0, sizeof(a))
+    a.op, a.g = QI_STREAM_MAXPOOL_F32_CHW, &g
+    a.x, a.y = _e_ptr(x), _e_ptr(out)
     cdef int nt = _e_threads(num_threads, planes, out.size * g.k_h * g.k_w)
-    cdef int t
     with nogil:
-        if nt == 1:
-            qi_maxpool2d_f32_chw(&g, xp, yp, 0, planes)
-        else:
-            for t in prange(nt, num_threads=nt, schedule="static"):
-                qi_maxpool2d_f32_chw(&g, xp, yp, _chunk_start(planes, nt, t), _chunk_start(planes, nt, t + 1))
+        _stream(&a, 1, planes, 0, 0, 0, nt)
     return out
 
 
@@ -272,22 +274,13 @@ def gap_u8_nhwc(x, scale, zero_point, num_threads=None):
     out = np.empty((N, C, 1, 1), np.float32)
     if out.size == 0:
         return out
-    cdef const uint8_t *xp = <const uint8_t *>_e_ptr(x)
-    cdef float *yp = <float *>_e_ptr(out)
-    cdef size_t units = N * C
-    cdef int nt = _e_threads(num_threads, units, x.size)
-    cdef int t
-    cdef size_t b, e, i, u
+    cdef qi_stream_args a
+    memset(&a, 0, sizeof(a))
+    a.op, a.c, a.hw, a.scale, a.zp = QI_STREAM_GAP_U8_HWC, C, HW, s, z
+    a.x, a.y = _e_ptr(x), _e_ptr(out)
+    cdef int nt = _e_threads(num_threads, N * C, x.size)
     with nogil:
-        for t in prange(nt, num_threads=nt, schedule="static"):
-            b = _chunk_start(units, nt, t)
-            e = _chunk_start(units, nt, t + 1)
-            u = b
-            while u < e:
-                i = u // C
-                qi_gap_u8_hwc_f32(xp + i * HW * C, yp + i * C, HW, C, u - i * C,
-                                  min(e, (i + 1) * C) - i * C, s, z)
-                u = (i + 1) * C
+        _stream(&a, N, C, HW * C, C * 4, 0, nt)
     return out
 
 
@@ -304,21 +297,12 @@ def qmul_channel_u8_nhwc(x, m, x_zp, zp_y, num_threads=None):
     out = np.empty(x.shape, np.uint8)
     if x.size == 0:
         return out
-    cdef const uint8_t *xp = <const uint8_t *>_e_ptr(x)
-    cdef const float *mp = <const float *>_e_ptr(m)
-    cdef uint8_t *yp = <uint8_t *>_e_ptr(out)
-    cdef size_t units = N * HW
-    cdef int nt = _e_threads(num_threads, units, x.size)
-    cdef int t
-    cdef size_t b, e, i, u
+    cdef qi_stream_args a
+    memset(&a, 0, sizeof(a))
+    a.op, a.c, a.hw, a.zp, a.zp2 = QI_STREAM_QMUL_CHANNEL, C, HW, zx, zy
+    a.x, a.y, a.m = _e_ptr(x), _e_ptr(out), <const float *>_e_ptr(m)
+    cdef int nt = _e_threads(num_threads, N * HW, x.size)
     with nogil:
-        for t in prange(nt, num_threads=nt, schedule="static"):
-            b = _chunk_start(units, nt, t)
-            e = _chunk_start(units, nt, t + 1)
-            u = b
-            while u < e:
-                i = u // HW
-                qi_qmul_channel_u8_hwc(xp + i * HW * C, mp + i * C, yp + i * HW * C, HW, C,
-                                       u - i * HW, min(e, (i + 1) * HW) - i * HW, zx, zy)
-                u = (i + 1) * HW
+        _stream(&a, N, HW, HW * C, HW * C, C, nt)
     return out
+

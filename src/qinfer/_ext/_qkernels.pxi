@@ -223,9 +223,10 @@ cdef int _q_epi(qi_qepi *ep, object scale, Py_buffer *sv, size_t n_total, object
     if not (isfinite(inv) and inv > 0 and inv <= _Q_SCALE_MAX):
         raise ValueError(f"y_inv_scale must be finite and in (0, {_Q_SCALE_MAX:g}], got "
                          f"{y_inv_scale!r}")
-    cdef long z = zp_y
-    if z < 0 or z > 255:
-        raise ValueError(f"zp_y must be in 0..255, got {zp_y!r}")
+    cdef double z = zp_y
+    if not (isfinite(z) and -65536.0 <= z <= 65536.0):
+        raise ValueError(f"zp_y must be a finite number in [-65536, 65536] (a zero point 0..255, "
+                         f"or one with a folded offset), got {zp_y!r}")
     ep.y_inv_scale = <float>inv
     ep.zp_y = <float>z
     cdef long code = activation

@@ -20,6 +20,7 @@ call, no calibration data needed); convs stay float.
 """
 from __future__ import annotations
 
+import copy
 import sys
 
 import numpy as np
@@ -53,6 +54,7 @@ class Candidate:
         self.weight = weight        # float weight: conv [M, C/g, KH, KW]; gemm [K, N]
         self.x = node.inputs[0]
         self.y = (absorbed[-1] if absorbed else node).outputs[0]
+        self.post = None            # (a, b, nodes, output) of a scalar a*y + b after the epilogue
 
     @property
     def name(self):
@@ -104,8 +106,44 @@ def find_candidates(graph, exclude=()):
         add_bias, absorbed, act = epilogue_chain(n, consts, consumers, outputs)
         if add_bias is not None:
             bias = add_bias
-        out.append(Candidate(n, kind, absorbed, act, bias, weight))
+        c = Candidate(n, kind, absorbed, act, bias, weight)
+        if kind in ("conv", "dw"):
+            c.post = _post_affine(c.y, consts, consumers, outputs)
+        out.append(c)
     return out
+
+
+def _post_affine(y, consts, consumers, outputs):
+    """A scalar affine map a*y + b after a layer's epilogue (PP-LCNetV3's learnable affine block
+    after each activation): Mul by a constant scalar a > 0 and / or Add of a constant scalar b, each
+    the only reader of the value before it. Returns (a, b, nodes, output) or None."""
+    def single(name):
+        cs = consumers.get(name, [])
+        return cs[0] if len(cs) == 1 and name not in outputs else None
+
+    def scalar(node, last):
+        if len(node.inputs) != 2:
+            return None
+        other = node.inputs[1] if node.inputs[0] == last else node.inputs[0]
+        v = consts.get(other)
+        if v is None or v.size != 1 or v.dtype != np.float32 or v.ndim > 4:
+            return None
+        return float(v.reshape(-1)[0])
+
+    a, b, nodes, last = 1.0, 0.0, [], y
+    nxt = single(last)
+    if nxt is not None and nxt.op == "Mul":
+        v = scalar(nxt, last)
+        if v is not None and 0.0 < v < 1e6 and np.isfinite(v):
+            a, last = v, nxt.outputs[0]
+            nodes.append(nxt)
+            nxt = single(last)
+    if nxt is not None and nxt.op == "Add":
+        v = scalar(nxt, last)
+        if v is not None and np.isfinite(v):
+            b, last = v, nxt.outputs[0]
+            nodes.append(nxt)
+    return (a, b, nodes, last) if nodes else None
 
 
 # ----------------------------------------------------------------------------- rewriting
@@ -124,6 +162,15 @@ def _pack(c, s_x, zp_x):
     else:
         wq, s_w = qp.quantize_weight_per_channel(c.weight, axis=0)
     s_w = np.asarray(s_w, np.float32)
+    if c.bias is not None:
+        # a channel whose weights are (nearly) dead but whose bias is not: a weight scale so small
+        # that bias / (s_x * s_w) overflows int32 buys nothing; raise it to where the bias fits
+        # (the weights then round to what little they are worth next to that bias)
+        floor = np.abs(c.bias.astype(np.float64)) / (np.float64(s_x) * 2.0 ** 28)
+        if np.any(floor > s_w):
+            s_w = np.maximum(s_w.astype(np.float64), floor).astype(np.float32)
+            shape = (1, -1) if c.kind == "gemm" else (-1, 1, 1, 1)
+            wq = np.clip(np.rint(c.weight / s_w.astype(np.float64).reshape(shape)), -127, 127).astype(np.int8)
     if c.bias is not None:
         ratio = np.abs(c.bias.astype(np.float64)) / (np.float64(s_x) * s_w.astype(np.float64))
         if not np.all(ratio < 2.0 ** 30):
@@ -152,7 +199,11 @@ def _conv_geometry(attrs, w):
 def build_quantized(graph, candidates, observers, quantize_set):
     """Rewrite ``graph`` with the candidates named in ``quantize_set`` quantized."""
     g = graph.copy()
-    chosen = [c for c in candidates if c.name in quantize_set]
+    outputs = set(graph.output_names)
+    pt_inputs = {x for name, (_, x, _) in _passthrough_nodes(graph, set(), outputs).items()
+                 if name in quantize_set}
+    chosen = [_with_post(c, candidates, quantize_set, pt_inputs) for c in candidates
+              if c.name in quantize_set]
     by_node = {c.name: c for c in chosen}
     absorbed = {a.name for c in chosen for a in c.absorbed}
     consumers = graph.consumers()
@@ -262,7 +313,13 @@ def build_quantized(graph, candidates, observers, quantize_set):
                 attrs.update(_conv_geometry(n.attrs, c.weight), kind=c.kind)
             if c.y in u8:
                 s_y, zp_y = qp_of(c.y)
-                attrs.update(out_dtype="uint8", y_inv_scale=float(np.float32(1.0 / s_y)), zp_y=zp_y)
+                inv = np.float32(1.0 / s_y)
+                pa, pb = getattr(c, "affine", (1.0, 0.0))
+                if (pa, pb) == (1.0, 0.0):
+                    attrs.update(out_dtype="uint8", y_inv_scale=float(inv), zp_y=zp_y)
+                else:   # q = rint(act(y) * (a / s) + (b / s + zp)): the tail folded in
+                    attrs.update(out_dtype="uint8", y_inv_scale=float(np.float32(pa) * inv),
+                                 zp_y=float(np.float32(pb) * inv + np.float32(zp_y)))
             else:
                 attrs.update(out_dtype="float32", out_layout="nchw")
             op = "QGemm" if c.kind == "gemm" else "QConv"
@@ -317,6 +374,23 @@ def build_quantized(graph, candidates, observers, quantize_set):
     g.metadata["layouts"] = layouts
     g.metadata["quantization"] = {"weights": "int8", "activations": "int8"}
     return g.remove_unused(), report
+
+
+def _with_post(c, candidates, quantize_set, pt_inputs):
+    """``c``, or a copy absorbing its scalar affine tail into the requantization when a quantized
+    conv or a uint8 pass-through op reads the tail's result (the epilogue's 1/scale and zero point
+    carry a and b: uint8 outputs only, so the tail is absorbed only where the result stays uint8)."""
+    if c.post is None:
+        return c
+    y_post = c.post[3]
+    readers = [d for d in candidates if d.name in quantize_set and d.x == y_post]
+    if any(d.kind == "gemm" for d in readers) or not (readers or y_post in pt_inputs):
+        return c
+    pc = copy.copy(c)
+    pc.absorbed = list(c.absorbed) + list(c.post[2])
+    pc.y = y_post
+    pc.affine = c.post[:2]
+    return pc
 
 
 def _anchors(graph, candidates, x):

@@ -71,7 +71,7 @@ def dequantize_op(inputs, attrs, n):
 def epilogue_kwargs(attrs):
     return dict(act=int(attrs.get("activation", 0)), alpha=float(attrs.get("alpha", 0.0)),
                 beta=float(attrs.get("beta", 0.0)), out_u8=attrs.get("out_dtype", "uint8") == "uint8",
-                y_inv_scale=float(attrs.get("y_inv_scale", 1.0)), zp_y=int(attrs.get("zp_y", 0)))
+                y_inv_scale=float(attrs.get("y_inv_scale", 1.0)), zp_y=float(attrs.get("zp_y", 0)))
 
 
 @register("QConv")

@@ -20,7 +20,7 @@ QOPS = ("QConv", "QGemm", "DynQGemm", "QuantizeU8", "DequantizeU8", "QAdd", "QMa
 def _epilogue(attrs):
     out_f32 = attrs.get("out_dtype", "uint8") == "float32"
     return dict(out_dtype=np.float32 if out_f32 else np.uint8,
-                y_inv_scale=float(attrs.get("y_inv_scale", 1.0)), zp_y=int(attrs.get("zp_y", 0)),
+                y_inv_scale=float(attrs.get("y_inv_scale", 1.0)), zp_y=float(attrs.get("zp_y", 0)),
                 activation=int(attrs.get("activation", 0)), alpha=float(attrs.get("alpha", 0.0)),
                 beta=float(attrs.get("beta", 0.0)))
 
