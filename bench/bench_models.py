@@ -26,7 +26,7 @@ INPUTS = {
     "resnet18": lambda n: models.imagenet_input(n) if hasattr(models, "imagenet_input") else None,
     "mobilenetv2": lambda n: models.imagenet_input(n) if hasattr(models, "imagenet_input") else None,
     "ppocr_cls": lambda n: models.cls_input(n),
-    "ppocr_rec": lambda n: models.rec_input(n),
+    "ppocr_rec": lambda n: models.rendered_rec_input(n, seed=100)[0],
     "digits_cnn": None,
 }
 

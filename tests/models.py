@@ -678,3 +678,38 @@ BUILDERS = {
     "resnet18": resnet18, "mobilenetv2": mobilenetv2, "transformer": transformer,
     "digits_cnn": lambda: digits_cnn().path, "digits_mlp": lambda: digits_mlp().path,
 }
+
+
+WORDS = ("quantized inference engine model layer kernel accuracy float integer channel tensor "
+         "scale zero point network image text detection recognition vector memory thread speed "
+         "OCR 2026 ResNet batch 640x480 v4.1 CPU AVX-512 size weight bias (int8) 99.5% $12.40").split()
+
+
+def rendered_text_crops(n, seed=0, height=48):
+    """``n`` (crop uint8 [h, w, 3], text) pairs: random phrases drawn with Pillow's bundled font
+    in random sizes, ink and paper shades, with slight blur and noise (the shipped page scan has
+    only a few lines)."""
+    from PIL import Image, ImageDraw, ImageFilter, ImageFont
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        text = " ".join(rng.choice(WORDS, size=int(rng.integers(1, 4))))
+        size = int(rng.integers(22, 34))
+        font = ImageFont.load_default(size=size)
+        l, t, r, b = font.getbbox(text)
+        pad = int(rng.integers(4, 10))
+        paper = int(rng.integers(190, 256))
+        ink = int(rng.integers(0, 70))
+        img = Image.new("RGB", (r - l + 2 * pad, b - t + 2 * pad), (paper,) * 3)
+        ImageDraw.Draw(img).text((pad - l, pad - t), text, fill=(ink,) * 3, font=font)
+        if rng.random() < 0.5:
+            img = img.filter(ImageFilter.GaussianBlur(0.6))
+        a = np.asarray(img).astype(np.float32) + rng.normal(0, 4, (img.height, img.width, 1))
+        out.append((np.clip(a, 0, 255).astype(np.uint8), text))
+    return out
+
+
+def rendered_rec_input(n, seed=0, width=320):
+    """([n, 3, 48, width] rec input of ``rendered_text_crops``, texts)."""
+    crops = rendered_text_crops(n, seed)
+    return np.stack([_rec_norm(c, 48, width) for c, _ in crops]), [t for _, t in crops]
