@@ -55,6 +55,7 @@ class Candidate:
         self.x = node.inputs[0]
         self.y = (absorbed[-1] if absorbed else node).outputs[0]
         self.post = None            # (a, b, nodes, output) of a scalar a*y + b after the epilogue
+        self.affine = (1.0, 0.0)    # (a, b) folded into the requantization (post absorbed)
 
     @property
     def name(self):
@@ -200,8 +201,8 @@ def build_quantized(graph, candidates, observers, quantize_set):
     """Rewrite ``graph`` with the candidates named in ``quantize_set`` quantized."""
     g = graph.copy()
     outputs = set(graph.output_names)
-    pt_inputs = {x for name, (_, x, _) in _passthrough_nodes(graph, set(), outputs).items()
-                 if name in quantize_set}
+    passthrough = {k: v for k, v in _passthrough_nodes(graph, outputs).items() if k in quantize_set}
+    pt_inputs = {x for _, x, _ in passthrough.values()}
     chosen = [_with_post(c, candidates, quantize_set, pt_inputs) for c in candidates
               if c.name in quantize_set]
     by_node = {c.name: c for c in chosen}
@@ -226,8 +227,6 @@ def build_quantized(graph, candidates, observers, quantize_set):
         y = relu.outputs[0] if relu else n.outputs[0]
         if y not in outputs:
             qadds[y] = (n, relu)
-    passthrough = {k: v for k, v in _passthrough_nodes(graph, absorbed, outputs).items()
-                   if k in quantize_set}
     while True:   # keep the QAdds whose result a quantized conv, another QAdd or a pass-through reads
         add_nodes = {n.name for n, _ in qadds.values()}
 
@@ -314,7 +313,7 @@ def build_quantized(graph, candidates, observers, quantize_set):
             if c.y in u8:
                 s_y, zp_y = qp_of(c.y)
                 inv = np.float32(1.0 / s_y)
-                pa, pb = getattr(c, "affine", (1.0, 0.0))
+                pa, pb = c.affine
                 if (pa, pb) == (1.0, 0.0):
                     attrs.update(out_dtype="uint8", y_inv_scale=float(inv), zp_y=zp_y)
                 else:   # q = rint(act(y) * (a / s) + (b / s + zp)): the tail folded in
@@ -393,26 +392,27 @@ def _with_post(c, candidates, quantize_set, pt_inputs):
     return pc
 
 
-def _anchors(graph, candidates, x):
+def _anchors(candidates, producers, x):
     """The candidate convs whose outputs make ``x`` (directly, or through one Add / Relu)."""
     by_y = {c.y: c.name for c in candidates if c.kind in ("conv", "dw")}
     if x in by_y:
         return {by_y[x]}
-    producer = next((n for n in graph.nodes if x in n.outputs), None)
+    producer = producers.get(x)
     if producer is not None and producer.op == "Relu":
-        producer = next((n for n in graph.nodes if producer.inputs[0] in n.outputs), None)
+        producer = producers.get(producer.inputs[0])
     if producer is not None and producer.op == "Add":
         return {by_y[i] for i in producer.inputs if i in by_y}
     return set()
 
 
-def _passthrough_nodes(graph, absorbed, outputs):
+def _passthrough_nodes(graph, outputs):
     """{node name: (kind, uint8 input, per-channel factor or None)} of the nodes that can run on a
     uint8 NHWC input: 2-D MaxPool ("maxpool"), GlobalAveragePool ("gap") and a Mul of a rank-4
-    activation by a per-channel factor [N|1, C, 1, 1] ("mul", the gate of squeeze-excitation)."""
+    activation by a per-channel factor [N|1, C, 1, 1] ("mul", the gate of squeeze-excitation).
+    None of these is ever absorbed by an epilogue (an activation or a scalar affine tail)."""
     out = {}
     for n in graph.nodes:
-        if n.name in absorbed or not n.outputs or n.outputs[0] in outputs:
+        if not n.outputs or n.outputs[0] in outputs:
             continue
         if n.op == "MaxPool":
             a = n.attrs
@@ -540,14 +540,14 @@ def quantize_graph(graph, calibration, weights="int8", activations="int8", metho
     # the pass-through ops (uint8 MaxPool / global average pool / channel Mul) are units of the
     # precision search too: running one on uint8 makes its producer's output uint8, and a
     # squeeze-excitation gate applied in uint8 adds a rounding the float gate does not
-    absorbed = {a.name for c in candidates for a in c.absorbed}
-    passthrough = _passthrough_nodes(graph, absorbed, set(graph.output_names))
+    passthrough = _passthrough_nodes(graph, set(graph.output_names))
     units = {c.name: {c.name} for c in candidates}
+    producers = {o: n for n in graph.nodes for o in n.outputs if o}
     by_input = {}    # the pass-through ops reading one value form one unit (SE: its pool and gate)
     for name, (_, x, _) in passthrough.items():
         by_input.setdefault(x, []).append(name)
     for x, names in by_input.items():
-        units[names[0]] = set(names) | _anchors(graph, candidates, x)
+        units[names[0]] = set(names) | _anchors(candidates, producers, x)
     members = {name: set(names) for names in by_input.values() for name in names[:1]}
     all_names = list(units)
     qg, report = build_quantized(graph, candidates, observers,
