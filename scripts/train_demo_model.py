@@ -128,8 +128,8 @@ def main(argv=None):
     onnx.checker.check_model(m)
     onnx.save(m, onnx_path)
 
-    np.savez_compressed(os.path.join(args.out, "digits_test.npz"), x=x_test, y=y_test)
-    np.savez_compressed(os.path.join(args.out, "digits_calib.npz"), x=x_train[:CALIB_SAMPLES])
+    np.savez_compressed(os.path.join(args.out, "digits_test.npz"), input=x_test, labels=y_test)
+    np.savez_compressed(os.path.join(args.out, "digits_calib.npz"), input=x_train[:CALIB_SAMPLES])
 
     sizes = {f: os.path.getsize(os.path.join(args.out, f))
              for f in ("digits_cnn.onnx", "digits_test.npz", "digits_calib.npz")}

@@ -253,7 +253,7 @@ def test_default_variants_fall_back_to_what_exists(monkeypatch):
 
 def test_data_with_and_without_labels(tmp_path):
     with np.load(qb.DEMO_TEST) as z:
-        x, y = z["x"][:100], z["y"][:100]
+        x, y = z["input"][:100], z["labels"][:100]
     np.savez(tmp_path / "lab.npz", input=x, labels=y)
     np.savez(tmp_path / "nolab.npz", anything=x.astype(np.float64))     # cast to the model's float32
     doc = qb.run(qb.DEMO_MODEL, data=tmp_path / "lab.npz", batch=4, iterations=2, warmup=0,
@@ -351,4 +351,5 @@ def test_demo_data_is_package_data():
     for p in (qb.DEMO_MODEL, qb.DEMO_TEST, qb.DEMO_CALIB):
         assert os.path.exists(p) and os.path.getsize(p) < 200_000, p
     with np.load(qb.DEMO_TEST) as z:
-        assert z["x"].shape == (450, 1, 8, 8) and z["x"].dtype == np.float32 and z["y"].shape == (450,)
+        assert z["input"].shape == (450, 1, 8, 8) and z["input"].dtype == np.float32
+        assert z["labels"].shape == (450,)

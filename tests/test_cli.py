@@ -69,3 +69,22 @@ def test_bad_feed_and_garbage_file(small_onnx, tmp_path):
     junk.write_bytes(b"\x89QINF" + b"\x00" * 40)
     r = _cli("inspect", str(junk))
     assert r.returncode == 1 and "junk.qinf" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_quantize_then_evaluate_on_the_bundled_data(tmp_path):
+    """The README's first quantize + evaluate, on the demo model and data shipped in the package."""
+    import os
+    data = os.path.join(os.path.dirname(qinfer.__file__), "data")
+    out = tmp_path / "m.qinf"
+    r = _cli("quantize", os.path.join(data, "digits_cnn.onnx"), "--calib", os.path.join(data, "digits_calib.npz"),
+             "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    assert out.exists() and "layers quantized" in r.stdout
+    r = _cli("evaluate", str(out), "--reference", os.path.join(data, "digits_cnn.onnx"),
+             "--data", os.path.join(data, "digits_test.npz"))
+    assert r.returncode == 0, r.stderr
+    assert "450 samples" in r.stdout
+    diff = [line for line in r.stdout.splitlines() if line.strip().startswith("difference")]
+    assert diff, r.stdout
+    acc_pt = float(diff[0].split()[1])     # accuracy points lost (signed) against float
+    assert acc_pt >= -0.5, r.stdout

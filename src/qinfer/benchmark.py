@@ -47,8 +47,8 @@ from .errors import QinferError
 
 DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
 DEMO_MODEL = os.path.join(DATA_DIR, "digits_cnn.onnx")
-DEMO_TEST = os.path.join(DATA_DIR, "digits_test.npz")      # x [450, 1, 8, 8] float32, y [450] int64
-DEMO_CALIB = os.path.join(DATA_DIR, "digits_calib.npz")    # x: 128 images of the training split
+DEMO_TEST = os.path.join(DATA_DIR, "digits_test.npz")      # input [450, 1, 8, 8] float32, labels [450] int64
+DEMO_CALIB = os.path.join(DATA_DIR, "digits_calib.npz")    # input: 128 images of the training split
 DEMO_TITLE = "the bundled demo, a CNN trained on scikit-learn digits by scripts/train_demo_model.py"
 
 ALL_VARIANTS = ("float", "int8", "int4", "sparse-int8")
@@ -305,8 +305,8 @@ def _is_labels_key(k):
 def load_data(path, inputs):
     """Read ``--data``: {input name: [samples, ...]} and labels (``labels``/``y``) or None.
 
-    For a single-input model, one unlabelled array under any name is that input (so the demo's
-    ``digits_test.npz`` with ``x`` and ``y`` works for its ONNX file).
+    For a single-input model, one unlabelled array under any name is that input (an ``x`` with a
+    ``y`` works as well as the demo's ``input`` and ``labels``).
     """
     if not os.path.exists(path):
         raise BenchmarkError(f"--data {path}: no such file")
@@ -844,7 +844,8 @@ def run(model=None, *, variants=None, batch=None, threads=None, iterations=None,
         feeds = _take(data_arrays, np.resize(np.arange(min(batch_n, n_data)), batch_n))
         eval_arrays, n_eval = data_arrays, n_data
         if demo:
-            calib_arrays = {first.name: np.load(DEMO_CALIB, allow_pickle=False)["x"]}
+            with np.load(DEMO_CALIB, allow_pickle=False) as z:
+                calib_arrays = {first.name: z["input"]}
             calib_what = f"{os.path.basename(DEMO_CALIB)} ({len(calib_arrays[first.name])} training images)"
         else:
             n_cal = min(n_data, CALIB_SAMPLES)
