@@ -5,6 +5,8 @@ For each model: qinfer int8 is built with ``qinfer.quantize`` and onnxruntime in
 QOperator formats, the faster one kept) on the same calibration samples. All engines then run
 interleaved (the order rotates every round) at batch 1 with 1 and 2 threads; the script prints
 median and p90 latency, the ratios, file sizes, and the int8 models' output cosine against float.
+Last, each int8 model is loaded and run 100 times in a fresh process of its own (qinfer: numpy and
+qinfer only; onnxruntime: numpy and onnxruntime only) and the process's peak RSS is printed.
 
     python bench/bench_models.py                       # resnet18, mobilenetv2, ppocr_cls
     python bench/bench_models.py --models resnet18 --threads 1 --iterations 50
@@ -85,6 +87,42 @@ def _time(fn, n):
     return float(np.median(ts))
 
 
+RSS_SCRIPT = r"""
+import sys
+import numpy as np
+engine, model, feed, runs, threads = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+x = np.load(feed)
+if engine == "qinfer":
+    import qinfer
+    sess = qinfer.InferenceSession(model, num_threads=threads)
+else:
+    import onnxruntime as ort
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    sess = ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
+name = sess.get_inputs()[0].name
+for _ in range(runs):
+    sess.run(None, {name: x})
+assert "onnx" not in sys.modules or engine != "qinfer", "loading a .qinf imported onnx"
+# VmHWM: this image's own high-water mark (ru_maxrss would carry the parent's RSS across fork + exec)
+with open("/proc/self/status") as f:
+    print(next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")))
+"""
+
+
+def _peak_rss_mb(engine, model_path, x, out_dir, runs=100, threads=1):
+    """Peak RSS (MB) of a fresh process that loads ``model_path`` with ``engine`` and runs it."""
+    import subprocess
+    feed = os.path.join(out_dir, "rss_feed.npy")
+    np.save(feed, x)
+    r = subprocess.run([sys.executable, "-c", RSS_SCRIPT, engine, model_path, feed, str(runs), str(threads)],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        return None, r.stderr.strip().splitlines()[-1] if r.stderr.strip() else f"exit {r.returncode}"
+    return int(r.stdout.split()[-1]) / 1024, None
+
+
 def _cos(a, b):
     a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
     return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-30))
@@ -96,6 +134,8 @@ def main(argv=None):
     ap.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     ap.add_argument("--iterations", type=int, default=20)
     ap.add_argument("--calib", type=int, default=16, help="calibration samples")
+    ap.add_argument("--rss-runs", type=int, default=100,
+                    help="runs in the peak-RSS processes (0: skip the RSS comparison)")
     args = ap.parse_args(argv)
     import onnxruntime as ort
     ort.set_default_logger_severity(3)
@@ -152,6 +192,17 @@ def main(argv=None):
                 if k.startswith("onnxruntime int8"):
                     line.append(f"vs {k} {p50[k] / qi:.2f}x")
             print("    speed-up of qinfer int8: " + ", ".join(line))
+        if args.rss_runs:
+            rss = {"qinfer int8": _peak_rss_mb("qinfer", qpath, test[0], tmp, args.rss_runs)}
+            if ort_q:
+                rss[f"onnxruntime int8 ({ort_q[2]})"] = _peak_rss_mb("onnxruntime", ort_q[0], test[0], tmp,
+                                                                     args.rss_runs)
+            print(f"  peak RSS, fresh process, load + {args.rss_runs} runs, 1 thread: "
+                  + ", ".join(f"{k} {v:.1f} MB" if v is not None else f"{k} failed ({err})"
+                              for k, (v, err) in rss.items()))
+            got = [v for v, _ in rss.values()]
+            if len(got) == 2 and None not in got:
+                print(f"    qinfer int8 / onnxruntime int8 peak RSS: {got[0] / got[1]:.2f}x")
 
 
 if __name__ == "__main__":
