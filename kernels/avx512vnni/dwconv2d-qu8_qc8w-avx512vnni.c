@@ -96,6 +96,41 @@ QI_INLINE void qi_qdw3(const int code, const int u8, const int full, const uint8
   }
 }
 
+/* any other kernel: taps t = (kx, q) at Q offsets qoff[t] with weight quads wc + woff[t]; four
+ * output pixels at a time, so four independent vpdpbusd chains hide the instruction's latency
+ * (one pixel at a time waits on it: a 5x5 kernel is a chain of 10) */
+QI_INLINE void qi_qdwn(const int code, const int u8, const int full, const uint8_t *qx, size_t sx,
+                       size_t ntap, const size_t *qoff, const int8_t *wc, const size_t *woff,
+                       __m512i b, __m512 s, const qi_qe16 *E, char *o, size_t ostep, size_t n,
+                       __mmask16 m) {
+  const qi_qe16v v = qi_qe16v_of(E);
+  size_t i = 0;
+  for (; i + 4 <= n; i += 4, qx += 4 * sx, o += 4 * ostep) {
+    __m512i a0 = b, a1 = b, a2 = b, a3 = b;
+    for (size_t t = 0; t < ntap; t++) {
+      const __m512i wv = _mm512_loadu_si512(wc + woff[t]);
+      const uint8_t *p = qx + qoff[t];
+      a0 = _mm512_dpbusd_epi32(a0, _mm512_loadu_si512(p), wv);
+      a1 = _mm512_dpbusd_epi32(a1, _mm512_loadu_si512(p + sx), wv);
+      a2 = _mm512_dpbusd_epi32(a2, _mm512_loadu_si512(p + 2 * sx), wv);
+      a3 = _mm512_dpbusd_epi32(a3, _mm512_loadu_si512(p + 3 * sx), wv);
+    }
+    qi_qe16_store_k(a0, s, v, o, m, code, u8, full);
+    qi_qe16_store_k(a1, s, v, o + ostep, m, code, u8, full);
+    qi_qe16_store_k(a2, s, v, o + 2 * ostep, m, code, u8, full);
+    qi_qe16_store_k(a3, s, v, o + 3 * ostep, m, code, u8, full);
+  }
+  for (; i < n; i++, qx += sx, o += ostep) {
+    __m512i acc = b;
+    for (size_t t = 0; t < ntap; t++)
+      acc = _mm512_dpbusd_epi32(acc, _mm512_loadu_si512(qx + qoff[t]),
+                                _mm512_loadu_si512(wc + woff[t]));
+    qi_qe16_store_k(acc, s, v, o, m, code, u8, full);
+  }
+}
+
+#define QI_QDW_TAPS_MAX 64 /* kernels with more taps (k_w * quads) take the plain loop */
+
 /* output pixels [ox0, ox1) of output row oy from quad row Q with weight quads w */
 static void qi_qdw_row(const qi_conv2d_geom *g, size_t c_begin, size_t c_end, size_t c_pad,
                        size_t nq, const uint8_t *Q, const int8_t *w, const int32_t *bias,
@@ -118,6 +153,22 @@ static void qi_qdw_row(const qi_conv2d_geom *g, size_t c_begin, size_t c_end, si
           o + ox0 * ep->ldo * es, ep->ldo * es, ox1 - ox0, m)
       QI_QE16_DISPATCH(E, full, QI_QDW3_CASE)
 #undef QI_QDW3_CASE
+      continue;
+    }
+    const size_t ntap = g->k_w * nq;
+    if (ntap <= QI_QDW_TAPS_MAX) {
+      size_t qoff[QI_QDW_TAPS_MAX], woff[QI_QDW_TAPS_MAX];
+      for (size_t kx = 0, t = 0; kx < g->k_w; kx++)
+        for (size_t q = 0; q < nq; q++, t++) {
+          qoff[t] = kx * g->dil_w * qstep + q * c_pad * 4;
+          woff[t] = (kx * nq + q) * c_pad * 4;
+        }
+      const size_t sx = g->stride_w * qstep;
+#define QI_QDWN_CASE(CODE, U8, FULL)                                                          \
+  qi_qdwn(CODE, U8, FULL, qc + ox0 * sx, sx, ntap, qoff, wc, woff, b, s, E,                  \
+          o + ox0 * ep->ldo * es, ep->ldo * es, ox1 - ox0, m)
+      QI_QE16_DISPATCH(E, full, QI_QDWN_CASE)
+#undef QI_QDWN_CASE
       continue;
     }
     for (size_t ox = ox0; ox < ox1; ox++) {

@@ -42,17 +42,85 @@ static int qi_qconv_copies_a(const qi_qconv_problem *p, size_t mc) {
   return p->direct && mc > 8 && p->lda % 1024 == 0 && p->k >= 256;
 }
 
+/* The im2col of a conv with few input channels (a network's first layer: 3 channels, 9 or 21
+ * bytes per kernel row) copies a few bytes at a time, millions of times: through libc's memcpy
+ * and memset those calls cost far more than the GEMM that follows. Copies and fills of up to
+ * QI_SHORT bytes go through 16-byte moves instead, which may write up to 15 bytes past their end
+ * (rows are built in order, so the excess lands where the next piece or row is written next,
+ * or in QI_SHORT_SLACK bytes kept past the block) and read past their end only while the source
+ * has 16 bytes left. */
+#define QI_SHORT 48
+#define QI_SHORT_SLACK 64
+
+static inline void qi_copy_short(uint8_t *dst, const uint8_t *src, size_t n, const uint8_t *src_end) {
+  if ((size_t)(src_end - src) < ((n + 15) & ~(size_t)15)) {
+    memcpy(dst, src, n);
+    return;
+  }
+  for (size_t i = 0; i < n; i += 16) __builtin_memcpy(dst + i, src + i, 16);
+}
+
+static inline void qi_fill_short(uint8_t *dst, uint8_t v, size_t n) {
+  uint8_t b[16];
+  __builtin_memset(b, v, 16);
+  for (size_t i = 0; i < n; i += 16) __builtin_memcpy(dst + i, b, 16);
+}
+
 size_t qi_qconv_scratch_bytes(const qi_qconv_problem *p, size_t rows) {
   if (rows == 0) return 0;
   size_t mc = qi_qconv_mc(rows);
   int copy = !p->direct || qi_qconv_copies_a(p, mc);
-  return qi_qconv_acc_bytes(p, mc) + (copy ? QI_ALIGN64(mc * qi_qconv_a_stride(p->k_pad)) : 0);
+  return qi_qconv_acc_bytes(p, mc) +
+         (copy ? QI_ALIGN64(mc * qi_qconv_a_stride(p->k_pad) + QI_SHORT_SLACK) : 0);
 }
 
 /* patches of rows [r0, r0 + m) of group g into buf[m, k_pad] (row stride qi_qconv_a_stride) */
 static void qi_qconv_im2col(const qi_qconv_problem *p, size_t g, size_t r0, size_t m, uint8_t *buf) {
   const qi_conv2d_geom *ge = &p->geom;
   const size_t ohw = ge->out_h * ge->out_w, cin = p->cin, ct = p->cin_total;
+  const uint8_t *x_end = p->x + p->batch * ge->in_h * ge->in_w * ct;
+  if (ge->k_w * cin <= QI_SHORT && p->k_pad - p->k <= QI_SHORT) {
+    /* few channels: short moves (see qi_copy_short), same bytes as the general loop below */
+    /* the output pixel steps along without a division per row (two divisions per row cost
+     * about as much as the row's copies) */
+    size_t img = r0 / ohw, oy = (r0 - img * ohw) / ge->out_w, ox = r0 - img * ohw - oy * ge->out_w;
+    const size_t a_stride = qi_qconv_a_stride(p->k_pad);
+    for (size_t i = 0; i < m; i++) {
+      if (i) {
+        if (++ox == ge->out_w) {
+          ox = 0;
+          if (++oy == ge->out_h) oy = 0, img++;
+        }
+      }
+      const uint8_t *xi = p->x + img * ge->in_h * ge->in_w * ct + g * cin;
+      uint8_t *dst = buf + i * a_stride;
+      const ptrdiff_t ix0 = (ptrdiff_t)(ox * ge->stride_w) - (ptrdiff_t)ge->pad_left;
+      const int row_inside = ix0 >= 0 && ix0 + (ptrdiff_t)((ge->k_w - 1) * ge->dil_w) < (ptrdiff_t)ge->in_w;
+      for (size_t ky = 0; ky < ge->k_h; ky++) {
+        ptrdiff_t iy = (ptrdiff_t)(oy * ge->stride_h + ky * ge->dil_h) - (ptrdiff_t)ge->pad_top;
+        int row_ok = iy >= 0 && iy < (ptrdiff_t)ge->in_h;
+        if (row_ok && row_inside && (ge->dil_w == 1 || ge->k_w == 1) && ct == cin) {
+          qi_copy_short(dst, xi + ((size_t)iy * ge->in_w + (size_t)ix0) * ct, ge->k_w * cin, x_end);
+          dst += ge->k_w * cin;
+          continue;
+        }
+        if (!row_ok) {
+          qi_fill_short(dst, p->zp_x, ge->k_w * cin);
+          dst += ge->k_w * cin;
+          continue;
+        }
+        for (size_t kx = 0; kx < ge->k_w; kx++, dst += cin) {
+          ptrdiff_t ix = (ptrdiff_t)(ox * ge->stride_w + kx * ge->dil_w) - (ptrdiff_t)ge->pad_left;
+          if (ix >= 0 && ix < (ptrdiff_t)ge->in_w)
+            qi_copy_short(dst, xi + ((size_t)iy * ge->in_w + (size_t)ix) * ct, cin, x_end);
+          else
+            qi_fill_short(dst, p->zp_x, cin);
+        }
+      }
+      if (p->k_pad > p->k) qi_fill_short(dst, 0, p->k_pad - p->k);
+    }
+    return;
+  }
   for (size_t i = 0; i < m; i++) {
     size_t r = r0 + i, img = r / ohw, pix = r - img * ohw;
     size_t oy = pix / ge->out_w, ox = pix - oy * ge->out_w;
