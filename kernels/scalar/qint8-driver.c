@@ -79,53 +79,21 @@ static void qi_qconv_im2col(const qi_qconv_problem *p, size_t g, size_t r0, size
   const qi_conv2d_geom *ge = &p->geom;
   const size_t ohw = ge->out_h * ge->out_w, cin = p->cin, ct = p->cin_total;
   const uint8_t *x_end = p->x + p->batch * ge->in_h * ge->in_w * ct;
-  if (ge->k_w * cin <= QI_SHORT && p->k_pad - p->k <= QI_SHORT) {
-    /* few channels: short moves (see qi_copy_short), same bytes as the general loop below */
-    /* the output pixel steps along without a division per row (two divisions per row cost
-     * about as much as the row's copies) */
-    size_t img = r0 / ohw, oy = (r0 - img * ohw) / ge->out_w, ox = r0 - img * ohw - oy * ge->out_w;
-    const size_t a_stride = qi_qconv_a_stride(p->k_pad);
-    for (size_t i = 0; i < m; i++) {
-      if (i) {
-        if (++ox == ge->out_w) {
-          ox = 0;
-          if (++oy == ge->out_h) oy = 0, img++;
-        }
-      }
-      const uint8_t *xi = p->x + img * ge->in_h * ge->in_w * ct + g * cin;
-      uint8_t *dst = buf + i * a_stride;
-      const ptrdiff_t ix0 = (ptrdiff_t)(ox * ge->stride_w) - (ptrdiff_t)ge->pad_left;
-      const int row_inside = ix0 >= 0 && ix0 + (ptrdiff_t)((ge->k_w - 1) * ge->dil_w) < (ptrdiff_t)ge->in_w;
-      for (size_t ky = 0; ky < ge->k_h; ky++) {
-        ptrdiff_t iy = (ptrdiff_t)(oy * ge->stride_h + ky * ge->dil_h) - (ptrdiff_t)ge->pad_top;
-        int row_ok = iy >= 0 && iy < (ptrdiff_t)ge->in_h;
-        if (row_ok && row_inside && (ge->dil_w == 1 || ge->k_w == 1) && ct == cin) {
-          qi_copy_short(dst, xi + ((size_t)iy * ge->in_w + (size_t)ix0) * ct, ge->k_w * cin, x_end);
-          dst += ge->k_w * cin;
-          continue;
-        }
-        if (!row_ok) {
-          qi_fill_short(dst, p->zp_x, ge->k_w * cin);
-          dst += ge->k_w * cin;
-          continue;
-        }
-        for (size_t kx = 0; kx < ge->k_w; kx++, dst += cin) {
-          ptrdiff_t ix = (ptrdiff_t)(ox * ge->stride_w + kx * ge->dil_w) - (ptrdiff_t)ge->pad_left;
-          if (ix >= 0 && ix < (ptrdiff_t)ge->in_w)
-            qi_copy_short(dst, xi + ((size_t)iy * ge->in_w + (size_t)ix) * ct, cin, x_end);
-          else
-            qi_fill_short(dst, p->zp_x, cin);
-        }
-      }
-      if (p->k_pad > p->k) qi_fill_short(dst, 0, p->k_pad - p->k);
-    }
-    return;
-  }
+  /* few channels (a first layer): short moves for every piece, see qi_copy_short */
+  const int small = ge->k_w * cin <= QI_SHORT && p->k_pad - p->k <= QI_SHORT;
+#define QI_COPY(D, S, N) (small ? qi_copy_short(D, S, N, x_end) : (void)memcpy(D, S, N))
+#define QI_FILL(D, V, N) (small ? qi_fill_short(D, V, N) : (void)memset(D, V, N))
+  /* the output pixel steps along without a division per row (two divisions per row cost about
+   * as much as a small row's copies) */
+  size_t img = r0 / ohw, oy = (r0 - img * ohw) / ge->out_w, ox = r0 - img * ohw - oy * ge->out_w;
+  const size_t a_stride = qi_qconv_a_stride(p->k_pad);
   for (size_t i = 0; i < m; i++) {
-    size_t r = r0 + i, img = r / ohw, pix = r - img * ohw;
-    size_t oy = pix / ge->out_w, ox = pix - oy * ge->out_w;
+    if (i && ++ox == ge->out_w) {
+      ox = 0;
+      if (++oy == ge->out_h) oy = 0, img++;
+    }
     const uint8_t *xi = p->x + img * ge->in_h * ge->in_w * ct + g * cin;
-    uint8_t *dst = buf + i * qi_qconv_a_stride(p->k_pad);
+    uint8_t *dst = buf + i * a_stride;
     const ptrdiff_t ix0 = (ptrdiff_t)(ox * ge->stride_w) - (ptrdiff_t)ge->pad_left;
     const int row_inside = ix0 >= 0 && ix0 + (ptrdiff_t)((ge->k_w - 1) * ge->dil_w) < (ptrdiff_t)ge->in_w;
     for (size_t ky = 0; ky < ge->k_h; ky++) {
@@ -133,20 +101,22 @@ static void qi_qconv_im2col(const qi_qconv_problem *p, size_t g, size_t r0, size
       int row_ok = iy >= 0 && iy < (ptrdiff_t)ge->in_h;
       if (row_ok && row_inside && (ge->dil_w == 1 || ge->k_w == 1) && ct == cin) {
         /* the kw taps of this row are kw*cin consecutive bytes of x, as in the patch */
-        memcpy(dst, xi + ((size_t)iy * ge->in_w + (size_t)ix0) * ct, ge->k_w * cin);
+        QI_COPY(dst, xi + ((size_t)iy * ge->in_w + (size_t)ix0) * ct, ge->k_w * cin);
         dst += ge->k_w * cin;
         continue;
       }
       for (size_t kx = 0; kx < ge->k_w; kx++, dst += cin) {
         ptrdiff_t ix = (ptrdiff_t)(ox * ge->stride_w + kx * ge->dil_w) - (ptrdiff_t)ge->pad_left;
         if (row_ok && ix >= 0 && ix < (ptrdiff_t)ge->in_w)
-          memcpy(dst, xi + ((size_t)iy * ge->in_w + (size_t)ix) * ct, cin);
+          QI_COPY(dst, xi + ((size_t)iy * ge->in_w + (size_t)ix) * ct, cin);
         else
-          memset(dst, p->zp_x, cin);
+          QI_FILL(dst, p->zp_x, cin);
       }
     }
-    if (p->k_pad > p->k) memset(dst, 0, p->k_pad - p->k);
+    if (p->k_pad > p->k) QI_FILL(dst, 0, p->k_pad - p->k);
   }
+#undef QI_COPY
+#undef QI_FILL
 }
 
 void qi_qconv_run(const qi_qconv_problem *p, qi_gemm_qu8_qc8w_fn *fn, size_t m_begin, size_t m_end,
