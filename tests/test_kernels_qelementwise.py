@@ -16,7 +16,8 @@ def isa(request):
         yield request.param
 
 
-SHAPES = [(1, 1, 1, 1), (1, 3, 7, 5), (2, 17, 3, 65), (1, 63, 9, 1), (3, 65, 2, 17), (1, 16, 64, 64)]
+SHAPES = [(1, 1, 1, 1), (1, 3, 7, 5), (2, 17, 3, 65), (1, 63, 9, 1), (3, 65, 2, 17), (1, 16, 64, 64),
+          (2, 48, 16, 8)]  # the last: whole 16-channel x 64-pixel layout tiles only
 THREADS = [1, 2, 3]
 
 

@@ -1,3 +1,79 @@
-/* The streaming uint8 kernels, avx512vnni build of kernels/stream-u8-body.inc. */
+/* The streaming uint8 kernels, avx512vnni build of kernels/stream-u8-body.inc, with the quantize
+ * rule of 16 values in explicit AVX-512 operations (QE_QUANT16) and the layout tiles' byte moves as
+ * 16 x 16 byte transposes in registers (QE_TILE_TO_PIXELS, QE_PIXELS_TO_TILE).
+ *
+ * Each step is the scalar rule's own (stream-u8-body.inc, qe_quant), in the same order, so the bits
+ * are the same: max_ps(a, b) is "a > b ? a : b" and min_ps(a, b) "a < b ? a : b", each returning b
+ * when either is NaN; written with the constant first they are the rule's clamps exactly. */
+#include <immintrin.h>
+#include <stdint.h>
+
+static inline void qe_quant16_avx512(const float *x, uint8_t *y, float scale, float zp) {
+  __m512 t = _mm512_div_ps(_mm512_loadu_ps(x), _mm512_set1_ps(scale));
+  t = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(t, t, _CMP_ORD_Q), t); /* NaN -> 0 */
+  t = _mm512_max_ps(_mm512_set1_ps(-512.0f), t);                    /* t < -512 ? -512 : t */
+  t = _mm512_min_ps(_mm512_set1_ps(767.0f), t);                     /* t > 767 ? 767 : t */
+  const __m512 magic = _mm512_set1_ps(12582912.0f);                 /* qi_q_rint */
+  t = _mm512_sub_ps(_mm512_add_ps(t, magic), magic);
+  t = _mm512_add_ps(t, _mm512_set1_ps(zp));
+  t = _mm512_max_ps(_mm512_setzero_ps(), t);                         /* t < 0 ? 0 : t */
+  t = _mm512_min_ps(_mm512_set1_ps(255.0f), t);                      /* t > 255 ? 255 : t */
+  _mm_storeu_si128((__m128i *)y, _mm512_cvtepi32_epi8(_mm512_cvttps_epi32(t)));
+}
+
+/* 16 x 16 byte transposes in each 128-bit lane of a[0..15]: byte i of a[j] (lane L) goes to byte j
+ * of a[i] (lane L). Four unpack stages (8-, 16-, 32-, 64-bit interleaves) of 32 instructions. */
+static inline void qe_tr16x16x4(__m512i a[16]) {
+  __m512i b[16], c[16];
+  for (int k = 0; k < 8; k++) {
+    b[2 * k] = _mm512_unpacklo_epi8(a[2 * k], a[2 * k + 1]);     /* rows 2k, 2k+1: cols 0-7 */
+    b[2 * k + 1] = _mm512_unpackhi_epi8(a[2 * k], a[2 * k + 1]); /* cols 8-15 */
+  }
+  for (int q = 0; q < 4; q++) { /* rows 4q..4q+3: cols 0-3, 4-7, 8-11, 12-15 */
+    c[4 * q + 0] = _mm512_unpacklo_epi16(b[4 * q], b[4 * q + 2]);
+    c[4 * q + 1] = _mm512_unpackhi_epi16(b[4 * q], b[4 * q + 2]);
+    c[4 * q + 2] = _mm512_unpacklo_epi16(b[4 * q + 1], b[4 * q + 3]);
+    c[4 * q + 3] = _mm512_unpackhi_epi16(b[4 * q + 1], b[4 * q + 3]);
+  }
+  for (int h = 0; h < 2; h++) /* rows 8h..8h+7: column pairs (0,1), (2,3), ... (14,15) */
+    for (int m = 0; m < 4; m++) {
+      b[8 * h + 2 * m] = _mm512_unpacklo_epi32(c[8 * h + m], c[8 * h + 4 + m]);
+      b[8 * h + 2 * m + 1] = _mm512_unpackhi_epi32(c[8 * h + m], c[8 * h + 4 + m]);
+    }
+  for (int m = 0; m < 8; m++) { /* all 16 rows of columns 2m and 2m + 1 */
+    a[2 * m] = _mm512_unpacklo_epi64(b[m], b[8 + m]);
+    a[2 * m + 1] = _mm512_unpackhi_epi64(b[m], b[8 + m]);
+  }
+}
+
+/* tile[16][64] (channel-major) -> 64 pixels of 16 channels, pixel i at dst + i * c */
+static inline void qe_tile_to_pixels_avx512(uint8_t tile[16][64], uint8_t *dst, size_t c) {
+  __m512i a[16];
+  for (int j = 0; j < 16; j++) a[j] = _mm512_loadu_si512(tile[j]);
+  qe_tr16x16x4(a); /* a[i] lane L: the 16 channels of pixel 16 L + i */
+  for (int i = 0; i < 16; i++) {
+    _mm_storeu_si128((__m128i *)(dst + (size_t)i * c), _mm512_extracti32x4_epi32(a[i], 0));
+    _mm_storeu_si128((__m128i *)(dst + (size_t)(16 + i) * c), _mm512_extracti32x4_epi32(a[i], 1));
+    _mm_storeu_si128((__m128i *)(dst + (size_t)(32 + i) * c), _mm512_extracti32x4_epi32(a[i], 2));
+    _mm_storeu_si128((__m128i *)(dst + (size_t)(48 + i) * c), _mm512_extracti32x4_epi32(a[i], 3));
+  }
+}
+
+/* 64 pixels of 16 channels (pixel i at src + i * c) -> tile[16][64] */
+static inline void qe_pixels_to_tile_avx512(const uint8_t *src, size_t c, uint8_t tile[16][64]) {
+  __m512i a[16];
+  for (int i = 0; i < 16; i++) {
+    __m512i v = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)(src + (size_t)i * c)));
+    v = _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i *)(src + (size_t)(16 + i) * c)), 1);
+    v = _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i *)(src + (size_t)(32 + i) * c)), 2);
+    a[i] = _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i *)(src + (size_t)(48 + i) * c)), 3);
+  }
+  qe_tr16x16x4(a); /* a[j] lane L: channel j of pixels 16 L .. 16 L + 15 */
+  for (int j = 0; j < 16; j++) _mm512_storeu_si512(tile[j], a[j]);
+}
+
+#define QE_QUANT16(x, y, scale, zp) qe_quant16_avx512(x, y, scale, zp)
+#define QE_TILE_TO_PIXELS(tile, dst, c) qe_tile_to_pixels_avx512(tile, dst, c)
+#define QE_PIXELS_TO_TILE(src, c, tile) qe_pixels_to_tile_avx512(src, c, tile)
 #define QE_KERNEL qi_stream_u8__avx512vnni
 #include "stream-u8-body.inc"
