@@ -5,7 +5,8 @@ For each model: qinfer int8 is built with ``qinfer.quantize`` and onnxruntime in
 QOperator formats, the faster one kept) on the same calibration samples. All engines then run
 interleaved (the order rotates every round) at batch 1 with 1 and 2 threads; the script prints
 median and p90 latency, the ratios, file sizes, and the int8 models' output cosine against float.
-Last, each int8 model is loaded and run 100 times in a fresh process of its own (qinfer: numpy and
+Where onnxruntime int8's output error exceeds qinfer's default budget, a second qinfer int8 model
+quantized at onnxruntime's error is timed too (the two at equal accuracy). Last, each int8 model is loaded and run 100 times in a fresh process of its own (qinfer: numpy and
 qinfer only; onnxruntime: numpy and onnxruntime only) and the process's peak RSS is printed.
 
     python bench/bench_models.py                       # resnet18, mobilenetv2, ppocr_cls
@@ -23,6 +24,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import models  # noqa: E402
 
 import qinfer  # noqa: E402
+from qinfer.quant.quantize import DEFAULT_MAX_ERROR  # noqa: E402
 
 INPUTS = {
     "resnet18": lambda n: models.imagenet_input(n) if hasattr(models, "imagenet_input") else None,
@@ -123,6 +125,18 @@ def _peak_rss_mb(engine, model_path, x, out_dir, runs=100, threads=1):
     return int(r.stdout.split()[-1]) / 1024, None
 
 
+def _ort_error(model, ort_path, input_name, calib):
+    """onnxruntime int8's output error against qinfer float, as qinfer's quantizer measures its own."""
+    import onnxruntime as ort
+    from qinfer.quant.quantize import EVAL_SAMPLES, output_error
+    ref = qinfer.InferenceSession(model, num_threads=1)
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    o = ort.InferenceSession(ort_path, so, providers=["CPUExecutionProvider"])
+    feeds = [{input_name: x} for x in calib[:EVAL_SAMPLES]]
+    return output_error([ref.run(None, f) for f in feeds], [o.run(None, f) for f in feeds])
+
+
 def _cos(a, b):
     a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
     return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-30))
@@ -134,6 +148,9 @@ def main(argv=None):
     ap.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     ap.add_argument("--iterations", type=int, default=20)
     ap.add_argument("--calib", type=int, default=16, help="calibration samples")
+    ap.add_argument("--no-matched", dest="matched", action="store_false",
+                    help="skip the qinfer int8 model built at onnxruntime's error (when that exceeds "
+                         "qinfer's default budget)")
     ap.add_argument("--rss-runs", type=int, default=100,
                     help="runs in the peak-RSS processes (0: skip the RSS comparison)")
     args = ap.parse_args(argv)
@@ -153,6 +170,21 @@ def main(argv=None):
         q.save(qpath)
         kept = sum(r["precision"] == "float32" for r in q.graph.metadata["precision_report"])
         ort_q = _ort_int8(path, iname, calib, tmp)
+        matched = None
+        if ort_q:
+            # onnxruntime quantizes every layer whatever it costs; qinfer keeps layers float until its
+            # budget holds. At onnxruntime's own error (same metric, same samples) the two are
+            # compared at equal accuracy: a second qinfer model with that budget
+            err_ort = _ort_error(m, ort_q[0], iname, calib)
+            print(f"  onnxruntime int8 ({ort_q[2]}) output error on the calibration samples: {err_ort:.2e} "
+                  f"(1 - cosine, worst sample; qinfer's default budget {DEFAULT_MAX_ERROR:g})")
+            if args.matched and err_ort > DEFAULT_MAX_ERROR:
+                q2 = qinfer.quantize(m, calib, max_error=err_ort, progress=False)
+                matched = os.path.join(tmp, f"{name}-matched.qinf")
+                q2.save(matched)
+                kept2 = sum(r["precision"] == "float32" for r in q2.graph.metadata["precision_report"])
+                print(f"  qinfer int8 at max_error={err_ort:.2e}: {kept2} layer(s) float, output error "
+                      f"{q2.graph.metadata['quantization']['output_error']:.2e}")
         sizes = {"onnx": os.path.getsize(path), "qinfer int8": os.path.getsize(qpath)}
         if ort_q:
             sizes["onnxruntime int8"] = os.path.getsize(ort_q[0])
@@ -167,6 +199,8 @@ def main(argv=None):
             engines = {"qinfer float": qinfer.InferenceSession(m, num_threads=T),
                        "qinfer int8": qinfer.InferenceSession(qpath, num_threads=T),
                        "onnxruntime fp32": ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])}
+            if matched:
+                engines["qinfer int8 @ort error"] = qinfer.InferenceSession(matched, num_threads=T)
             if ort_q:
                 engines[f"onnxruntime int8 ({ort_q[2]})"] = ort.InferenceSession(ort_q[0], so, providers=["CPUExecutionProvider"])
             feeds = {iname: test[0]}
@@ -192,6 +226,10 @@ def main(argv=None):
                 if k.startswith("onnxruntime int8"):
                     line.append(f"vs {k} {p50[k] / qi:.2f}x")
             print("    speed-up of qinfer int8: " + ", ".join(line))
+            if matched:
+                ort_k = next(k for k in names if k.startswith("onnxruntime int8"))
+                print(f"    at onnxruntime's error: qinfer int8 vs {ort_k} "
+                      f"{p50[ort_k] / p50['qinfer int8 @ort error']:.2f}x")
         if args.rss_runs:
             rss = {"qinfer int8": _peak_rss_mb("qinfer", qpath, test[0], tmp, args.rss_runs)}
             if ort_q:
