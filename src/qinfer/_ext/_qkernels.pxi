@@ -15,7 +15,7 @@
 import sys
 
 from libc.string cimport memcpy, memset, strcmp
-from libc.math cimport isfinite, fabs
+from libc.math cimport isfinite, fabs, fabsf
 from cpython.buffer cimport (PyObject_GetBuffer, PyBuffer_Release, PyBUF_C_CONTIGUOUS,
                              PyBUF_FORMAT, PyBUF_WRITABLE)
 
@@ -172,16 +172,17 @@ cdef int _q_packed(object packed, Py_buffer *pv, qi_qc8w_header *h, unsigned mag
     if nbytes != want:
         raise ValueError(f"packed_w: {nbytes} bytes, the header says {want}")
     # int32 bound: |bias| + K * 255 * 128 < 2^31 for every channel (so no partial sum wraps)
+    # (a branch-free min / max the compiler vectorizes: this runs on every call, and a batch-1 call
+    # of a wide layer computes in about the time a branchy scan of its bias takes)
     cdef const int *bias = <const int *>(<char *>pv.buf + 64)
     cdef size_t i, nb = G * h.n_pad
-    cdef long long bmax = 0, v
+    cdef int lo = 0, hi = 0, v
     with nogil:
         for i in range(nb):
             v = bias[i]
-            if v < 0:
-                v = -v
-            if v > bmax:
-                bmax = v
+            lo = v if v < lo else lo
+            hi = v if v > hi else hi
+    cdef long long bmax = -<long long>lo if -<long long>lo > hi else hi
     if bmax + <long long>k * 255 * 128 >= (1LL << 31):
         raise ValueError(f"packed_w: K = {k} with |bias| up to {bmax} can overflow the int32 "
                          f"accumulator (needs K * 255 * 128 + |bias| < 2**31)")
@@ -196,14 +197,13 @@ cdef int _q_epi(qi_qepi *ep, object scale, Py_buffer *sv, size_t n_total, object
         raise ValueError(f"scale must have {n_total} elements (one per output channel), got "
                          f"{sv.shape[0]}")
     cdef const float *sp = <const float *>sv.buf
-    cdef size_t i
-    cdef bint bad = False
-    with nogil:
+    cdef size_t i, n_ok = 0
+    cdef float lim = <float>_Q_SCALE_MAX
+    with nogil:   # counted without a branch (vectorizes; NaN compares false, inf exceeds lim)
         for i in range(n_total):
-            if not (isfinite(sp[i]) and fabs(sp[i]) <= _Q_SCALE_MAX):
-                bad = True
-                break
-    if bad:
+            n_ok += fabsf(sp[i]) <= lim
+    if n_ok != n_total:
+        i = next(j for j in range(n_total) if not (isfinite(sp[j]) and fabs(sp[j]) <= _Q_SCALE_MAX))
         raise ValueError(f"scale must be finite with |scale| <= {_Q_SCALE_MAX:g}, got "
                          f"{sp[i]!r} at channel {i}")
     ep.scale = sp
