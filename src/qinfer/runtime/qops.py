@@ -127,12 +127,19 @@ def _make_stream_op(op, a, nt):
         return qgap
     if op == "QMulChannel":
         xs, zx, inv, zy = float(a["x_scale"]), int(a["x_zp"]), float(a["y_inv_scale"]), int(a["zp_y"])
+        xs32, inv32 = np.float32(xs), np.float32(inv)
 
         def qmul(inputs, _a, _n):
             x, s = inputs
             if x.dtype != np.uint8 or x.ndim != 4:
                 return None
-            m = ref.channel_factors(s, x.shape, xs, inv)
+            n, c = x.shape[0], x.shape[3]
+            if s.dtype == np.float32 and s.shape == (n, c, 1, 1):
+                # the usual gate [N, C, 1, 1]: channel_factors' float32 products, in its order
+                m = s.reshape(n, c) * xs32
+                m *= inv32
+            else:
+                m = ref.channel_factors(s, x.shape, xs, inv)
             return [_k.qmul_channel_u8_nhwc(np.ascontiguousarray(x), m, zx, zy, nt)]
         return qmul
     return None
