@@ -114,7 +114,7 @@ def test_errors(digits_cnn):
     with pytest.raises(qinfer.CalibrationError):
         qinfer.quantize(m, [])
     with pytest.raises(qinfer.QinferError, match="int4"):
-        qinfer.quantize(m, _train_calib(4), weights="int4")
+        qinfer.quantize(m, _train_calib(4), weights="int4", group_size=48)
     with pytest.raises(qinfer.QinferError, match="unknown node"):
         qinfer.quantize(m, _train_calib(4), exclude=["nope"])
     with pytest.raises(qinfer.QinferError, match="method"):

@@ -108,6 +108,12 @@ def cmd_quantize(args):
           + (f", output error {err:.2e} (1 - cosine, budget {info.get('max_error'):g})" if err is not None else ""))
     for r in kept:
         print(f"  kept float: {r['layer']} ({r['op']}): {r['reason']}")
+    if info.get("weights") == "int4":
+        print(f"  int4 weights (block {info['group_size']}, {info['rounding']}): {info['int4_layers']} "
+              f"layers; int8: {info['int8_layers']}")
+        for r in rep:
+            if r["precision"].startswith("int8"):
+                print(f"  {r['layer']} ({r['op']}): {r['reason']}")
 
 
 def cmd_info(args):
@@ -149,15 +155,17 @@ def build_parser():
     c.add_argument("--threads", type=int, default=None)
     c.set_defaults(fn=cmd_run)
 
-    c = sub.add_parser("quantize", help="quantize a model to int8 with calibration data")
+    c = sub.add_parser("quantize", help="quantize a model to int8 (or int4 weights) with calibration data")
     c.add_argument("model")
     c.add_argument("-o", "--output", required=True, help="output .qinf path")
     c.add_argument("--calib", metavar="DATA.npz", help="calibration samples (one array per input name)")
     c.add_argument("--weights", default="int8", choices=["int8", "int4"])
     c.add_argument("--activations", default="int8", choices=["int8", "dynamic"])
     c.add_argument("--method", default="minmax", choices=["minmax", "percentile", "entropy", "mse"])
-    c.add_argument("--rounding", default="nearest", choices=["nearest", "gptq"])
-    c.add_argument("--group-size", type=int, default=64)
+    c.add_argument("--rounding", default="nearest", choices=["nearest", "gptq"],
+                   help="int4 weight rounding: to nearest, or GPTQ (error-compensating, from --calib)")
+    c.add_argument("--group-size", type=int, default=64, choices=[32, 64, 128],
+                   help="int4 weights: one scale per this many weights along the reduction axis")
     c.add_argument("--max-error", type=float, default=None,
                    help="output budget, 1 - cosine similarity per output (default 0.01)")
     c.add_argument("--sparsity", type=float, default=None)

@@ -45,14 +45,19 @@ class Model:
         for n in g.nodes:
             w = g.initializers.get(n.inputs[1]) if len(n.inputs) > 1 else None
             if w is None or n.op not in ("Conv", "ConvTranspose", "Gemm", "MatMul", "QConv", "QGemm",
-                                         "DynQGemm"):
+                                         "DynQGemm", "Q4Conv", "Q4Gemm", "DynQ4Gemm"):
                 continue
-            prec = {"QConv": "int8", "QGemm": "int8", "DynQGemm": "int8-dyn"}.get(n.op, w.dtype.name)
+            prec = {"QConv": "int8", "QGemm": "int8", "DynQGemm": "int8-dyn", "Q4Conv": "int4",
+                    "Q4Gemm": "int4", "DynQ4Gemm": "int4-dyn"}.get(n.op, w.dtype.name)
             shape = "packed" if n.op.startswith(("Q", "Dyn")) else str(list(w.shape))
             lines.append(f"  {n.name[:40]:<40} {n.op:<14} {prec:<12} {shape:<20} {w.nbytes:>10,}")
         kept = [r for r in g.metadata.get("precision_report", []) if r.get("precision") == "float32"]
         for r in kept:
             lines.append(f"  kept float: {r['layer']} ({r['op']}): {r['reason']}")
+        if (q or {}).get("weights") == "int4":   # the int4 layers' SQNR, and why others kept int8
+            for r in g.metadata.get("precision_report", []):
+                if r.get("precision") != "float32":
+                    lines.append(f"  {r['precision']}: {r['layer']} ({r['op']}): {r['reason']}")
         return "\n".join(lines)
 
     def __repr__(self):

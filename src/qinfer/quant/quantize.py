@@ -17,6 +17,13 @@ Design (observe / compute / pack, then rewrite):
 
 Dynamic mode (``activations="dynamic"``): Gemm / MatMul become DynQGemm (activations quantized per
 call, no calibration data needed); convs stay float.
+
+int4 weights (``weights="int4"``): Gemm / MatMul and (non-depthwise) Conv layers get int4 weights
+in blocks of ``group_size`` along the reduction axis (Q4Gemm / Q4Conv, or DynQ4Gemm in dynamic
+mode; docs/formats.md 2.2), rounded to nearest or by GPTQ (quant/gptq.py) from each layer's
+calibration inputs. Before the int8 search, ``_plan_int4`` measures the output error of the model
+with every such layer in int4; over the budget, the layers whose int4 weights cost the most (each
+measured alone) keep int8 until it holds, and the report says why per layer.
 """
 from __future__ import annotations
 
@@ -28,13 +35,18 @@ import numpy as np
 from .. import errors
 from ..ir.graph import Node, QuantParams, Value
 from ..ir.passes.fuse import epilogue_chain
+from ..reference import int4 as qref4
 from ..reference import quantized as qref
+from ..reference.executor import run_graph
 from ..reference.qops import DYNAMIC_ZP
+from . import gptq
 from . import qparams as qp
 from .calibrate import calibrate, iter_calibration
 
-#: weight formats this version quantizes to (int4 comes with its kernels)
-WEIGHT_FORMATS = ("int8",)
+#: weight formats this version quantizes to
+WEIGHT_FORMATS = ("int8", "int4")
+#: int4 block sizes (``group_size``) along the reduction axis
+INT4_GROUP_SIZES = (32, 64, 128)
 #: default output budget: every output keeps cosine similarity >= 0.99 with the float model
 DEFAULT_MAX_ERROR = 0.01
 #: calibration samples used to measure the output error (the first ones)
@@ -157,7 +169,10 @@ def _value_qparams(observers, name):
 
 
 def _pack(c, s_x, zp_x):
-    """Per-channel int8 weights, int32 bias and kernel scales of a candidate."""
+    """Per-channel int8 weights, int32 bias and kernel scales of a candidate (int4 weights, a
+    float offset and the per-call scale s_x when the candidate carries ``int4``)."""
+    if getattr(c, "int4", None) is not None:
+        return _pack_int4(c, s_x, zp_x)
     if c.kind == "gemm":
         wq, s_w = qp.quantize_weight_per_channel(c.weight, axis=1)
     else:
@@ -321,10 +336,12 @@ def build_quantized(graph, candidates, observers, quantize_set):
                                  zp_y=float(np.float32(pb) * inv + np.float32(zp_y)))
             else:
                 attrs.update(out_dtype="float32", out_layout="nchw")
-            op = "QGemm" if c.kind == "gemm" else "QConv"
+            four = getattr(c, "int4", None) is not None
+            op = ("Q4Gemm" if four else "QGemm") if c.kind == "gemm" else ("Q4Conv" if four else "QConv")
             new_nodes.append(Node(op, (x, pname, sname), (c.y,), attrs, c.name, "qinfer"))
-            report.append({"layer": c.name, "op": n.op, "precision": "int8",
-                           "reason": "quantized (per-channel int8 weights, uint8 activations)"})
+            report.append({"layer": c.name, "op": n.op, "precision": "int4" if four else "int8",
+                           "reason": getattr(c, "note", None)
+                           or "quantized (per-channel int8 weights, uint8 activations)"})
             continue
         if n.name in skip_relu:
             continue
@@ -497,11 +514,16 @@ def quantize_graph(graph, calibration, weights="int8", activations="int8", metho
         raise errors.QinferError(f"weights must be 'int8', 'int4' or 'float', got {weights!r}")
     if activations not in ("int8", "dynamic", "float"):
         raise errors.QinferError(f"activations must be 'int8', 'dynamic' or 'float', got {activations!r}")
+    if rounding not in ("nearest", "gptq"):
+        raise errors.QinferError(f"rounding must be 'nearest' or 'gptq', got {rounding!r}")
     if weights == "int4":
-        raise errors.QinferError("weights='int4' is not available in this version of qinfer yet "
-                                 "(int8 weights are); use weights='int8'")
-    if rounding not in ("nearest",):
-        raise errors.QinferError(f"rounding={rounding!r} is not available in this version (use 'nearest')")
+        if (isinstance(group_size, bool) or not isinstance(group_size, (int, np.integer))
+                or int(group_size) not in INT4_GROUP_SIZES):
+            raise errors.QinferError(f"group_size must be one of {INT4_GROUP_SIZES} for int4 "
+                                     f"weights, got {group_size!r}")
+    elif rounding == "gptq" and weights == "int8":
+        raise errors.QinferError("rounding='gptq' applies to weights='int4' (int8 weights round "
+                                 "to nearest); use weights='int4' or rounding='nearest'")
     if not per_channel:
         raise errors.QinferError("per_channel=False is not supported: int8 weights are per output channel")
     names = {n.name for n in graph.nodes}
@@ -511,6 +533,9 @@ def quantize_graph(graph, calibration, weights="int8", activations="int8", metho
     if weights == "float" or activations == "float":
         return graph.copy()
     if activations == "dynamic":
+        if weights == "int4":
+            return _quantize_dynamic_int4(graph, calibration, int(group_size), rounding, max_error,
+                                          exclude, progress)
         return quantize_dynamic(graph, exclude)
     budget = DEFAULT_MAX_ERROR if max_error is None else float(max_error)
     if not budget > 0:
@@ -550,6 +575,11 @@ def quantize_graph(graph, calibration, weights="int8", activations="int8", metho
         units[names[0]] = set(names) | _anchors(candidates, producers, x)
     members = {name: set(names) for names in by_input.values() for name in names[:1]}
     all_names = list(units)
+    if weights == "int4":
+        everything = set().union(*(members.get(n, {n}) for n in all_names))
+        candidates = _plan_int4(graph, candidates, feeds, eval_feeds, ref, int(group_size), rounding,
+                                budget, lambda cs: build_quantized(graph, cs, observers, everything)[0],
+                                progress)
     qg, report = build_quantized(graph, candidates, observers,
                                  set().union(*(members.get(n, {n}) for n in all_names)))
     err = output_error(ref, _outputs(qg, eval_feeds))
@@ -612,13 +642,18 @@ def quantize_graph(graph, calibration, weights="int8", activations="int8", metho
     qg.metadata["precision_report"] = report
     qg.metadata["quantization"].update({"method": method, "max_error": budget, "output_error": err,
                                         "calibration_samples": len(feeds)})
+    if weights == "int4":
+        qg.metadata["quantization"].update(_int4_summary(report, group_size, rounding))
     return qg
 
 
-def quantize_dynamic(graph, exclude=()):
-    """Gemm / MatMul -> DynQGemm (int8 weights, activations quantized per call)."""
+def quantize_dynamic(graph, exclude=(), candidates=None):
+    """Gemm / MatMul -> DynQGemm (int8 weights, activations quantized per call), or DynQ4Gemm for
+    the ``candidates`` (default: every Gemm / MatMul) that carry ``int4`` weights."""
     g = graph.copy()
-    cands = {c.name: c for c in find_candidates(graph, exclude) if c.kind == "gemm"}
+    if candidates is None:
+        candidates = find_candidates(graph, exclude)
+    cands = {c.name: c for c in candidates if c.kind == "gemm"}
     absorbed = {a.name for c in cands.values() for a in c.absorbed}
     nodes, report = [], []
     for n in graph.nodes:
@@ -627,6 +662,11 @@ def quantize_dynamic(graph, exclude=()):
         c = cands.get(n.name)
         if c is None:
             nodes.append(n)
+            continue
+        if getattr(c, "int4", None) is not None:
+            nodes.append(_dynamic_int4_node(g, c))
+            report.append({"layer": c.name, "op": n.op, "precision": "int4-dynamic",
+                           "reason": c.note + ", activations quantized per call"})
             continue
         wq, s_w = qp.quantize_weight_per_channel(c.weight, axis=1)
         packed = qref.pack_gemm_qc8w(wq, None, DYNAMIC_ZP)
@@ -646,6 +686,198 @@ def quantize_dynamic(graph, exclude=()):
     g.metadata["precision_report"] = report
     g.metadata["quantization"] = {"weights": "int8", "activations": "dynamic"}
     return g.remove_unused()
+
+
+# ----------------------------------------------------------------------------- int4 weights
+class Int4Weights:
+    """A layer's int4 weights: ``q`` in the packers' layout (GEMM [K, N], conv ONNX), ``scales``
+    [N, nblk], and the layer's output SQNR (dB) on its calibration inputs with these weights, with
+    round-to-nearest ones and with int8 ones (None without calibration data)."""
+
+    def __init__(self, q, scales, block, rounding, sqnr=None, sqnr_rtn=None, sqnr_int8=None):
+        self.q, self.scales, self.block, self.rounding = q, scales, block, rounding
+        self.sqnr, self.sqnr_rtn, self.sqnr_int8 = sqnr, sqnr_rtn, sqnr_int8
+        self._packed = {}
+
+    def describe(self):
+        text = f"int4 weights ({self.rounding}, block {self.block})"
+        if self.sqnr is None:
+            return text + "; not checked against an output budget (no calibration data)"
+        text += f", layer SQNR {self.sqnr:.1f} dB"
+        if self.rounding == "gptq":
+            text += f" (round-to-nearest {self.sqnr_rtn:.1f} dB)"
+        return text + f"; int8 would give {self.sqnr_int8:.1f} dB"
+
+    def packed(self, c, bias, zp_x):
+        """The packed bytes for this layer with ``bias`` (accumulator units) and ``zp_x``."""
+        key = (None if bias is None else bias.tobytes(), zp_x)
+        if key not in self._packed:
+            if c.kind == "gemm":
+                self._packed[key] = qref4.pack_gemm_qb4w(self.q, self.scales, self.block, bias, zp_x)
+            else:
+                self._packed[key] = qref4.pack_conv_qb4w(self.q, self.scales, self.block, bias, zp_x,
+                                                         int(c.node.attrs.get("group", 1)))
+        return self._packed[key]
+
+
+def _pack_int4(c, s_x, zp_x):
+    """The int4 counterpart of _pack: packed weights (bias / s_x and zp_x folded into the offset)
+    and the per-call scale, s_x for every channel."""
+    bias = None if c.bias is None else np.asarray(c.bias, np.float64) / np.float64(s_x)
+    packed = c.int4.packed(c, bias, zp_x)
+    return packed, np.full(c.int4.scales.shape[0], s_x, np.float32), None
+
+
+def _dynamic_int4_node(g, c):
+    """DynQ4Gemm(x, packed int4 weights folded for the dynamic zero point[, float bias])."""
+    pname = f"{c.name}__packed_w"
+    g.initializers[pname] = c.int4.packed(c, None, DYNAMIC_ZP)
+    ins = [c.x, pname]
+    if c.bias is not None:
+        g.initializers[f"{c.name}__bias"] = np.ascontiguousarray(c.bias, np.float32)
+        ins.append(f"{c.name}__bias")
+    return Node("DynQ4Gemm", tuple(ins), (c.y,),
+                {"activation": c.act[0], "alpha": c.act[1], "beta": c.act[2]}, c.name, "qinfer")
+
+
+def _weight_rows(c):
+    """A candidate's weight as [N, K] matrices in the kernels' reduction order, one per conv group."""
+    if c.kind == "gemm":
+        return [np.asarray(c.weight, np.float64).T]
+    groups = int(c.node.attrs.get("group", 1))
+    m = qref4.conv_matrix(np.asarray(c.weight, np.float64))
+    ng = m.shape[0] // groups
+    return [m[g * ng:(g + 1) * ng] for g in range(groups)]
+
+
+def _layer_stats(graph, cands, feeds, progress):
+    """{layer: gptq.LayerStats}: X^T X of every candidate's input, one float run per sample."""
+    stats = {}
+    for c in cands:
+        if c.kind == "gemm":
+            stats[c.name] = gptq.LayerStats(c.weight.shape[0])
+        else:
+            geo = _conv_geometry(c.node.attrs, c.weight)
+            stats[c.name] = gptq.LayerStats(
+                int(np.prod(c.weight.shape[1:])),
+                (int(c.node.attrs.get("group", 1)), tuple(c.weight.shape[2:]), geo["strides"],
+                 geo["pads"], geo["dilations"]))
+    wanted = sorted({c.x for c in cands})
+    for f in _progress(feeds, progress, len(feeds), "int4 statistics"):
+        vals = run_graph(graph, f, outputs=wanted)
+        for c in cands:
+            stats[c.name].update(vals[c.x])
+    return stats
+
+
+def _int4_weights(c, stats, block, rounding):
+    """Int4Weights of a candidate: every conv group rounded on its own statistics."""
+    rows = _weight_rows(c)
+    axis = 1 if c.kind == "gemm" else 0
+    w8, s8 = qp.quantize_weight_per_channel(c.weight, axis=axis)
+    c8 = copy.copy(c)
+    c8.weight = qp.dequantize(w8, s8, axis=axis).astype(np.float64)
+    rows8 = _weight_rows(c8)
+    qs, ss, energy = [], [], np.zeros(4)   # signal, int4 noise, round-to-nearest noise, int8 noise
+    for g, w in enumerate(rows):
+        q_rtn, s_rtn = gptq.quantize_rtn(w, block)
+        G = None if stats is None else stats.gram(g)
+        q, s = (q_rtn, s_rtn) if G is None or rounding != "gptq" else gptq.quantize_gptq(w, G, block)
+        qs.append(q)
+        ss.append(s)
+        if G is not None:
+            energy += [gptq.energy(w, G), gptq.energy(w - gptq.dequantize(q, s, block), G),
+                       gptq.energy(w - gptq.dequantize(q_rtn, s_rtn, block), G),
+                       gptq.energy(w - rows8[g], G)]
+    q = np.concatenate(qs)
+    if c.kind == "gemm":
+        q = q.T
+    else:
+        cout, cin_g, kh, kw = c.weight.shape
+        q = q.reshape(cout, kh, kw, cin_g).transpose(0, 3, 1, 2)
+    sq = [None] * 3 if stats is None else [gptq.to_db(energy[0], e) for e in energy[1:]]
+    return Int4Weights(np.ascontiguousarray(q, np.int8), np.concatenate(ss), block, rounding, *sq)
+
+
+def _fewest(n, ok):
+    """The smallest k in 0..n with ok(k), by bisection (ok taken as monotone in k; n if none)."""
+    lo, hi = 0, n
+    while lo < hi:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if ok(mid) else (mid + 1, hi)
+    return lo
+
+
+def _plan_int4(graph, candidates, feeds, eval_feeds, ref, block, rounding, budget, build, progress):
+    """The candidates, with ``int4`` weights on the Gemm / MatMul / Conv layers that take them and a
+    ``note`` (the report's reason) on every layer. ``build(candidates)`` makes the quantized graph.
+    With evaluation samples, layers leave int4 for int8, those whose int4 weights cost the model's
+    output the most first (each measured alone), until the output error is within ``budget``."""
+    eligible = [c for c in candidates if c.kind in ("gemm", "conv")]
+    stats = _layer_stats(graph, eligible, feeds, progress) if feeds else {}
+    w4 = {c.name: _int4_weights(c, stats.get(c.name), block, rounding)
+          for c in _progress(eligible, progress, len(eligible), f"int4 {rounding}")}
+    notes = {c.name: "kept int8: depthwise convolutions have no int4 kernel (K = kh*kw per channel)"
+             for c in candidates if c.kind == "dw"}
+
+    def assign(four):
+        out = []
+        for c in candidates:
+            if c.name in four or c.name in notes:
+                c = copy.copy(c)
+                c.int4 = w4[c.name] if c.name in four else None
+                c.note = w4[c.name].describe() if c.name in four else notes[c.name]
+            out.append(c)
+        return out
+
+    names = list(w4)
+    if not eval_feeds or not names:
+        return assign(set(names))
+
+    def error(four):
+        return output_error(ref, _outputs(build(assign(set(four))), eval_feeds))
+
+    if error(names) <= budget:
+        return assign(set(names))
+    base = error([])
+    cost = {n: error([n]) - base for n in _progress(names, progress, len(names), "int4 sensitivity")}
+    order = sorted(names, key=lambda n: -cost[n])
+    k = _fewest(len(order), lambda k: error(order[k:]) <= budget)
+    for n in order[:k]:
+        notes[n] = (f"kept int8: int4 weights would cost {max(cost[n], 0.0):.2e} of the output error "
+                    f"budget {budget:g} (1 - cosine) on their own; {w4[n].describe()}")
+    return assign(set(order[k:]))
+
+
+def _int4_summary(report, group_size, rounding):
+    """The int4 part of metadata["quantization"]."""
+    four = sum(r["precision"].startswith("int4") for r in report)
+    return {"weights": "int4", "group_size": int(group_size), "rounding": rounding,
+            "int4_layers": four, "int8_layers": sum(r["precision"].startswith("int8") for r in report)}
+
+
+def _quantize_dynamic_int4(graph, calibration, block, rounding, max_error, exclude, progress):
+    """Dynamic activations with int4 weights (DynQ4Gemm). Calibration data are optional: they feed
+    GPTQ (which needs them) and the output-error check of ``_plan_int4``."""
+    feeds = [] if calibration is None else list(iter_calibration(calibration, graph.input_names))
+    if rounding == "gptq" and not feeds:
+        raise errors.CalibrationError("rounding='gptq' needs calibration data (each layer's inputs "
+                                      "decide how its weights round)")
+    budget = DEFAULT_MAX_ERROR if max_error is None else float(max_error)
+    if not budget > 0:
+        raise errors.QinferError(f"max_error must be > 0, got {max_error!r}")
+    cands = [c for c in find_candidates(graph, exclude) if c.kind == "gemm"]
+    eval_feeds = feeds[:EVAL_SAMPLES]
+    ref = _outputs(graph, eval_feeds) if eval_feeds else None
+    chosen = _plan_int4(graph, cands, feeds, eval_feeds, ref, block, rounding, budget,
+                        lambda cs: quantize_dynamic(graph, exclude, cs), progress)
+    g = quantize_dynamic(graph, exclude, chosen)
+    info = g.metadata["quantization"]
+    info.update(_int4_summary(g.metadata["precision_report"], block, rounding))
+    if eval_feeds:
+        info.update(max_error=budget, output_error=output_error(ref, _outputs(g, eval_feeds)),
+                    calibration_samples=len(feeds))
+    return g
 
 
 __all__ = ["quantize_graph", "quantize_dynamic", "find_candidates", "build_quantized", "output_error"]

@@ -15,11 +15,15 @@ runs, e.g. to calibrate or evaluate a quantized graph layer by layer).
 - QGlobalAveragePool(x u8 NHWC) -> f32 NCHW [N, C, 1, 1]: (float32(sum) / float32(H*W) - zp) * scale
 - QMulChannel(x u8 NHWC, s f32 [N|1, C, 1, 1]) -> u8 NHWC: x times a per-channel factor (the gate
                                    of a squeeze-excitation block), requantized
+- Q4Gemm / Q4Conv(x, packed int4, s) -> as QGemm / QConv with int4 weights (reference/int4.py):
+                                   s is the per-call scale (s_x per channel), bias folded in the packing
+- DynQ4Gemm(x f32 [.., K], packed int4[, bias f32]) -> f32: x quantized per call as DynQGemm's
 Attributes carry the epilogue: activation (code), alpha, beta, out_dtype ("uint8"|"float32"),
 y_inv_scale (1 / output scale), zp_y, out_layout ("nhwc"|"nchw").
 """
 import numpy as np
 
+from . import int4 as q4
 from . import quantized as q
 from .registry import register
 
@@ -200,3 +204,44 @@ def qmul_channel_op(inputs, attrs, n):
     x, s = inputs
     m = channel_factors(s, x.shape, attrs["x_scale"], attrs["y_inv_scale"])
     return [qmul_channel(x, m, attrs["x_zp"], attrs["zp_y"])]
+
+
+def _q4(packed):
+    u = q4.unpack_qb4w(packed)
+    return u, dict(q=u["q"], scales=u["scales"], block=u["block"], offset=u["offset"])
+
+
+@register("Q4Gemm")
+def q4gemm(inputs, attrs, n):
+    x, packed, scale = inputs[:3]
+    _, w = _q4(packed)
+    lead = x.shape[:-1]
+    y = q4.qgemm(x.reshape(-1, x.shape[-1]), scale=scale, **w, **epilogue_kwargs(attrs))
+    return [y.reshape(lead + (y.shape[-1],))]
+
+
+@register("Q4Conv")
+def q4conv(inputs, attrs, n):
+    x, packed, scale = inputs[:3]
+    u, w = _q4(packed)
+    y = q4.qconv2d_nhwc(x, scale=scale, zp_x=u["header"]["zp_x"], groups=u["header"]["groups"],
+                        strides=tuple(attrs.get("strides", (1, 1))),
+                        pads=tuple(attrs.get("pads", (0, 0, 0, 0))),
+                        dilations=tuple(attrs.get("dilations", (1, 1))), **w, **epilogue_kwargs(attrs))
+    return [_to_nchw(y) if attrs.get("out_layout") == "nchw" else y]
+
+
+@register("DynQ4Gemm")
+def dynq4gemm(inputs, attrs, n):
+    """Dynamic int4: x quantized per call (scale max|x| / 127, zero point 128, as DynQGemm), the
+    int4 GEMM with scale s_x per channel, the float bias (input 3) and the activation fused."""
+    x, packed = inputs[:2]
+    bias = inputs[2] if len(inputs) > 2 else None
+    s_x = dynamic_scale(x)
+    xq = quantize_u8(x, s_x, DYNAMIC_ZP)
+    _, w = _q4(packed)
+    lead = x.shape[:-1]
+    y = q4.qgemm(xq.reshape(-1, x.shape[-1]), scale=np.full(w["offset"].shape, s_x, np.float32),
+                 bias=bias, act=int(attrs.get("activation", 0)), alpha=float(attrs.get("alpha", 0.0)),
+                 beta=float(attrs.get("beta", 0.0)), out_u8=False, **w)
+    return [y.reshape(lead + (y.shape[-1],))]

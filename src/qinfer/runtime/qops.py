@@ -10,11 +10,12 @@ from types import SimpleNamespace
 
 import numpy as np
 
+from ..reference import int4 as ref4
 from ..reference import qops as ref
 from .cpu import _kernels as _k
 
 QOPS = ("QConv", "QGemm", "DynQGemm", "QuantizeU8", "DequantizeU8", "QAdd", "QMaxPool",
-        "QGlobalAveragePool", "QMulChannel")
+        "QGlobalAveragePool", "QMulChannel", "Q4Gemm", "Q4Conv", "DynQ4Gemm")
 
 
 def _epilogue(attrs):
@@ -35,6 +36,8 @@ def make_qop(node, consts, nt):
     """A fast function for a quantized node, or None (the planner then runs the reference op)."""
     a = node.attrs
     consts = {name: _native(consts.get(name)) for name in node.inputs[1:] if name}
+    if node.op in ("Q4Gemm", "Q4Conv", "DynQ4Gemm"):
+        return _make_q4op(node, consts, nt)
     if node.op == "QConv":
         packed, scale = consts.get(node.inputs[1]), consts.get(node.inputs[2])
         if packed is None or scale is None:
@@ -89,6 +92,56 @@ def make_qop(node, consts, nt):
             return [y.reshape(lead + (y.shape[-1],))]
         return dynqgemm
     return _make_stream_op(node.op, a, nt)
+
+
+def _make_q4op(node, consts, nt):
+    """Q4Gemm / Q4Conv / DynQ4Gemm on the int4 kernels (qgemm_u8s4, qconv2d_u8s4_nhwc)."""
+    a = node.attrs
+    packed = consts.get(node.inputs[1])
+    if packed is None:
+        return None
+    if node.op == "DynQ4Gemm":
+        bias = consts.get(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] else None
+        if len(node.inputs) > 2 and node.inputs[2] and bias is None:
+            return None
+        n = ref4.read_header(packed)["n"]
+        act = dict(activation=int(a.get("activation", 0)), alpha=float(a.get("alpha", 0.0)),
+                   beta=float(a.get("beta", 0.0)))
+
+        def dynq4gemm(inputs, _a, _n):
+            x = inputs[0]
+            if x.dtype != np.float32:
+                return None
+            s_x = ref.dynamic_scale(x)
+            xq = _k.quantize_u8(np.ascontiguousarray(x), s_x, ref.DYNAMIC_ZP, False, nt)
+            y = _k.qgemm_u8s4(xq.reshape(-1, x.shape[-1]), packed, np.full(n, s_x, np.float32),
+                              bias=bias, out_dtype=np.float32, num_threads=nt, **act)
+            return [y.reshape(x.shape[:-1] + (n,))]
+        return dynq4gemm
+    scale = consts.get(node.inputs[2])
+    if scale is None:
+        return None
+    ep = _epilogue(a)
+    if node.op == "Q4Gemm":
+        def q4gemm(inputs, _a, _n):
+            x = inputs[0]
+            if x.dtype != np.uint8:
+                return None
+            y = _k.qgemm_u8s4(np.ascontiguousarray(x).reshape(-1, x.shape[-1]), packed, scale, **ep,
+                              num_threads=nt)
+            return [y.reshape(x.shape[:-1] + (y.shape[-1],))]
+        return q4gemm
+    geo = dict(strides=tuple(a.get("strides", (1, 1))), pads=tuple(a.get("pads", (0, 0, 0, 0))),
+               dilations=tuple(a.get("dilations", (1, 1))))
+    to_nchw = a.get("out_layout") == "nchw"
+
+    def q4conv(inputs, _a, _n):
+        x = inputs[0]
+        if x.dtype != np.uint8 or x.ndim != 4:
+            return None
+        y = _k.qconv2d_u8s4_nhwc(np.ascontiguousarray(x), packed, scale, **geo, **ep, num_threads=nt)
+        return [np.ascontiguousarray(y.transpose(0, 3, 1, 2)) if to_nchw else y]
+    return q4conv
 
 
 def _make_stream_op(op, a, nt):
