@@ -8,10 +8,13 @@
  * vpdpbusd pair, with no sign fix-up, and 16 q * x still sums exactly in int32. Per block the
  * tile's int32 sums (16 d) go to float, times 0.0625 (exact), times the block's scales, into
  * float accumulators: 8 int + 8 float zmm for 4 rows, plus the step, its two operands and the
- * row broadcast -- no spills, and 8 vpdpbusd per 64-byte load and 3 unpack ops. One row (batch-1
- * dense layers, the memory-bound case int4 is for) runs two chains over alternate steps and
- * prefetches its weight stream: a panel's blocks are contiguous and panels follow each other, so
- * a thread's weights are one sequential stream of 0.5625 bytes per weight (block 64). No K
+ * row broadcast -- no spills, and 8 vpdpbusd per 64-byte load and 3 unpack ops (4 rows run at
+ * about one vpdpbusd per cycle). One row (batch-1 dense layers, the memory-bound case int4 is for)
+ * runs four chains over consecutive steps; its weights are one sequential stream of 0.5625 bytes
+ * per weight (block 64: a panel's blocks are contiguous and panels follow each other), which the
+ * hardware prefetcher keeps up with (software prefetch measured slower here, as it did not for
+ * the int8 kernel's twice longer stream), and the loop runs at about the rate L2 delivers it.
+ * Each step is loaded once into a register (gcc would fold the load into both unpack ops). No K
  * blocking: a panel (<= 74 KiB at K = 4096) stays in L2 while the row tiles walk over it. Column
  * edges: masked epilogue loads and stores (the packing zero-fills nibbles and scales past n).
  */
@@ -21,9 +24,6 @@
 
 #define QI_MR 4
 #define QI_FOR_ROWS(X) X(0) X(1) X(2) X(3)
-#ifndef QI_Q4_PF_DIST
-#define QI_Q4_PF_DIST 2048 /* bytes of weights fetched ahead in the one-row loop */
-#endif
 
 /* per panel: what the epilogue needs, loaded once for every row tile */
 typedef struct qi_q4panel {
@@ -50,6 +50,7 @@ QI_INLINE void qi_q4e_store(__m512 acc, __m512 off, __m512 sc, __m512 bias, int 
 
 /* the two int8 operands (16 q) of a step: channels 0-15 and 16-31 */
 #define QI_Q4_UNPACK(v, w0, w1)                                                 \
+  __asm__("" : "+v"(v)); /* one load of the step: gcc would fold it into both ops */ \
   const __m512i w0 = _mm512_and_si512(_mm512_slli_epi16(v, 4), hi_mask);        \
   const __m512i w1 = _mm512_and_si512(v, hi_mask)
 
@@ -70,23 +71,32 @@ QI_INLINE void qi_q4tile(const int mr, size_t k, size_t block, size_t nblk, cons
     QI_FOR_ROWS(QI_DECL)
 #undef QI_DECL
     size_t t = 0;
-    if (mr == 1) { /* two chains over alternate steps: 4 vpdpbusd in flight */
+    if (mr == 1) { /* four chains over consecutive steps: 8 vpdpbusd in flight */
       __m512i e0 = _mm512_setzero_si512(), e1 = _mm512_setzero_si512();
-      for (; t + 2 <= steps; t += 2) {
-        _mm_prefetch((const char *)bp + 64 * t + QI_Q4_PF_DIST, _MM_HINT_T0);
-        _mm_prefetch((const char *)bp + 64 * t + QI_Q4_PF_DIST + 64, _MM_HINT_T0);
-        const __m512i va = _mm512_loadu_si512(bp + 64 * t), vb = _mm512_loadu_si512(bp + 64 * t + 64);
+      __m512i g0 = _mm512_setzero_si512(), g1 = _mm512_setzero_si512();
+      __m512i h0 = _mm512_setzero_si512(), h1 = _mm512_setzero_si512();
+      for (; t + 4 <= steps; t += 4) {
+        const uint8_t *sp = bp + 64 * t;
+        __m512i va = _mm512_loadu_si512(sp), vb = _mm512_loadu_si512(sp + 64);
+        __m512i vc = _mm512_loadu_si512(sp + 128), vd = _mm512_loadu_si512(sp + 192);
         QI_Q4_UNPACK(va, wa0, wa1);
         QI_Q4_UNPACK(vb, wb0, wb1);
-        const __m512i xa = _mm512_set1_epi32(qi_q_load_i32(ap + 4 * t));
-        const __m512i xb = _mm512_set1_epi32(qi_q_load_i32(ap + 4 * t + 4));
+        QI_Q4_UNPACK(vc, wc0, wc1);
+        QI_Q4_UNPACK(vd, wd0, wd1);
+        const uint8_t *xp = ap + 4 * t;
+        const __m512i xa = _mm512_set1_epi32(qi_q_load_i32(xp)), xb = _mm512_set1_epi32(qi_q_load_i32(xp + 4));
+        const __m512i xc = _mm512_set1_epi32(qi_q_load_i32(xp + 8)), xd = _mm512_set1_epi32(qi_q_load_i32(xp + 12));
         c00 = _mm512_dpbusd_epi32(c00, xa, wa0);
         c01 = _mm512_dpbusd_epi32(c01, xa, wa1);
         e0 = _mm512_dpbusd_epi32(e0, xb, wb0);
         e1 = _mm512_dpbusd_epi32(e1, xb, wb1);
+        g0 = _mm512_dpbusd_epi32(g0, xc, wc0);
+        g1 = _mm512_dpbusd_epi32(g1, xc, wc1);
+        h0 = _mm512_dpbusd_epi32(h0, xd, wd0);
+        h1 = _mm512_dpbusd_epi32(h1, xd, wd1);
       }
-      c00 = _mm512_add_epi32(c00, e0);
-      c01 = _mm512_add_epi32(c01, e1);
+      c00 = _mm512_add_epi32(_mm512_add_epi32(c00, e0), _mm512_add_epi32(g0, h0));
+      c01 = _mm512_add_epi32(_mm512_add_epi32(c01, e1), _mm512_add_epi32(g1, h1));
     }
 #define QI_DOT(r, LOADA)                                          \
   if (mr > r) {                                                   \
@@ -97,12 +107,12 @@ QI_INLINE void qi_q4tile(const int mr, size_t k, size_t block, size_t nblk, cons
 #define QI_DOT_FULL(r) QI_DOT(r, qi_q_load_i32(ap + r * lda + 4 * t))
 #define QI_DOT_TAIL(r) QI_DOT(r, qi_q_load_tail(ap + r * lda + 4 * t, tail))
     for (; t < steps; t++) {
-      const __m512i vs = _mm512_loadu_si512(bp + 64 * t);
+      __m512i vs = _mm512_loadu_si512(bp + 64 * t);
       QI_Q4_UNPACK(vs, w0, w1);
       QI_FOR_ROWS(QI_DOT_FULL)
     }
     if (tail) {
-      const __m512i vs = _mm512_loadu_si512(bp + 64 * t);
+      __m512i vs = _mm512_loadu_si512(bp + 64 * t);
       QI_Q4_UNPACK(vs, w0, w1);
       QI_FOR_ROWS(QI_DOT_TAIL)
       t++;
