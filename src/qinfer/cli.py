@@ -133,6 +133,11 @@ def cmd_evaluate(args):
     _evaluate_from_args(args)
 
 
+def cmd_batch(args):
+    from .integrations.batch import run_from_args as _batch_from_args
+    _batch_from_args(args)
+
+
 def build_parser():
     p = argparse.ArgumentParser(prog="qinfer", description="Small, fast CPU inference for ONNX models.")
     p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
@@ -187,6 +192,12 @@ def build_parser():
                                         "top-1 agreement, cosine, SQNR, accuracy/precision/recall/F1")
     _evaluate_arguments(c)
     c.set_defaults(fn=cmd_evaluate)
+
+    from .integrations.batch import add_arguments as _batch_arguments
+    c = sub.add_parser("batch", help="run a model over a directory of .npz/.npy/.parquet samples, one .npz "
+                                     "of outputs per input file, on local threads or a Ray cluster")
+    _batch_arguments(c)
+    c.set_defaults(fn=cmd_batch)
     return p
 
 
