@@ -4,6 +4,7 @@ depthwise Conv) and numpy float32 matmul, at 1 and 2 threads, in one run.
 
     python bench/bench_ukernels.py            # everything (~2-3 minutes)
     python bench/bench_ukernels.py --quick    # fewer shapes, shorter timings (~30 s)
+    python bench/bench_ukernels.py --skip gemm,mobilenet,resnet   # the int4 rows only (~15 s)
 
 Peak: a register-only loop of 24 independent zmm vpdpbusd (qinfer._ext._kernels.qint8_vnni_peak,
 kernels/avx512vnni/gemm-qu8_qc8w-avx512vnni.c), timed on one thread: 1 GOP = 1e9 int8 ops, a
@@ -25,6 +26,7 @@ import time
 import numpy as np
 
 from qinfer._ext import _kernels as K
+from qinfer.reference import int4 as Q4
 from qinfer.reference import quantized as Q
 from qinfer.runtime import cpu
 
@@ -41,6 +43,9 @@ except ImportError:  # pragma: no cover
 GEMM_M = (1, 16, 196, 3136)
 GEMM_KN = (64, 256, 1024, 4096)
 THREADS = (1, 2)
+#: batch-1 dense layers for the int4 rows: (K, N) of a 4096 x 4096 layer and the digits MLP's
+INT4_KN = ((4096, 4096), (784, 1024), (1024, 1024), (1024, 10))
+INT4_BLOCK = 64
 
 
 def timeit(f, min_time=0.2, batches=5):
@@ -105,6 +110,16 @@ def ort_qlinearmatmul(w, zp_x, threads):
                           ["y"])], "qlmm",
         [helper.make_tensor_value_info("a", TensorProto.UINT8, ["M", Kd])],
         [helper.make_tensor_value_info("y", TensorProto.UINT8, ["M", N])], inits)
+    return _session(g, threads)
+
+
+def ort_matmul_f32(w, threads):
+    Kd, N = w.shape
+    g = helper.make_graph(
+        [helper.make_node("MatMul", ["a", "w"], ["y"])], "mm",
+        [helper.make_tensor_value_info("a", TensorProto.FLOAT, ["M", Kd])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["M", N])],
+        [numpy_helper.from_array(w, "w")])
     return _session(g, threads)
 
 
@@ -217,6 +232,38 @@ def bench_gemm(peak, rng, args):
     return rows
 
 
+def bench_int4(rng, args):
+    """Batch-1 dense layers, 1 thread: qinfer int4 (block 64) vs qinfer int8 vs onnxruntime fp32
+    MatMul; both qinfer kernels with uint8 output and a ReLU (as between the MLP's layers)."""
+    print(f"\n== int4 GEMM, batch 1, 1 thread (u8 x s4, block {INT4_BLOCK} -> u8, ReLU) vs int8 "
+          "and onnxruntime fp32 MatMul; microseconds per call")
+    print(f"{'M':>3} {'K':>5} {'N':>5} | {'int4':>8} {'int8':>8} {'ort f32':>8} | {'int8/int4':>9} "
+          f"{'ort/int4':>8}")
+    mt = 0.15 if args.quick else 0.4
+    rows = []
+    for Kd, N in INT4_KN:
+        a = rng.integers(0, 256, (1, Kd), dtype=np.uint8)
+        w8 = rng.integers(-127, 128, (Kd, N)).astype(np.int8)
+        p8 = Q.pack_gemm_qc8w(w8, rng.integers(-100, 100, N).astype(np.int32), 128)
+        q4 = rng.integers(-8, 8, (Kd, N)).astype(np.int8)
+        s4 = (rng.uniform(0.5, 1.5, (N, Q4.nblocks(Kd, INT4_BLOCK))) * 1e-2).astype(np.float32)
+        p4 = Q4.pack_gemm_qb4w(q4, s4, INT4_BLOCK, rng.normal(0, 10, N), 128)
+        scale = np.full(N, 1e-4, np.float32)
+        out = np.empty((1, N), np.uint8)
+        t_ort = float("nan")
+        if ort is not None:  # first, and its session (spinning pool) gone before qinfer runs
+            sess = ort_matmul_f32(rng.standard_normal((Kd, N)).astype(np.float32), 1)
+            feed = {"a": rng.standard_normal((1, Kd)).astype(np.float32)}
+            t_ort = timeit(lambda: sess.run(None, feed), mt)
+            del sess
+        t8 = timeit(lambda: K.qgemm_u8s8(a, p8, scale, out=out, activation=1, num_threads=1), mt)
+        t4 = timeit(lambda: K.qgemm_u8s4(a, p4, scale, out=out, activation=1, num_threads=1), mt)
+        rows.append(dict(K=Kd, N=N, t4=t4, t8=t8, t_ort=t_ort))
+        print(f"{1:>3} {Kd:>5} {N:>5} | {t4 * 1e6:8.1f} {t8 * 1e6:8.1f} {t_ort * 1e6:8.1f} | "
+              f"{t8 / t4:8.2f}x {t_ort / t4:7.2f}x", flush=True)
+    return rows
+
+
 def bench_resnet(peak, rng, args):
     print("\n== ResNet-18 conv layers (NHWC u8, ReLU, batch 1) through qconv2d_u8s8_nhwc")
     print(f"{'layer':<22} {'HxW':>7} {'Cin':>4} {'Cout':>4} {'k/s':>4} | "
@@ -311,7 +358,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer shapes, shorter timings")
     ap.add_argument("--full", action="store_true", help="GEMM over every K x N pair, not K = N")
-    ap.add_argument("--skip", default="", help="comma list of sections to skip: gemm,resnet,mobilenet")
+    ap.add_argument("--skip", default="", help="comma list of sections to skip: gemm,resnet,mobilenet,int4")
     args = ap.parse_args(argv)
     skip = set(filter(None, args.skip.split(",")))
     if "avx512vnni" not in cpu.supported_isas():
@@ -354,6 +401,15 @@ def main(argv=None):
                              f"3b qinfer >= 2x onnxruntime at M=1: worst "
                              f"{worst['t_ort'] / worst['tq']:.2f}x at K={worst['K']} N={worst['N']} "
                              f"{worst['nt']}thr"))
+    if "int4" not in skip:
+        big = bench_int4(rng, args)[0]
+        verdicts.append((big["t8"] / big["t4"] >= 1.6, f"int4 4096x4096 batch 1, 1 thread >= 1.6x "
+                         f"qinfer int8: {big['t4'] * 1e6:.1f} vs {big['t8'] * 1e6:.1f} us "
+                         f"({big['t8'] / big['t4']:.2f}x)"))
+        if ort is not None:
+            verdicts.append((big["t_ort"] / big["t4"] >= 5.0, f"int4 4096x4096 batch 1, 1 thread >= 5x "
+                             f"onnxruntime fp32 MatMul: {big['t_ort'] * 1e6:.1f} us "
+                             f"({big['t_ort'] / big['t4']:.2f}x)"))
     if "mobilenet" not in skip:
         dw, tot = bench_mobilenet(peak, rng, args)
         if ort is not None and dw[1]:
