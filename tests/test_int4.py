@@ -204,3 +204,25 @@ def test_errors(digits_cnn):
         qinfer.quantize(m, _calib(4), weights="int4", rounding="awq", progress=False)
     with pytest.raises(qinfer.CalibrationError, match="needs calibration data"):
         qinfer.quantize(m, weights="int4", activations="dynamic", rounding="gptq", progress=False)
+
+
+def test_damaged_int4_weights_in_a_graph_raise_qinfer_errors(digits_cnn):
+    """A graph whose packed int4 weights are cut, mislabelled or missing: a QinferError naming the
+    node, from the kernels' checks or the reference op, never a crash."""
+    q = qinfer.quantize(qinfer.convert(digits_cnn.path), _calib(16), weights="int4", progress=False)
+    i = next(k for k, n in enumerate(q.graph.nodes) if n.op == "Q4Conv")
+    node = q.graph.nodes[i]
+    packed = q.graph.initializers[node.inputs[1]]
+    for damage in ("cut", "magic", "block", "no inputs"):
+        g = q.graph.copy()
+        if damage == "no inputs":
+            g.nodes[i] = node.replace(inputs=node.inputs[:1])
+        else:
+            bad = np.array(packed[:-64] if damage == "cut" else packed)
+            if damage == "magic":
+                bad[0] ^= 0xFF
+            elif damage == "block":
+                bad[24] = 6
+            g.initializers[node.inputs[1]] = bad
+        with pytest.raises(qinfer.QinferError, match=node.name):
+            qinfer.InferenceSession(qinfer.Model(g)).run(None, {"input": digits_cnn.x_test[:2]})

@@ -252,3 +252,33 @@ def test_validation_errors(rng):
         R.pack_gemm_qb4w(np.zeros((4, 2), np.int8), np.ones((2, 1), np.float32), 6)
     with pytest.raises(ValueError, match="scales must be"):
         R.pack_gemm_qb4w(np.zeros((8, 2), np.int8), np.ones((2, 1), np.float32), 4)
+
+
+@pytest.mark.parametrize("kind", ["gemm", "conv"])
+def test_oversubscribed_threads_are_stable(kind, rng):
+    """More threads than cores, so threads get preempted mid-region: every one of many calls gives
+    the reference's bits (a per-thread rectangle shared between threads would show up here)."""
+    prev = K.qint8_set_min_work(1)
+    try:
+        if kind == "gemm":
+            q, s, zp, bias = _layer(rng, 70, 65, 32)
+            x = rng.integers(0, 256, (37, 70)).astype(np.uint8)
+            packed = R.pack_gemm_qb4w(q, s, 32, bias, zp)
+            off = R.unpack_qb4w(packed)["offset"]
+            scale = np.full(65, 0.02, np.float32)
+            ref = R.qgemm(x, q, s, 32, off, scale, out_u8=False)
+            run = lambda n: K.qgemm_u8s4(x, packed, scale, out_dtype=np.float32, num_threads=n)  # noqa: E731
+        else:
+            q, s, zp, bias = _layer(rng, 72, 33, 32, conv=(33, 8, 3, 3))
+            x = rng.integers(0, 256, (1, 9, 11, 8)).astype(np.uint8)
+            packed = R.pack_conv_qb4w(q, s, 32, bias, zp)
+            off = R.unpack_qb4w(packed)["offset"]
+            scale = np.full(33, 0.02, np.float32)
+            geo = ((1, 1), (1, 1, 1, 1), (1, 1))
+            ref = R.qconv2d_nhwc(x, q, s, 32, off, scale, zp, *geo, out_u8=False)
+            run = lambda n: K.qconv2d_u8s4_nhwc(x, packed, scale, *geo, out_dtype=np.float32,  # noqa: E731
+                                                num_threads=n)
+        for i in range(400):
+            np.testing.assert_array_equal(run(2 + i % 5), ref)
+    finally:
+        K.qint8_set_min_work(prev)

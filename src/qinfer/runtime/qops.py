@@ -97,6 +97,8 @@ def make_qop(node, consts, nt):
 def _make_q4op(node, consts, nt):
     """Q4Gemm / Q4Conv / DynQ4Gemm on the int4 kernels (qgemm_u8s4, qconv2d_u8s4_nhwc)."""
     a = node.attrs
+    if len(node.inputs) < (2 if node.op == "DynQ4Gemm" else 3):
+        return None   # (a malformed node: the reference op says what is missing)
     packed = consts.get(node.inputs[1])
     if packed is None:
         return None
