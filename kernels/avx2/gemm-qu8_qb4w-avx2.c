@@ -36,8 +36,8 @@ QI_INLINE void qi_q4e8_store(__m256 acc, __m256 off, __m256 sc, __m256 bias, int
   for (size_t i = 0; i < n; i++) ((uint8_t *)out)[i] = (uint8_t)q[i];
 }
 
-QI_INLINE void qi_q4tile8(const int mr, size_t k, size_t block, size_t nblk, const uint8_t *a,
-                          size_t lda, const uint8_t *slice, int high, const float *bscale,
+QI_INLINE void qi_q4tile8(const int mr, const int high, size_t k, size_t block, size_t nblk,
+                          const uint8_t *a, size_t lda, const uint8_t *slice, const float *bscale,
                           __m256 off, __m256 sc, __m256 bias, int has_bias, const qi_qe8 *e,
                           char *o, size_t ldo, size_t nvalid) {
   const __m256i spread = _mm256_setr_epi8(0, -1, 1, -1, 2, -1, 3, -1, 0, -1, 1, -1, 2, -1, 3, -1,
@@ -50,29 +50,39 @@ QI_INLINE void qi_q4tile8(const int mr, size_t k, size_t block, size_t nblk, con
 #undef QI_DECL
   for (size_t b = 0; b < nblk; b++) {
     const size_t k0 = b * block, len = k - k0 < block ? k - k0 : block;
-    const size_t steps = (len + 3) / 4, tail = len % 4;
+    const size_t steps = len / 4, tail = len % 4;
     const uint8_t *bp = slice + b * bstride, *ap = a + k0;
 #define QI_DECL(r) __m256i c##r##l = _mm256_setzero_si256(), c##r##h = _mm256_setzero_si256();
     QI_FOR_ROWS(QI_DECL)
 #undef QI_DECL
-    for (size_t t = 0; t < steps; t++) {
-      const __m256i raw = _mm256_loadu_si256((const __m256i *)(bp + 64 * t));
-      const __m256i q16 = _mm256_and_si256(high ? raw : _mm256_slli_epi16(raw, 4), hi_mask);
-      const __m256i w0 = _mm256_cvtepi8_epi16(_mm256_castsi256_si128(q16));
-      const __m256i w1 = _mm256_cvtepi8_epi16(_mm256_extracti128_si256(q16, 1));
-      const int last_partial = tail && t + 1 == steps;
-#define QI_DOT(r)                                                                                 \
+    /* one step: the slice's 16 q as int16 (channels c..c+3, c+4..c+7), times each row's 4 bytes */
+#define QI_STEP(LOADA)                                                                            \
+  {                                                                                               \
+    const __m256i raw = _mm256_loadu_si256((const __m256i *)(bp + 64 * t));                       \
+    const __m256i q16 = _mm256_and_si256(high ? raw : _mm256_slli_epi16(raw, 4), hi_mask);       \
+    const __m256i w0 = _mm256_cvtepi8_epi16(_mm256_castsi256_si128(q16));                        \
+    const __m256i w1 = _mm256_cvtepi8_epi16(_mm256_extracti128_si256(q16, 1));                    \
+    QI_FOR_ROWS(LOADA)                                                                            \
+  }
+#define QI_DOT(r, X4)                                                                             \
   if (mr > r) {                                                                                   \
-    const uint8_t *ar = ap + r * lda + 4 * t;                                                     \
-    const int32_t x4 = last_partial ? qi_q_load_tail(ar, tail) : qi_q_load_i32(ar);               \
-    const __m256i av = _mm256_shuffle_epi8(_mm256_set1_epi32(x4), spread);                        \
+    const __m256i av = _mm256_shuffle_epi8(_mm256_set1_epi32(X4), spread);                        \
     c##r##l = _mm256_add_epi32(c##r##l, _mm256_madd_epi16(av, w0));                               \
     c##r##h = _mm256_add_epi32(c##r##h, _mm256_madd_epi16(av, w1));                               \
   }
-      QI_FOR_ROWS(QI_DOT)
-#undef QI_DOT
+#define QI_DOT_FULL(r) QI_DOT(r, qi_q_load_i32(ap + r * lda + 4 * t))
+#define QI_DOT_TAIL(r) QI_DOT(r, qi_q_load_tail(ap + r * lda + 4 * t, tail))
+    size_t t = 0;
+    for (; t < steps; t++) QI_STEP(QI_DOT_FULL)
+    if (tail) {
+      QI_STEP(QI_DOT_TAIL)
+      t++;
     }
-    const __m256 s = _mm256_loadu_ps(bscale + b * bstride / sizeof(float) + 16 * steps);
+#undef QI_DOT_FULL
+#undef QI_DOT_TAIL
+#undef QI_DOT
+#undef QI_STEP
+    const __m256 s = _mm256_loadu_ps(bscale + b * bstride / sizeof(float) + 16 * t);
 #define QI_ACC(r)                                                                                  \
   if (mr > r) {                                                                                    \
     const __m256i d16 = _mm256_permute4x64_epi64(_mm256_hadd_epi32(c##r##l, c##r##h), 0xD8);       \
@@ -112,12 +122,17 @@ void qi_gemm_qu8_qb4w__avx2(size_t m, size_t n_begin, size_t n_end, size_t k, co
       char *o = (char *)ep->out + (i * ep->ldo + j) * es;
       const uint8_t *ai = a + i * lda;
       const size_t ldo = ep->ldo * es;
-      switch (m - i < QI_MR ? m - i : QI_MR) {
-        case 4: qi_q4tile8(4, k, block, nblk, ai, lda, slice, c >= 16, bscale, off, sc, bv, bias != NULL, &E, o, ldo, nvalid); break;
-        case 3: qi_q4tile8(3, k, block, nblk, ai, lda, slice, c >= 16, bscale, off, sc, bv, bias != NULL, &E, o, ldo, nvalid); break;
-        case 2: qi_q4tile8(2, k, block, nblk, ai, lda, slice, c >= 16, bscale, off, sc, bv, bias != NULL, &E, o, ldo, nvalid); break;
-        default: qi_q4tile8(1, k, block, nblk, ai, lda, slice, c >= 16, bscale, off, sc, bv, bias != NULL, &E, o, ldo, nvalid); break;
+      const int rows = (int)(m - i < QI_MR ? m - i : QI_MR);
+#define QI_CASE(R, H)                                                                              \
+  case R * 2 + H:                                                                                 \
+    qi_q4tile8(R, H, k, block, nblk, ai, lda, slice, bscale, off, sc, bv, bias != NULL, &E, o,    \
+               ldo, nvalid);                                                                      \
+    break;
+      switch (rows * 2 + (c >= 16)) {
+        QI_CASE(4, 0) QI_CASE(4, 1) QI_CASE(3, 0) QI_CASE(3, 1)
+        QI_CASE(2, 0) QI_CASE(2, 1) QI_CASE(1, 0) default: QI_CASE(1, 1)
       }
+#undef QI_CASE
     }
   }
 }
