@@ -16,7 +16,7 @@ import numpy as np
 
 from .. import reference
 from ..errors import ModelFormatError, UnsupportedOperatorError
-from ..ir import dtypes
+from ..ir import dtypes, verify
 from ..ir.graph import Graph, Node, Value
 from ..ir.passes import fold, fuse
 
@@ -103,7 +103,16 @@ def _tensor_to_array(t):
         raise UnsupportedOperatorError(
             f"tensor {t.name!r} has element type {dtypes.onnx_type_name(t.data_type)}, which qinfer does "
             "not support (float8, bfloat16, 4-bit and string tensors are out of scope)")
-    a = onnx.numpy_helper.to_array(t)
+    if t.data_location == onnx.TensorProto.EXTERNAL:
+        # onnx.load(path) reads external data next to the model; anything left names a file
+        raise ModelFormatError(f"tensor {t.name!r} keeps its data in an external file "
+                               f"({[(e.key, e.value) for e in t.external_data][:2]}): load the "
+                               "model from its path, next to its data files")
+    try:
+        a = onnx.numpy_helper.to_array(t)
+    except (ValueError, TypeError) as e:     # dims that do not match the data
+        raise ModelFormatError(f"tensor {t.name!r}: unreadable (dims {list(t.dims)}, "
+                               f"{onnx.helper.tensor_dtype_to_string(t.data_type)}): {e}") from None
     return np.asarray(a, order="C")   # (ascontiguousarray would turn 0-d into 1-d)
 
 
@@ -288,6 +297,7 @@ def convert(src, fold_constants=True):
     known = reference.supported_ops() | set(BUILDERS)
     ctx = _Ctx(opset)
     nodes = []
+    broken = []             # nodes that break their op's contract (ModelFormatError)
     used_names = set()
     for i, p in enumerate(g.node):
         name = p.name or f"{p.op_type}_{i}"
@@ -306,6 +316,10 @@ def convert(src, fold_constants=True):
             problems.append((name, p.op_type, opset, str(e)))
             continue
         node = Node(p.op_type, tuple(p.input), tuple(p.output), attrs, name)
+        wrong = verify.node_problems(node, f"node {name!r} ({p.op_type})")
+        if wrong:
+            broken.extend(wrong)
+            continue
         if p.op_type == "Cast" or p.op_type == "CastLike":
             to = attrs.get("to")
             if to is not None and to not in dtypes.ONNX_TO_NAME:
@@ -317,6 +331,8 @@ def convert(src, fold_constants=True):
         except (_Unsupported, KeyError) as e:
             problems.append((name, p.op_type, opset, str(e)))
 
+    if broken:
+        raise ModelFormatError(f"the model has {len(broken)} malformed node(s): " + "; ".join(broken))
     if problems:
         lines = [f"  node {n!r}: {op} (opset {ops}): {why}" for n, op, ops, why in problems]
         raise UnsupportedOperatorError(
@@ -330,6 +346,7 @@ def convert(src, fold_constants=True):
         "custom_metadata_map": {p.key: p.value for p in m.metadata_props},
     }
     graph = Graph(g.name or "graph", nodes, inputs, outputs, initializers, value_info, meta)
+    verify.verify(graph)     # dangling names, cycles, duplicate outputs: before anything runs a node
     graph = fold.constants_to_initializers(graph)
     if fold_constants:
         graph = fold.fold_constants(graph)

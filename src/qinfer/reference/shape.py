@@ -260,10 +260,15 @@ def nonzero(inputs, attrs, num_outputs):
 
 
 # ----------------------------------------------------------------------------- broadcast, tile, pad
+_MAX_BROADCAST_RANK = 32
 @register("Expand")
 def expand(inputs, attrs, num_outputs):
     x = np.asarray(inputs[0])
-    target = np.broadcast_shapes(x.shape, tuple(_ints(inputs[1])))
+    shape = tuple(_ints(inputs[1]))
+    if len(shape) > _MAX_BROADCAST_RANK:   # numpy's broadcasting raises RuntimeError beyond it
+        raise ValueError(f"Expand: target shape of rank {len(shape)}, more than "
+                         f"{_MAX_BROADCAST_RANK}")
+    target = np.broadcast_shapes(x.shape, shape)
     return [np.array(np.broadcast_to(x, target))]
 
 

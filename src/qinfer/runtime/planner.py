@@ -12,6 +12,7 @@ Design:
   ``Concat`` -> ``Reshape`` chains); the plan keeps them as constants and drops their steps, so a
   shape-computing subgraph costs nothing after the first call.
 """
+import os
 import threading
 
 import numpy as np
@@ -20,20 +21,37 @@ from .. import reference
 from ..errors import InvalidInputError, QinferError, UnsupportedOperatorError
 from ..ir.ops import SHAPE_ONLY
 from ..ir.passes.fuse import epilogue_chain
+from ..ir.verify import SIZED_OPS, output_bytes
 from . import float_ops, qops
 
+#: the domains of the ops qinfer runs: ONNX's and its own quantized ops
+RUNNABLE_DOMAINS = ("", "ai.onnx", "qinfer")
 #: ops with fast float32 kernels (constant weights)
 FAST_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 
+def _memory_bytes():
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):   # pragma: no cover - not POSIX
+        return 1 << 34
+
+
+#: the most bytes one value may take: half of this machine's memory. Ops whose output size comes
+#: from attributes or input values (pads, repeats, a shape, scales) are checked before they run,
+#: so a hostile model or feed gets an error instead of the memory.
+MAX_TENSOR_BYTES = _memory_bytes() // 2
+
+
 class Step:
-    __slots__ = ("node", "fn", "ref", "ins", "outs", "free", "static", "post")
+    __slots__ = ("node", "fn", "ref", "ins", "outs", "free", "static", "post", "sized")
 
     def __init__(self, node, fn, ref, ins, outs, post=None):
         self.node, self.fn, self.ref, self.ins, self.outs = node, fn, ref, ins, outs
         self.post = post      # [(ref fn, node, input slots)] of the absorbed nodes, replayed if fn declines
         self.free = ()
         self.static = False
+        self.sized = node.op in SIZED_OPS   # output_bytes checks it before it runs
 
 
 class Program:
@@ -57,12 +75,12 @@ class Program:
         skip = set()
         steps = []
         for n in graph.nodes:
-            if n.name in skip:
+            if id(n) in skip:     # absorbed into a fused step (by identity: names may repeat)
                 continue
-            ref = reference.get(n.op)
+            ref = reference.get(n.op) if n.domain in RUNNABLE_DOMAINS else None
             if ref is None:
-                raise UnsupportedOperatorError(f"node {n.name!r}: op {n.op!r} cannot run",
-                                               [(n.name, n.op, None, "no implementation")])
+                raise UnsupportedOperatorError(f"node {n.name!r}: op {n.op!r} (domain {n.domain!r}) "
+                                               "cannot run", [(n.name, n.op, None, "no implementation")])
             fn, post, out_names = None, None, n.outputs
             if n.op in qops.QOPS:
                 fn = qops.make_qop(n, consts, num_threads)
@@ -73,7 +91,7 @@ class Program:
             if n.op in FAST_OPS and float_ops.is_float32(graph, n):
                 fn, absorbed, post = self._fast(n, consts, consumers, outputs, num_threads, slot)
                 if absorbed:
-                    skip.update(a.name for a in absorbed)
+                    skip.update(id(a) for a in absorbed)
                     out_names = absorbed[-1].outputs
             ins = tuple(slot(i) if i else -1 for i in n.inputs)
             outs = tuple(slot(o) if o else -1 for o in out_names)
@@ -147,6 +165,13 @@ class Program:
 
 def _execute(step, env):
     args = [env[i] if i >= 0 else None for i in step.ins]
+    if step.sized:
+        size = output_bytes(step.node, args)
+        if size is not None and size > MAX_TENSOR_BYTES:
+            raise InvalidInputError(
+                f"node {step.node.name!r} ({step.node.op}) would make an output of up to {size:.4g} "
+                f"bytes from input shapes {[None if a is None else np.shape(a) for a in args]}: more "
+                f"than one value may take ({MAX_TENSOR_BYTES:.4g} bytes, half of this machine's memory)")
     outs = step.fn(args, step.node.attrs, len(step.outs)) if step.fn is not None else None
     if outs is None:
         outs = step.ref(args, step.node.attrs, len(step.node.outputs))

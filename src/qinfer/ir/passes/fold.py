@@ -8,11 +8,23 @@ folded later, per input-shape signature, by the runtime planner.
 """
 import numpy as np
 
+from ...errors import ModelFormatError
 from ...reference import executor
 from ..ops import NONDETERMINISTIC, SHAPE_ONLY
+from ..verify import output_bytes
 
 #: outputs above this size are folded only if they are not larger than the node's inputs
 FOLD_MAX_BYTES = 1 << 20
+
+
+def _run(n, inputs):
+    """``executor.run_node`` at import: a node that fails on its constant inputs makes the model
+    unreadable (the planner's rule at run time, where the same failures are bad feeds)."""
+    try:
+        return executor.run_node(n, inputs)
+    except (ValueError, IndexError, ZeroDivisionError, OverflowError, MemoryError) as e:
+        raise ModelFormatError(f"node {n.name!r} ({n.op}) fails on its constant inputs "
+                               f"{[None if x is None else np.shape(x) for x in inputs]}: {e}") from None
 
 
 def constants_to_initializers(graph):
@@ -21,7 +33,7 @@ def constants_to_initializers(graph):
     nodes = []
     for n in g.nodes:
         if n.op == "Constant" and n.outputs and n.outputs[0]:
-            (val,) = executor.run_node(n, [])
+            (val,) = _run(n, [])
             g.initializers[n.outputs[0]] = np.asarray(val, order="C")
         else:
             nodes.append(n)
@@ -48,10 +60,15 @@ def fold_constants(graph):
                 keep.append(n)
                 continue
             dummy = np.lib.stride_tricks.as_strided(np.zeros(1, np.float32), shape, [0] * len(shape))
-            outs = executor.run_node(n, [dummy])
+            outs = _run(n, [dummy])
         elif all((not i) or i in consts for i in n.inputs):
-            outs = executor.run_node(n, [consts[i] if i else None for i in n.inputs])
+            ins = [consts[i] if i else None for i in n.inputs]
             in_bytes = sum(consts[i].nbytes for i in n.inputs if i)
+            bound = output_bytes(n, ins)
+            if bound is not None and bound > FOLD_MAX_BYTES and bound > in_bytes:
+                keep.append(n)       # would not be kept: do not even make it (a hostile size)
+                continue
+            outs = _run(n, ins)
             out_bytes = sum(np.asarray(o).nbytes for o in outs)
             if out_bytes > FOLD_MAX_BYTES and out_bytes > in_bytes:
                 keep.append(n)
