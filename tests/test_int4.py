@@ -172,6 +172,19 @@ def test_layers_that_lose_too_much_keep_int8_and_say_why(digits_cnn):
         np.testing.assert_array_equal(qinfer.InferenceSession(q, num_threads=nt).run(None, {"input": x})[0], ref)
 
 
+def test_dynamic_mode_keeps_int8_where_int4_costs_the_budget(transformer_onnx):
+    m = qinfer.convert(transformer_onnx)
+    rng = np.random.default_rng(3)
+    q = qinfer.quantize(m, [models.transformer_input(rng, 1, 16) for _ in range(16)], weights="int4",
+                        activations="dynamic", max_error=2e-3, progress=False)
+    info = q.graph.metadata["quantization"]
+    rep = q.graph.metadata["precision_report"]
+    assert info["int4_layers"] >= 1 and info["int8_layers"] >= 1 and info["output_error"] <= 2e-3
+    assert all(r["reason"].startswith("kept int8") for r in rep if r["precision"] == "int8-dynamic")
+    ops = q.graph.op_counts()
+    assert (ops["DynQ4Gemm"], ops["DynQGemm"]) == (info["int4_layers"], info["int8_layers"])
+
+
 def test_cli_quantize_int4(digits_cnn, tmp_path):
     calib = tmp_path / "calib.npz"
     np.savez(calib, input=_calib(32))

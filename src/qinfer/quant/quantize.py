@@ -681,7 +681,7 @@ def quantize_dynamic(graph, exclude=(), candidates=None):
         nodes.append(Node("DynQGemm", tuple(ins), (c.y,),
                           {"activation": c.act[0], "alpha": c.act[1], "beta": c.act[2]}, c.name, "qinfer"))
         report.append({"layer": c.name, "op": n.op, "precision": "int8-dynamic",
-                       "reason": "int8 weights, activations quantized per call"})
+                       "reason": getattr(c, "note", None) or "int8 weights, activations quantized per call"})
     g.nodes = nodes
     g.metadata["precision_report"] = report
     g.metadata["quantization"] = {"weights": "int8", "activations": "dynamic"}
