@@ -103,6 +103,21 @@ def test_qgemm_u8s4_saturating(isa, nt, case, rng):
     np.testing.assert_array_equal(acc.astype(np.float64), ref)
 
 
+def test_extreme_block_scales(isa, nt, rng):
+    """Scales whose sixteenth is subnormal (or that are subnormal, zero, negative, huge): the
+    arithmetic defines t = float(16 d) * (s * 0.0625), so every tier still gives the same bits."""
+    M, Kd, N, block = 5, 200, 40, 32
+    x = rng.integers(0, 256, (M, Kd)).astype(np.uint8)
+    q = rng.integers(-8, 8, (Kd, N)).astype(np.int8)
+    pool = np.array([1e-39, 2.0 ** -124 * 3, 3e-36, 1e30, -2.5, 0.0, 1e-3], np.float32)
+    s = rng.choice(pool, (N, R.nblocks(Kd, block))).astype(np.float32)
+    packed = R.pack_gemm_qb4w(q, s, block, None, 7)
+    off = R.unpack_qb4w(packed)["offset"]
+    scale = np.full(N, 1e-3, np.float32)
+    got = K.qgemm_u8s4(x, packed, scale, out_dtype=np.float32, num_threads=nt)
+    np.testing.assert_array_equal(got, R.qgemm(x, q, s, block, off, scale, out_u8=False))
+
+
 def test_threads_bit_identical_on_a_batch_one_layer(isa, rng):
     """A 1 x 1024 x 1024 layer splits its panels between threads: same bits as 1 thread."""
     q, s, zp, bias = _layer(rng, 1024, 1024, 64)

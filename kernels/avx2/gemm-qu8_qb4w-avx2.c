@@ -7,8 +7,8 @@
  * bytes zero-extended to int16 and repeated (vpbroadcastd + vpshufb) in vpmaddwd, whose int32 pair
  * sums (|x0 16q0 + x1 16q1| <= 2 * 255 * 128) never saturate. Two accumulators per row hold the
  * (k0k1, k2k3) halves; at the end of a block one vphaddd + vpermq folds them into channel order,
- * and the float steps run as in the scalar kernel (16 d to float, times 0.0625 exactly, times the
- * scales, added). 8 int + 4 float accumulators, 2 weight registers, the activation and the
+ * and the float steps run as in the scalar kernel (16 d to float, times the block's scales / 16,
+ * added). 8 int + 4 float accumulators, 2 weight registers, the activation and the
  * shuffle pattern: 16 ymm. Every byte of a step is loaded twice (once per nibble half), from L1.
  */
 #include <immintrin.h>
@@ -82,11 +82,12 @@ QI_INLINE void qi_q4tile8(const int mr, const int high, size_t k, size_t block, 
 #undef QI_DOT_TAIL
 #undef QI_DOT
 #undef QI_STEP
-    const __m256 s = _mm256_loadu_ps(bscale + b * bstride / sizeof(float) + 16 * t);
+    const __m256 s16 = _mm256_mul_ps(_mm256_loadu_ps(bscale + b * bstride / sizeof(float) + 16 * t),
+                                     sixteenth);
 #define QI_ACC(r)                                                                                  \
   if (mr > r) {                                                                                    \
     const __m256i d16 = _mm256_permute4x64_epi64(_mm256_hadd_epi32(c##r##l, c##r##h), 0xD8);       \
-    f##r = _mm256_add_ps(f##r, _mm256_mul_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(d16), sixteenth), s)); \
+    f##r = _mm256_add_ps(f##r, _mm256_mul_ps(_mm256_cvtepi32_ps(d16), s16));                       \
   }
     QI_FOR_ROWS(QI_ACC)
 #undef QI_ACC

@@ -6,8 +6,8 @@
  * high nibble times 16 as a signed byte, `(v << 4) & 0xF0` the low one (the 16-bit shift moves
  * bits across bytes, the mask drops them): two ALU ops give the two int8 operands of the step's
  * vpdpbusd pair, with no sign fix-up, and 16 q * x still sums exactly in int32. Per block the
- * tile's int32 sums (16 d) go to float, times 0.0625 (exact), times the block's scales, into
- * float accumulators: 8 int + 8 float zmm for 4 rows, plus the step, its two operands and the
+ * tile's int32 sums (16 d) go to float and times the block's scales / 16 (scaled once per block,
+ * shared by the rows: the arithmetic's own definition of t), into float accumulators: 8 int + 8 float zmm for 4 rows, plus the step, its two operands and the
  * row broadcast -- no spills, and 8 vpdpbusd per 64-byte load and 3 unpack ops (4 rows run at
  * about one vpdpbusd per cycle). One row (batch-1 dense layers, the memory-bound case int4 is for)
  * runs four chains over consecutive steps; its weights are one sequential stream of 0.5625 bytes
@@ -120,12 +120,12 @@ QI_INLINE void qi_q4tile(const int mr, size_t k, size_t block, size_t nblk, cons
 #undef QI_DOT_FULL
 #undef QI_DOT_TAIL
 #undef QI_DOT
-    /* the block's scales follow its steps; t = (float)d * s, acc = acc + t, d from 16 d exactly */
-    const __m512 s0 = _mm512_loadu_ps(bp + 64 * t), s1 = _mm512_loadu_ps(bp + 64 * t + 64);
+    /* the block's scales follow its steps; t = float(16 d) * (s * 0.0625), acc = acc + t */
+    const __m512 s0 = _mm512_mul_ps(_mm512_loadu_ps(bp + 64 * t), sixteenth), s1 = _mm512_mul_ps(_mm512_loadu_ps(bp + 64 * t + 64), sixteenth);
 #define QI_ACC(r)                                                                                  \
   if (mr > r) {                                                                                    \
-    f##r##0 = _mm512_add_ps(f##r##0, _mm512_mul_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(c##r##0), sixteenth), s0)); \
-    f##r##1 = _mm512_add_ps(f##r##1, _mm512_mul_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(c##r##1), sixteenth), s1)); \
+    f##r##0 = _mm512_add_ps(f##r##0, _mm512_mul_ps(_mm512_cvtepi32_ps(c##r##0), s0)); \
+    f##r##1 = _mm512_add_ps(f##r##1, _mm512_mul_ps(_mm512_cvtepi32_ps(c##r##1), s1)); \
   }
     QI_FOR_ROWS(QI_ACC)
 #undef QI_ACC

@@ -2,8 +2,8 @@
  *
  * Design: per 32-channel panel and row, the blocks in order: 32 int32 block sums over the
  * block's bytes (nibbles decoded one at a time, the packed bytes read in place, so every tier
- * reads the same layout), then per channel t = (float)d * s and acc = acc + t, the two roundings
- * the arithmetic defines; the epilogue is qi_q4_store1. A K tail of k % 4 bytes reads only the
+ * reads the same layout), then per channel t = float(16 d) * (s * 0.0625) and acc = acc + t, as
+ * the arithmetic defines them; the epilogue is qi_q4_store1. A K tail of k % 4 bytes reads only the
  * bytes the row has (the packing holds zero nibbles past k).
  */
 #include "qinfer/ukernels.h"
@@ -34,7 +34,8 @@ void qi_gemm_qu8_qb4w__scalar(size_t m, size_t n_begin, size_t n_end, size_t k, 
         float s[QI_QB4W_NR];
         memcpy(s, bp + (len + 3) / 4 * 64, sizeof s);
         for (size_t j = 0; j < QI_QB4W_NR; j++) {
-          const float t = (float)d[j] * s[j];
+          const float s16 = s[j] * 0.0625f;
+          const float t = (float)(16 * d[j]) * s16;
           acc[j] = acc[j] + t;
         }
       }

@@ -16,8 +16,9 @@
  * (qinfer.reference.int4); no FMA (the files are built with -ffp-contract=off), default rounding:
  *   acc = 0.0f
  *   for b = 0, 1, ..., nblk - 1:                 blocks in ascending order
- *     d = sum_{k in block b} a[i, k] * q[k, n]   int32, exact (|d| <= 255 * 8 * 256 < 2^24)
- *     t = (float)d * s[b, n]                     one rounding
+ *     d = sum_{k in block b} a[i, k] * q[k, n]   int32, exact (|16 d| <= 16 * 255 * 8 * 256 < 2^24)
+ *     s16 = s[b, n] * 0.0625f                    exact unless s16 is subnormal
+ *     t = (float)(16 * d) * s16                  one rounding: float(d) * s for any normal s16
  *     acc = acc + t                              one rounding
  *   y = acc + offset[n]
  *   y = y * scale[n]                             scale: the call's, per channel (s_x, or s_x / s_y)
@@ -25,9 +26,10 @@
  *   then the int8 epilogue from the activation on (qinfer/qint8.h): act(y), float32 out or
  *   uint8 clamp(rint(y * y_inv_scale + zp_y), 0, 255).
  * d is exact in any order, so the tiles, the threads and the ISA cannot change a bit of it; the
- * float steps are per element and fixed. SIMD variants read the weights as 16 * q (a nibble moved
- * to the high half of a byte is 16 q as int8) and multiply the float of 16 d by 0.0625 first:
- * both steps are exact, so t is the same float.
+ * float steps are per element and fixed. Why 16 d and s / 16: the SIMD variants read the weights
+ * as 16 q (a nibble moved to the high half of a byte is 16 q as a signed byte, no sign fix-up), so
+ * their integer sums are 16 d, and s / 16 is computed once per block for every row; written so,
+ * t is one product in every variant (and float(d) * s itself whenever s / 16 is a normal float).
  */
 #ifndef QINFER_QINT4_H
 #define QINFER_QINT4_H

@@ -8,7 +8,8 @@ uint8 with a zero point zp_x that the integer part does not subtract: per block 
 the raw bytes is an exact integer d, and per output element, in float32, in this order (no fused
 multiply-add; np.rint rounds half to even as cvtps2dq does):
 
-    acc = 0;  for each block b in order:  acc = acc + float32(d_b) * s[n, b]
+    acc = 0;  for each block b in order:  acc = acc + float32(16 d_b) * (s[n, b] * 0.0625)
+              (= float32(d_b) * s[n, b] rounded once, for any scale whose sixteenth is normal)
     y = (acc + offset[n]) * scale[n];  y = y + bias[n] (when a float bias is given);  y = act(y)
     float32 out: y;  uint8 out: clamp(rint(y * y_inv_scale + zp_y), 0, 255)  (as for int8)
 
@@ -58,8 +59,9 @@ def check_block(block):
 # ----------------------------------------------------------------------------- arithmetic
 
 def qgemm_acc(x, q, scales, block):
-    """float32 acc[M, N] = sum over blocks, in order, of float32(d_b) * s[n, b]: x uint8 [M, K]
-    (raw bytes, zero point not subtracted), q int [K, N] in [-8, 7], scales float32 [N, nblk]."""
+    """float32 acc[M, N] = sum over blocks, in order, of float32(16 d_b) * (s[n, b] * 0.0625):
+    x uint8 [M, K] (raw bytes, zero point not subtracted), q int [K, N] in [-8, 7], scales
+    float32 [N, nblk]."""
     x, q = np.asarray(x), np.asarray(q)
     s = np.asarray(scales, np.float32)
     K = x.shape[-1]
@@ -67,7 +69,8 @@ def qgemm_acc(x, q, scales, block):
     for b in range(nblocks(K, block)):
         k0, k1 = b * block, min(K, (b + 1) * block)
         d = x[:, k0:k1].astype(np.int64) @ q[k0:k1].astype(np.int64)
-        acc = acc + d.astype(np.float32) * s[:, b]   # two roundings: the product, the sum
+        s16 = s[:, b] * np.float32(0.0625)           # exact unless subnormal
+        acc = acc + (16 * d).astype(np.float32) * s16   # two roundings: the product, the sum
     return acc
 
 
