@@ -88,11 +88,18 @@ def main(argv=None):
     t0 = time.perf_counter()
     with fuzzing.Campaign(entries, workers=args.workers, timeout=args.timeout,
                           mem_limit=args.mem_limit_mb << 20) as c:
+
+        def submit(plan):
+            c.submit(plan)
+            if c.count % 10000 == 0:
+                print(f"  {c.count} cases, {time.perf_counter() - t0:.0f} s, "
+                      f"{len(c.failures)} failures", flush=True)
+
         for kind, n in kinds.items():
             if n:
                 plans = fuzzing.qinf_plans(st, entries) if kind == "qinf" else \
                     fuzzing.onnx_plans(st, entries)
-                fuzzing.draw_plans(plans, n, args.seed, c.submit)
+                fuzzing.draw_plans(plans, n, args.seed, submit)
         c.finish()
         secs = time.perf_counter() - t0
         summary = c.summary()

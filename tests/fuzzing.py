@@ -405,13 +405,13 @@ def mutate(entry, plan):
 
 
 # ================================================================================ strategies
-def _byte_edits(st, size):
+def _byte_edits(st, size, min_size=0):
     pos = st.integers(0, max(size - 1, 0)) | st.integers(0, 64 * 4)
     hexes = st.binary(min_size=1, max_size=8).map(bytes.hex)
     return st.lists(st.one_of(
         st.tuples(st.just("trunc"), pos), st.tuples(st.just("flip"), pos, st.integers(0, 7)),
         st.tuples(st.just("put"), pos, hexes), st.tuples(st.just("cut"), pos, st.integers(1, 64)),
-        st.tuples(st.just("insert"), pos, hexes)).map(list), max_size=3)
+        st.tuples(st.just("insert"), pos, hexes)).map(list), min_size=min_size, max_size=3)
 
 
 def _like(st, orig, names):
@@ -465,13 +465,17 @@ def _qinf_model_plans(st, entry):
     lists = [p for p in every if isinstance(_get(header, p[:-1]), list)]
 
     weights = {"nodes": 6, "values": 3, "tensors": 1, "other": 2}
-    path_choice = st.sampled_from([k for k, w in weights.items() if groups[k] for _ in range(w)]) \
-        .flatmap(lambda k: st.sampled_from(groups[k]))
+    in_group = {k: st.sampled_from(v) for k, v in groups.items() if v}
+    path_choice = st.sampled_from([k for k, w in weights.items() if k in in_group
+                                   for _ in range(w)]).flatmap(in_group.__getitem__)
+    values = {}       # path -> strategy of its replacements (built once: Hypothesis validates each)
 
     @st.composite
     def set_edit(draw):
         path = draw(path_choice)
-        return ["set", list(path), draw(_like(st, _get(header, path), names))]
+        if path not in values:
+            values[path] = _like(st, _get(header, path), names)
+        return ["set", list(path), draw(values[path])]
 
     @st.composite
     def blob_edit(draw):
@@ -503,12 +507,14 @@ def _weighted(st, makers, weights):
 
 
 def _plan(st, entry, edits):
-    """{"model", "edits" (0..3 structured), "bytes" (raw byte edits on one plan in five)}."""
-    raw = st.sampled_from([False] * 4 + [True]).flatmap(
-        lambda b: _byte_edits(st, len(entry.data)) if b else st.just([]))
-    return st.fixed_dictionaries({
-        "model": st.just(entry.name), "edits": st.lists(edits, max_size=3), "bytes": raw,
-    }).filter(lambda p: p["edits"] or p["bytes"])
+    """{"model", "edits" (0..3 structured), "bytes" (raw byte edits, on one plan in five)}, never
+    both empty."""
+    name = st.just(entry.name)
+    structured = st.fixed_dictionaries({"model": name, "edits": st.lists(edits, min_size=1, max_size=3),
+                                        "bytes": st.just([])})
+    raw = st.fixed_dictionaries({"model": name, "edits": st.lists(edits, max_size=3),
+                                 "bytes": _byte_edits(st, len(entry.data), min_size=1)})
+    return st.sampled_from([structured] * 4 + [raw]).flatmap(lambda s: s)
 
 
 def onnx_plans(st, corpus):

@@ -245,7 +245,7 @@ def _qop_problems(n, label):
 
 
 #: ops that slide a window: their geometry attributes take one entry per spatial axis (pads two)
-_WINDOWED = frozenset({"Conv", "ConvTranspose", "MaxPool", "AveragePool", "LpPool", "QConv",
+WINDOWED = frozenset({"Conv", "ConvTranspose", "MaxPool", "AveragePool", "LpPool", "QConv",
                        "QMaxPool"})
 
 
@@ -309,6 +309,12 @@ def _packed_problems(n, label, inits):
     return []
 
 
+def _runnable_ops():
+    """The ops qinfer runs (a node of another op is refused by the planner, not here)."""
+    from ..reference import registry
+    return registry.supported_ops()
+
+
 def node_problems(n, label, inits=None) -> list:
     """What breaks the contract of ``n``'s op (see ``ATTR_KINDS``): attribute kinds, required
     attributes and inputs, quantized parameters and, given the graph's initializers ``inits``,
@@ -333,7 +339,7 @@ def node_problems(n, label, inits=None) -> list:
     if missing:
         out.append(f"{label}: input(s) {missing} are required but missing ({n.op} takes at least "
                    f"{need}, got {list(n.inputs)})")
-    if n.op in _WINDOWED and not out:
+    if n.op in WINDOWED and not out:
         out.extend(_window_problems(n, label))
     if n.op in _QUANTIZED_OPS and not out:
         out.extend(_qop_problems(n, label))
@@ -411,7 +417,7 @@ def _resize_elements(x, ins):
 
 
 #: the ops ``output_bytes`` bounds
-SIZED_OPS = _WINDOWED | frozenset({"ConstantOfShape", "Expand", "Tile", "Pad", "Range", "OneHot",
+SIZED_OPS = WINDOWED | frozenset({"ConstantOfShape", "Expand", "Tile", "Pad", "Range", "OneHot",
                                    "Resize"})
 
 
@@ -429,7 +435,7 @@ def output_bytes(n, ins):
             value, np.ndarray) else 4)
     if x is None or not isinstance(x, np.ndarray):
         return None
-    if op in _WINDOWED:
+    if op in WINDOWED:
         count = _window_elements(op, x, ins, a)
     elif op == "Expand":
         shape = _ints1(ins[1]) if len(ins) > 1 else None
@@ -543,7 +549,8 @@ def problems(graph: Graph) -> list:
         if not isinstance(n.inputs, (tuple, list)) or not isinstance(n.outputs, (tuple, list)):
             out.append(f"{label}: inputs and outputs must be tuples of names")
             continue
-        if isinstance(n.op, str) and isinstance(n.domain, str) and isinstance(n.attrs, dict):
+        if isinstance(n.op, str) and isinstance(n.domain, str) and isinstance(n.attrs, dict) \
+                and n.op in _runnable_ops():
             out.extend(node_problems(n, label, inits))
         for x in n.inputs:
             if not isinstance(x, str):

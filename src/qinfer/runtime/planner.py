@@ -21,7 +21,7 @@ from .. import reference
 from ..errors import InvalidInputError, QinferError, UnsupportedOperatorError
 from ..ir.ops import SHAPE_ONLY
 from ..ir.passes.fuse import epilogue_chain
-from ..ir.verify import SIZED_OPS, output_bytes
+from ..ir.verify import SIZED_OPS, WINDOWED, output_bytes
 from . import float_ops, qops
 
 #: the domains of the ops qinfer runs: ONNX's and its own quantized ops
@@ -44,7 +44,7 @@ MAX_TENSOR_BYTES = _memory_bytes() // 2
 
 
 class Step:
-    __slots__ = ("node", "fn", "ref", "ins", "outs", "free", "static", "post", "sized")
+    __slots__ = ("node", "fn", "ref", "ins", "outs", "free", "static", "post", "sized", "checked")
 
     def __init__(self, node, fn, ref, ins, outs, post=None):
         self.node, self.fn, self.ref, self.ins, self.outs = node, fn, ref, ins, outs
@@ -52,6 +52,8 @@ class Step:
         self.free = ()
         self.static = False
         self.sized = node.op in SIZED_OPS   # output_bytes checks it before it runs
+        # a window op's output size follows its input shapes alone: the last shapes that passed
+        self.checked = () if node.op in WINDOWED else None
 
 
 class Program:
@@ -163,15 +165,26 @@ class Program:
             s.free = tuple(f)
 
 
+def _check_size(step, args):
+    shapes = None
+    if step.checked is not None:
+        shapes = tuple(None if a is None else a.shape for a in args)
+        if shapes == step.checked:
+            return
+    size = output_bytes(step.node, args)
+    if size is not None and size > MAX_TENSOR_BYTES:
+        raise InvalidInputError(
+            f"node {step.node.name!r} ({step.node.op}) would make an output of up to {size:.4g} "
+            f"bytes from input shapes {[None if a is None else np.shape(a) for a in args]}: more "
+            f"than one value may take ({MAX_TENSOR_BYTES:.4g} bytes, half of this machine's memory)")
+    if shapes is not None:
+        step.checked = shapes     # (threads may race here: the worst is one more check)
+
+
 def _execute(step, env):
     args = [env[i] if i >= 0 else None for i in step.ins]
     if step.sized:
-        size = output_bytes(step.node, args)
-        if size is not None and size > MAX_TENSOR_BYTES:
-            raise InvalidInputError(
-                f"node {step.node.name!r} ({step.node.op}) would make an output of up to {size:.4g} "
-                f"bytes from input shapes {[None if a is None else np.shape(a) for a in args]}: more "
-                f"than one value may take ({MAX_TENSOR_BYTES:.4g} bytes, half of this machine's memory)")
+        _check_size(step, args)
     outs = step.fn(args, step.node.attrs, len(step.outs)) if step.fn is not None else None
     if outs is None:
         outs = step.ref(args, step.node.attrs, len(step.node.outputs))
