@@ -37,6 +37,11 @@ OPENMP_PROBE = ("#include <omp.h>\n"
                 " return n > 0 ? 0 : 1; }\n")
 IS_X86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686", "x86")
 
+#: QINFER_SANITIZE=address,undefined (any -fsanitize= list) builds the extension instrumented, for
+#: scripts/sanitize.sh: every object (Cython module, baseline and ISA kernels) and the link get the
+#: flag, with frame pointers and debug lines for readable reports. Unset: a normal build.
+SANITIZE = os.environ.get("QINFER_SANITIZE", "").strip()
+
 KERNEL_DEPENDS = (glob.glob("kernels/include/qinfer/*.h") + glob.glob("kernels/*/*.h")
                   + glob.glob("src/qinfer/_ext/*.pxi")
                   + ["kernels/ukernels.inc", "kernels/stream-u8-body.inc", "src/qinfer/_ext/_kernels.pxd"])
@@ -63,6 +68,13 @@ class BuildExt(build_ext):
     def build_extensions(self):
         gnu_like = self.compiler.compiler_type in ("unix", "mingw32", "cygwin")
         base = BASE_FLAGS if gnu_like else []
+        sanitize = []
+        if SANITIZE:
+            if not gnu_like:
+                raise SystemExit("QINFER_SANITIZE needs a GCC or Clang build")
+            sanitize = [f"-fsanitize={SANITIZE}", "-fno-omit-frame-pointer"]
+            base = [f for f in base if f != "-g0"] + ["-g"] + sanitize
+            print(f"qinfer build: sanitizers {SANITIZE}")
         omp = ["-fopenmp"] if gnu_like and self._probe(OPENMP_PROBE, ["-fopenmp"], link=True) else []
         isas = [isa for isa, flags in ISA_FLAGS.items()
                 if gnu_like and IS_X86 and self._probe(ISA_PROBE[isa], base + flags)]
@@ -72,7 +84,7 @@ class BuildExt(build_ext):
             macros = [(f"QI_BUILD_{isa.upper()}", "1" if isa in isas else "0") for isa in ISA_FLAGS]
             ext.define_macros = list(ext.define_macros) + macros
             ext.extra_compile_args = list(ext.extra_compile_args) + base + omp
-            ext.extra_link_args = list(ext.extra_link_args) + omp
+            ext.extra_link_args = list(ext.extra_link_args) + omp + sanitize
             for isa in isas:
                 sources = sorted(glob.glob(f"kernels/{isa}/*.c"))
                 ext.extra_objects = list(ext.extra_objects) + self.compiler.compile(
