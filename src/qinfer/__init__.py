@@ -33,6 +33,28 @@ def quantize(model, calibration=None, weights="int8", activations="int8", method
     return Model(q)
 
 
+def prune(model, sparsity=None, pattern="block4", scope="layer", exclude=(), calibration=None,
+          sequential=True, progress=True) -> Model:
+    """Prune a float model (SPEC section 1): a new ``Model`` whose Conv / Gemm / MatMul weights have
+    zeros; the input is untouched. ``model``: a ``Model``, a ``.qinf`` or ONNX path, bytes or
+    ``onnx.ModelProto``.
+
+    ``sparsity``: the fraction of each layer's weights set to zero, in [0, 1) (default 0.8; the
+    pattern ``"2:4"`` is 0.5 by construction). ``pattern``: ``"unstructured"``, ``"block4"`` (blocks
+    of 4 consecutive weights along the reduction axis, all zero or all kept; the layout is
+    documented in ``qinfer/quant/prune.py``) or ``"2:4"`` (2 zeros in every such group of 4).
+    ``scope``: ``"layer"`` (every layer to ``sparsity``) or ``"global"`` (one threshold on weight
+    magnitudes, each relative to its layer's RMS, over all layers). ``exclude``: node names left
+    dense. ``calibration`` (the forms ``quantize`` takes): compensate the pruned weights from each
+    layer's inputs (SparseGPT), layer after layer on the already pruned model (``sequential``).
+    ``summary()`` lists each layer's sparsity (and its output error with calibration).
+    """
+    from .model import open_graph
+    from .quant.prune import prune_graph
+    return Model(prune_graph(open_graph(model), sparsity, pattern, scope, exclude, calibration,
+                             sequential=sequential, progress=progress))
+
+
 def show_runtime() -> str:
     """Print (and return) CPU features, the ISA tier and kernel chosen per slot, and threads."""
     from .runtime import cpu
@@ -41,6 +63,6 @@ def show_runtime() -> str:
     return text
 
 
-__all__ = ["convert", "quantize", "load", "Model", "InferenceSession", "show_runtime", "QinferError",
+__all__ = ["convert", "quantize", "prune", "load", "Model", "InferenceSession", "show_runtime", "QinferError",
            "UnsupportedOperatorError", "ModelFormatError", "InvalidInputError", "CalibrationError",
            "__version__"]

@@ -88,10 +88,11 @@ def cmd_quantize(args):
         raise UserError("--calib DATA.npz is needed for int8 activations (or use --activations dynamic)")
     if args.calib and not os.path.exists(args.calib):
         raise UserError(f"--calib {args.calib}: no such file")
-    if args.sparsity is not None:
-        if not hasattr(qinfer, "prune"):
-            raise UserError("--sparsity: pruning is not available in this version of qinfer yet")
-        model = qinfer.prune(model, sparsity=args.sparsity, pattern=args.pattern)
+    if args.sparsity is not None or args.pattern is not None:
+        # excluded nodes stay as they are: neither pruned nor quantized
+        model = qinfer.prune(model, sparsity=args.sparsity, pattern=args.pattern or "block4",
+                             exclude=tuple(args.exclude or ()), calibration=args.calib)
+        _print_pruning(model)
     q = qinfer.quantize(model, args.calib, weights=args.weights, activations=args.activations,
                         method=args.method, rounding=args.rounding, group_size=args.group_size,
                         max_error=args.max_error, exclude=tuple(args.exclude or ()), progress=True)
@@ -114,6 +115,30 @@ def cmd_quantize(args):
         for r in rep:
             if r["precision"].startswith("int8"):
                 print(f"  {r['layer']} ({r['op']}): {r['reason']}")
+
+
+def _print_pruning(model):
+    info = model.graph.metadata.get("sparsity", {})
+    print(f"pruned {len(info.get('layers', []))} layers to {info.get('sparsity', 0.0):.1%} zero weights "
+          f"({info.get('pattern')}, {info.get('method')}); "
+          f"{len(info.get('dense', []))} left dense")
+    for r in info.get("dense", []):
+        print(f"  dense: {r['layer']} ({r['op']}): {r['reason']}")
+
+
+def cmd_prune(args):
+    import qinfer
+    model = _load_model(args.model)
+    if args.calib and not os.path.exists(args.calib):
+        raise UserError(f"--calib {args.calib}: no such file")
+    p = qinfer.prune(model, sparsity=args.sparsity, pattern=args.pattern, scope=args.scope,
+                     exclude=tuple(args.exclude or ()), calibration=args.calib)
+    try:
+        p.save(args.output)
+    except OSError as e:
+        raise UserError(f"{args.output}: cannot write ({e.strerror or e})") from None
+    print(f"wrote {args.output} ({os.path.getsize(args.output):,} bytes)")
+    _print_pruning(p)
 
 
 def cmd_info(args):
@@ -173,10 +198,25 @@ def build_parser():
                    help="int4 weights: one scale per this many weights along the reduction axis")
     c.add_argument("--max-error", type=float, default=None,
                    help="output budget, 1 - cosine similarity per output (default 0.01)")
-    c.add_argument("--sparsity", type=float, default=None)
-    c.add_argument("--pattern", default="block4", choices=["unstructured", "block4", "2:4"])
-    c.add_argument("--exclude", nargs="*", metavar="NODE", help="nodes to keep in float")
+    c.add_argument("--sparsity", type=float, default=None,
+                   help="prune first: the fraction of weights set to zero (with --calib: SparseGPT)")
+    c.add_argument("--pattern", default=None, choices=["unstructured", "block4", "2:4"],
+                   help="pruning pattern (default block4 when --sparsity is given)")
+    c.add_argument("--exclude", nargs="*", metavar="NODE", help="nodes to keep in float (and dense)")
     c.set_defaults(fn=cmd_quantize)
+
+    c = sub.add_parser("prune", help="set a fraction of a float model's weights to zero (block4 for the "
+                                     "sparse int8 kernels)")
+    c.add_argument("model")
+    c.add_argument("-o", "--output", required=True, help="output .qinf path")
+    c.add_argument("--sparsity", type=float, default=None,
+                   help="fraction of each layer's weights set to zero, in [0, 1) (default 0.8; 2:4 is 0.5)")
+    c.add_argument("--pattern", default="block4", choices=["unstructured", "block4", "2:4"])
+    c.add_argument("--scope", default="layer", choices=["layer", "global"])
+    c.add_argument("--exclude", nargs="*", metavar="NODE", help="nodes to leave dense")
+    c.add_argument("--calib", metavar="DATA.npz",
+                   help="calibration samples: compensate the pruned weights (SparseGPT)")
+    c.set_defaults(fn=cmd_prune)
 
     c = sub.add_parser("info", help="print CPU features, ISA tier, kernels and threads")
     c.set_defaults(fn=cmd_info)

@@ -51,6 +51,7 @@ class Model:
                     "Q4Gemm": "int4", "DynQ4Gemm": "int4-dyn"}.get(n.op, w.dtype.name)
             shape = "packed" if n.op.startswith(("Q", "Dyn")) else str(list(w.shape))
             lines.append(f"  {n.name[:40]:<40} {n.op:<14} {prec:<12} {shape:<20} {w.nbytes:>10,}")
+        lines.extend(_sparsity_lines(g.metadata.get("sparsity")))
         kept = [r for r in g.metadata.get("precision_report", []) if r.get("precision") == "float32"]
         for r in kept:
             lines.append(f"  kept float: {r['layer']} ({r['op']}): {r['reason']}")
@@ -62,6 +63,27 @@ class Model:
 
     def __repr__(self):
         return f"<qinfer.Model {self.graph.name!r}: {len(self.graph.nodes)} nodes>"
+
+
+def _sparsity_lines(info):
+    """summary() lines of ``metadata["sparsity"]`` (quant/prune.py): the pruning, then each pruned
+    layer's sparsity, pattern and output error, and why the others stayed dense."""
+    if not isinstance(info, dict):
+        return []
+    out = [f"  sparsity: {info.get('sparsity', 0.0):.1%} of {info.get('prunable_weights', 0):,} prunable "
+           f"weights ({info.get('pattern')}, scope {info.get('scope')}, target {info.get('target', 0.0):g}, "
+           f"{info.get('method')}"
+           + (f" on {info['calibration_samples']} calibration samples" if info.get("calibration_samples") else "")
+           + ")"]
+    for r in info.get("layers", []):
+        text = f"  pruned: {r.get('layer')} ({r.get('op')}): {r.get('sparsity', 0.0):.1%} zero, {r.get('pattern')}"
+        if r.get("output_error") is not None:
+            text += (f", output error {r['output_error']:.3g} (||WX - W'X|| / ||WX||; magnitude pruning "
+                     f"{r.get('output_error_magnitude', float('nan')):.3g})")
+        out.append(text)
+    for r in info.get("dense", []):
+        out.append(f"  dense: {r.get('layer')} ({r.get('op')}): {r.get('reason')}")
+    return out
 
 
 def check_model_path(path):

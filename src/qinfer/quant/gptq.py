@@ -83,40 +83,80 @@ def dequantize(q, s, block):
     return np.asarray(q, np.float64) * np.repeat(np.asarray(s, np.float64), block, axis=1)[:, :q.shape[1]]
 
 
-def quantize_gptq(w, H, block, damp=DAMP):
-    """GPTQ: ``w [N, K]``, ``H [K, K]`` (X^T X of the layer inputs, any positive multiple) ->
-    (q int8 [N, K], scales float32 [N, nblk])."""
-    W = np.array(w, np.float64)
-    N, K = W.shape
+def hessian_factor(H, damp=DAMP):
+    """(U, dead) for the OBS updates of a layer whose inputs have ``H [K, K]`` (X^T X, any positive
+    multiple): ``U`` the upper Cholesky factor of ``(H + damp * mean(diag H) * I)^-1`` (so
+    ``H^-1 = U^T U``; None when H is numerically singular) and ``dead`` the inputs that are always
+    zero (diagonal 0; their diagonal is set to 1 so the rest can be factored)."""
     H = np.array(H, np.float64)
+    K = H.shape[0]
     dead = np.diag(H) <= 0
     H[dead, dead] = 1.0
-    W[:, dead] = 0.0
     H += damp * float(np.mean(np.diag(H))) * np.eye(K)
     try:
-        U = np.linalg.cholesky(np.linalg.inv(H)).T      # upper: H^-1 = U^T U
+        return np.linalg.cholesky(np.linalg.inv(H)).T, dead
     except np.linalg.LinAlgError:
-        return quantize_rtn(w, block)                     # (H numerically singular: no statistics)
-    nb = r4.nblocks(K, block)
-    Q = np.zeros((N, K), np.int8)
-    S = np.zeros((N, nb), np.float32)
-    lazy = -(-LAZY // block) * block
+        return None, dead
+
+
+def obs_sweep(W, U, step, lazy=LAZY, on_batch=None):
+    """The column sweep of GPTQ / SparseGPT over ``W [N, K]`` (float64, updated in place).
+
+    Columns k = 0, 1, ... are fixed in order: ``step(k, i, W1, U1)`` returns column k's final values
+    (rounded, or with pruned weights zeroed) given ``W1``, the current batch of columns as updated so
+    far (column k is ``W1[:, i]``), and ``U1``, the batch's block of ``U``; the column's error is then
+    spread over the columns not yet fixed through ``U``'s row k. Columns go in lazy batches of
+    ``lazy`` with one matrix product per batch for the columns after it; ``on_batch(i1, i2, W1, U1)``
+    is called as a batch starts (SparseGPT chooses its mask there). Returns W.
+    """
+    K = W.shape[1]
     for i1 in range(0, K, lazy):
         i2 = min(K, i1 + lazy)
         W1 = W[:, i1:i2].copy()
         E1 = np.zeros_like(W1)
         U1 = U[i1:i2, i1:i2]
+        if on_batch is not None:
+            on_batch(i1, i2, W1, U1)
         for i in range(i2 - i1):
-            col = i1 + i
-            if col % block == 0:
-                S[:, col // block] = block_scales(W1[:, i:min(i2 - i1, i + block)])
-            s = S[:, col // block].astype(np.float64)
-            q = _round(W1[:, i], s)
-            Q[:, col] = q
-            err = (W1[:, i] - q * s) / U1[i, i]
+            new = step(i1 + i, i, W1, U1)
+            err = (W1[:, i] - new) / U1[i, i]
             W1[:, i:] -= np.outer(err, U1[i, i:])
             E1[:, i] = err
+        W[:, i1:i2] = W1
         W[:, i2:] -= E1 @ U[i1:i2, i2:]
+    return W
+
+
+def quantize_gptq(w, H, block, damp=DAMP, keep_zero=None):
+    """GPTQ: ``w [N, K]``, ``H [K, K]`` (X^T X of the layer inputs, any positive multiple) ->
+    (q int8 [N, K], scales float32 [N, nblk]).
+
+    ``keep_zero`` (bool [N, K], optional): weights that must stay exactly 0 (pruned ones,
+    quant/prune.py); their q is 0 whatever the updates bring, the error that makes is spread like
+    any other, and they take no part in choosing their block's scale."""
+    W = np.array(w, np.float64)
+    N, K = W.shape
+    U, dead = hessian_factor(H, damp)
+    if U is None:                                  # (H numerically singular: no statistics)
+        return quantize_rtn(w, block)
+    W[:, dead] = 0.0
+    keep = None if keep_zero is None else ~np.asarray(keep_zero, bool)
+    nb = r4.nblocks(K, block)
+    Q = np.zeros((N, K), np.int8)
+    S = np.zeros((N, nb), np.float32)
+
+    def step(col, i, W1, U1):
+        if col % block == 0:
+            wb = W1[:, i:i + block]
+            S[:, col // block] = block_scales(wb if keep is None else wb * keep[:, col:col + wb.shape[1]])
+        s = S[:, col // block].astype(np.float64)
+        q = _round(W1[:, i], s)
+        if keep is not None:
+            q = q * keep[:, col]
+        Q[:, col] = q
+        return q * s
+
+    obs_sweep(W, U, step, -(-LAZY // block) * block)
     return Q, S
 
 
@@ -187,5 +227,5 @@ class LayerStats:
         return self.H[g] / max(self.rows, 1)
 
 
-__all__ = ["block_scales", "quantize_rtn", "quantize_gptq", "dequantize", "energy", "to_db", "sqnr_db",
+__all__ = ["block_scales", "quantize_rtn", "quantize_gptq", "hessian_factor", "obs_sweep", "dequantize", "energy", "to_db", "sqnr_db",
            "patches_nhwc", "LayerStats"]

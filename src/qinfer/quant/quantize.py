@@ -42,6 +42,7 @@ from ..reference.qops import DYNAMIC_ZP
 from . import gptq
 from . import qparams as qp
 from .calibrate import calibrate, iter_calibration
+from .prune import pruned_layers
 
 #: weight formats this version quantizes to
 WEIGHT_FORMATS = ("int8", "int4")
@@ -770,8 +771,10 @@ def _layer_stats(graph, cands, feeds, progress):
     return stats
 
 
-def _int4_weights(c, stats, block, rounding):
-    """Int4Weights of a candidate: every conv group rounded on its own statistics."""
+def _int4_weights(c, stats, block, rounding, pruned=False):
+    """Int4Weights of a candidate: every conv group rounded on its own statistics. ``pruned``: the
+    layer's zero weights were set by qinfer.prune and GPTQ keeps them zero (rounding to nearest
+    maps 0 to 0 by itself)."""
     rows = _weight_rows(c)
     axis = 1 if c.kind == "gemm" else 0
     w8, s8 = qp.quantize_weight_per_channel(c.weight, axis=axis)
@@ -782,7 +785,8 @@ def _int4_weights(c, stats, block, rounding):
     for g, w in enumerate(rows):
         q_rtn, s_rtn = gptq.quantize_rtn(w, block)
         G = None if stats is None else stats.gram(g)
-        q, s = (q_rtn, s_rtn) if G is None or rounding != "gptq" else gptq.quantize_gptq(w, G, block)
+        q, s = (q_rtn, s_rtn) if G is None or rounding != "gptq" else gptq.quantize_gptq(
+            w, G, block, keep_zero=(w == 0) if pruned else None)
         qs.append(q)
         ss.append(s)
         if G is not None:
@@ -815,7 +819,8 @@ def _plan_int4(graph, candidates, feeds, eval_feeds, ref, block, rounding, budge
     output the most first (each measured alone), until the output error is within ``budget``."""
     eligible = [c for c in candidates if c.kind in ("gemm", "conv")]
     stats = _layer_stats(graph, eligible, feeds, progress) if feeds else {}
-    w4 = {c.name: _int4_weights(c, stats.get(c.name), block, rounding)
+    pruned = pruned_layers(graph)
+    w4 = {c.name: _int4_weights(c, stats.get(c.name), block, rounding, c.name in pruned)
           for c in _progress(eligible, progress, len(eligible), f"int4 {rounding}")}
     notes = {c.name: "kept int8: depthwise convolutions have no int4 kernel (K = kh*kw per channel)"
              for c in candidates if c.kind == "dw"}
