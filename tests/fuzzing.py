@@ -196,12 +196,17 @@ def split_qinf(data):
     """A valid ``.qinf`` file -> (version, flags, header dict, data section bytes)."""
     _, version, flags, hlen, _ = _PREFIX.unpack_from(data, 0)
     start = (_PREFIX.size + hlen + 63) // 64 * 64
-    return version, flags, json.loads(data[_PREFIX.size:_PREFIX.size + hlen]), data[start:]
+    head = data[_PREFIX.size:_PREFIX.size + hlen]
+    if flags & 1:                                   # deflated header: u64 length, zlib stream
+        head = zlib.decompress(head[8:])
+    return version, flags, json.loads(head), data[start:]
 
 
 def pack_qinf(header, blob, version=1, flags=0):
-    """A file around ``header`` with a correct header checksum."""
+    """A file around ``header`` with a correct header checksum (deflated if ``flags`` says so)."""
     head = json.dumps(header, separators=(",", ":")).encode()
+    if flags & 1:
+        head = struct.pack("<Q", len(head)) + zlib.compress(head)
     out = _PREFIX.pack(b"\x89QINF\r\n\x1a", version, flags, len(head), zlib.crc32(head)) + head
     return out + b"\0" * (-len(out) % 64) + bytes(blob)
 

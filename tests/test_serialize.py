@@ -111,10 +111,13 @@ def assert_same_graph(a, b):
 
 
 def split(data):
-    """A valid file -> (header dict, data section bytes)."""
-    hlen = struct.unpack_from("<Q", data, 16)[0]
+    """A valid file -> (header dict, data section bytes); a deflated header is inflated."""
+    flags, hlen = struct.unpack_from("<IQ", data, 12)
     start = (S.PREFIX_SIZE + hlen + 63) // 64 * 64
-    return json.loads(data[S.PREFIX_SIZE:S.PREFIX_SIZE + hlen]), data[start:]
+    head = data[S.PREFIX_SIZE:S.PREFIX_SIZE + hlen]
+    if flags & S.FLAG_ZLIB_HEADER:
+        head = zlib.decompress(head[8:])
+    return json.loads(head), data[start:]
 
 
 def repack(header, blob, version=S.FORMAT_VERSION, flags=0, raw_header=None):
@@ -155,10 +158,13 @@ def test_round_trip_file(tmp_path):
 def test_layout(good):
     assert good[:8] == S.MAGIC == b"\x89QINF\r\n\x1a"
     magic, version, flags, hlen, hcrc = struct.unpack_from("<8sIIQI", good)
-    assert (version, flags) == (S.FORMAT_VERSION, 0)
+    assert (version, flags) == (S.FORMAT_VERSION, S.FLAG_ZLIB_HEADER)
     head = good[28:28 + hlen]
     assert zlib.crc32(head) == hcrc
-    header = json.loads(head)
+    size, = struct.unpack_from("<Q", head)
+    text = zlib.decompress(head[8:])
+    assert len(text) == size > 4 * hlen / 3                  # deflated because it saves
+    header = json.loads(text)
     assert header["producer"] == "qinfer"
     start = (28 + hlen + 63) // 64 * 64
     assert len(good) == start + header["data_nbytes"]
@@ -390,7 +396,62 @@ def test_newer_and_older_version(good):
 
 
 def test_unknown_flags(good):
-    refused(good[:12] + struct.pack("<I", 1) + good[16:], "flags")
+    for bit in (2, 1 << 31):
+        refused(good[:12] + struct.pack("<I", S.FLAG_ZLIB_HEADER | bit) + good[16:], "flags")
+
+
+def _deflated(text, declared=None, tail=b""):
+    return struct.pack("<Q", len(text) if declared is None else declared) + zlib.compress(text) + tail
+
+
+def test_small_headers_stay_plain():
+    g = Graph("tiny")
+    data = S.to_bytes(g)
+    assert struct.unpack_from("<I", data, 12)[0] == 0
+    assert S.from_bytes(data).name == "tiny"
+
+
+def test_plain_and_deflated_headers_read_alike(good):
+    header, blob = split(good)
+    text = json.dumps(header).encode()
+    plain = repack(None, blob, raw_header=text)
+    deflated = repack(None, blob, flags=S.FLAG_ZLIB_HEADER, raw_header=_deflated(text))
+    assert_same_graph(S.from_bytes(plain), S.from_bytes(deflated))
+    assert_same_graph(S.from_bytes(good), S.from_bytes(plain))
+
+
+@pytest.mark.parametrize("case", ["declared longer", "declared shorter", "trailing bytes",
+                                  "cut stream", "not deflate", "no length", "bomb", "plain as deflated"])
+def test_bad_deflated_headers(good, case):
+    header, blob = split(good)
+    text = json.dumps(header).encode()
+    raw = {
+        "declared longer": _deflated(text, len(text) + 1),
+        "declared shorter": _deflated(text, len(text) - 1),
+        "trailing bytes": _deflated(text, tail=b"\0junk"),
+        "cut stream": _deflated(text)[:-9],
+        "not deflate": struct.pack("<Q", len(text)) + text,
+        "no length": b"\x78",
+        "bomb": _deflated(b" " * (1 << 24)),          # 16 MiB of spaces in ~16 KiB: refused unread
+        "plain as deflated": text,
+    }[case]
+    data = repack(None, blob, flags=S.FLAG_ZLIB_HEADER, raw_header=raw)
+    msg = refused(data, "deflated header")
+    assert "<bytes>" in msg
+
+
+def test_bomb_is_refused_before_inflating(good):
+    """The declared length is checked against the expansion bound before anything is inflated."""
+    import tracemalloc
+    _, blob = split(good)
+    data = repack(None, blob, flags=S.FLAG_ZLIB_HEADER, raw_header=_deflated(b"[" + b" " * (1 << 26) + b"]"))
+    tracemalloc.start()
+    try:
+        refused(data, f"more than {S.MAX_HEADER_EXPANSION}x")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 * len(data) + (1 << 20), peak
 
 
 def test_huge_header_length(good):
