@@ -167,3 +167,19 @@ def test_loading_maps_weights_without_copying(corpus, tmp_path):
     assert peak < (1 << 20), f"{peak} bytes traced loading a file with 4 MiB of weights"
     g = serialize.load(str(path))
     assert g.initializers["big"].base is not None and not g.initializers["big"].flags.writeable
+
+
+@rss_meaningful
+@pytest.mark.slow
+def test_int8_resnet18_runs_do_not_grow_rss(resnet18_onnx):
+    """The int8 ResNet-18-shaped model at 224x224, 2 threads: a bounded run count here (the 5 MB
+    over 10,000 runs budget is scaled to it); bench/bench_memory.py runs the 10,000."""
+    import models
+    x = models.imagenet_input(2)
+    q = qinfer.quantize(qinfer.convert(resnet18_onnx), [x[i:i + 1] for i in range(2)], progress=False)
+    assert q.graph.op_counts().get("QConv", 0) >= 15
+    sess = qinfer.InferenceSession(q, num_threads=2)
+    feeds = {sess.get_inputs()[0].name: x[:1]}
+    runs = 600
+    growth = _growth(lambda: sess.run(None, feeds), runs=runs, warmup=100)
+    assert growth < 5.0 * runs / 10000 + 0.25, f"RSS grew {growth:.2f} MB over {runs} runs"
