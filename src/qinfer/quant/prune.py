@@ -59,6 +59,7 @@ error plain magnitude pruning would have given.
 from __future__ import annotations
 
 import math
+import sys
 
 import numpy as np
 
@@ -323,17 +324,27 @@ def _stats_for(layer):
                             geo["dilations"]))
 
 
-def _gather(graph, layers, feeds, progress, desc):
+def _bar(enabled, total, desc):
+    """A tqdm bar on a terminal (as calibration shows), else None."""
+    if enabled and sys.stderr.isatty():
+        try:
+            from tqdm import tqdm
+            return tqdm(total=total, desc=desc, unit="layer", leave=False)
+        except ImportError:
+            pass
+    return None
+
+
+def _gather(graph, layers, feeds):
     """{layer: LayerStats or None} from one run over the calibration feeds."""
     from ..reference.executor import run_graph
-    from .quantize import _progress
     stats = {layer.name: _stats_for(layer) for layer in layers}
     live = [layer for layer in layers if stats[layer.name] is not None]
     if not live:
         return stats
     wanted = sorted({layer.node.inputs[0] for layer in live})
     sub = _subgraph(graph, wanted)
-    for f in _progress(feeds, progress, len(feeds), desc):
+    for f in feeds:
         vals = run_graph(sub, f, outputs=wanted)
         for layer in live:
             x = vals[layer.node.inputs[0]]
@@ -379,7 +390,6 @@ def prune_graph(graph: Graph, sparsity=None, pattern="block4", scope="layer", ex
                 calibration=None, sequential=True, progress=True) -> Graph:
     """See ``qinfer.prune``; returns a new Graph (the input is untouched)."""
     from .calibrate import iter_calibration, prepare_feed
-    from .quantize import _progress
     sparsity, exclude = _check_args(graph, sparsity, pattern, scope, exclude)
     layers, dense = find_layers(graph, set(exclude))
     if scope == "global" and pattern != "2:4" and layers:
@@ -423,21 +433,27 @@ def prune_graph(graph: Graph, sparsity=None, pattern="block4", scope="layer", ex
         elif feeds is not None:
             rec["note"] = "no calibration statistics for this layer (magnitude pruning)"
         records[layer.name] = rec
+        if bar is not None:
+            bar.update(1)
 
-    if feeds is None:
-        for layer in _progress(layers, progress, len(layers), "pruning"):
-            prune_layer(layer, None)
-    else:
-        up = _upstream_layers(graph, layers) if sequential else {l.name: set() for l in layers}
-        done, pending = set(), list(layers)
-        while pending:
-            wave = [layer for layer in pending if up[layer.name] <= done]
-            stats = _gather(g, wave, feeds, progress, f"pruning {len(done) + 1}-{len(done) + len(wave)}"
-                            f" of {len(layers)} layers")
-            for layer in wave:
-                prune_layer(layer, stats)
-                done.add(layer.name)
-            pending = [layer for layer in pending if layer.name not in done]
+    bar = _bar(progress, len(layers), "pruning" if feeds is None else "pruning (SparseGPT)")
+    try:
+        if feeds is None:
+            for layer in layers:
+                prune_layer(layer, None)
+        else:
+            up = _upstream_layers(graph, layers) if sequential else {x.name: set() for x in layers}
+            done, pending = set(), list(layers)
+            while pending:
+                wave = [layer for layer in pending if up[layer.name] <= done]
+                stats = _gather(g, wave, feeds)
+                for layer in wave:
+                    prune_layer(layer, stats)
+                    done.add(layer.name)
+                pending = [layer for layer in pending if layer.name not in done]
+    finally:
+        if bar is not None:
+            bar.close()
 
     total = sum(int(np.prod(layer.w.shape)) for layer in layers)
     zeros = sum(int(np.count_nonzero(g.initializers[layer.wname] == 0)) for layer in layers)
