@@ -33,6 +33,7 @@ SHAPE_ONLY = frozenset({"Shape", "Size"})
 GENERATORS = frozenset({"Constant", "ConstantOfShape", "Range", "EyeLike"})
 OTHER = frozenset({
     "Softmax", "LogSoftmax", "ArgMax", "ArgMin", "LSTM", "TopK", "CumSum", "Einsum", "NonZero",
+    "DequantizeLinear",
 })
 
 ALL_OPS = (ELEMENTWISE | WEIGHTED | REDUCE | POOL | NORMALIZATION | DATA_MOVEMENT | SHAPE_ONLY

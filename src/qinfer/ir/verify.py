@@ -136,7 +136,7 @@ def _value_problems(v, where, shape_hint=None):
 #: attribute name -> kind: "int", "number" (int or float), "str", "ints", "numbers", "strs",
 #: "tensor"; names that none of qinfer's ops reads are not checked
 ATTR_KINDS = {
-    **dict.fromkeys(["axis", "group", "keepdims", "to", "dtype", "transA", "transB", "ceil_mode",
+    **dict.fromkeys(["axis", "block_size", "group", "keepdims", "to", "dtype", "transA", "transB", "ceil_mode",
                      "storage_order", "count_include_pad", "allowzero", "blocksize", "upper",
                      "reverse", "exclusive", "fmod", "batch_dims", "largest", "sorted",
                      "detect_positive", "detect_negative", "select_last_index",
@@ -179,7 +179,7 @@ REQUIRED_INPUTS = {
                      "BitShift", "BitwiseAnd", "BitwiseOr", "BitwiseXor", "Conv", "ConvTranspose",
                      "MatMul", "MatMulInteger", "Gemm", "Reshape", "Expand", "Tile", "Gather",
                      "GatherElements", "GatherND", "LayerNormalization", "CumSum", "CastLike",
-                     "QAdd", "QMulChannel"], 2),
+                     "QAdd", "QMulChannel", "DequantizeLinear"], 2),
     **dict.fromkeys(["Where", "Range", "OneHot", "ScatterND", "ScatterElements", "Scatter",
                      "InstanceNormalization", "GroupNormalization", "LSTM", "GRU", "RNN", "QConv",
                      "QGemm", "DynQGemm"], 3),

@@ -41,6 +41,7 @@ from ..reference.executor import run_graph
 from ..reference.qops import DYNAMIC_ZP
 from . import gptq
 from . import qparams as qp
+from . import constants
 from .calibrate import calibrate, iter_calibration
 from .prune import pruned_layers
 
@@ -498,6 +499,27 @@ def output_error(ref_outs, got_outs):
     return worst
 
 
+def _int8_constants(qg, ref, eval_feeds, budget, err):
+    """``qg`` with its big float constants (positional tables, embeddings) stored int8 per row
+    (quant/constants.py) when the output error stays within ``budget``; returns (graph, error)
+    and says in ``metadata["quantization"]["constants"]`` what was done."""
+    names = constants.candidates(qg)
+    if not names:
+        return qg, err
+    g, rep = constants.compress_constants(qg, names)
+    e = output_error(ref, _outputs(g, eval_feeds))
+    before = sum(r["float_bytes"] for r in rep)
+    if e > budget:
+        qg.metadata["quantization"]["constants"] = (
+            f"{len(rep)} float32 ({before:,} B): int8 rows would make the output error {e:.2e}")
+        return qg, err
+    g.metadata["quantization"] = dict(qg.metadata["quantization"])
+    g.metadata["quantization"]["constants"] = (
+        f"{len(rep)} int8 per row ({before:,} -> {sum(r['int8_bytes'] for r in rep):,} B: "
+        + ", ".join(r["constant"] for r in rep[:4]) + (", ..." if len(rep) > 4 else "") + ")")
+    return g, e
+
+
 def _progress(it, enabled, total, desc):
     if enabled and sys.stderr.isatty():
         try:
@@ -640,6 +662,7 @@ def quantize_graph(graph, calibration, weights="int8", activations="int8", metho
     for e in exclude:
         node = next(n for n in graph.nodes if n.name == e)
         report.append({"layer": e, "op": node.op, "precision": "float32", "reason": "excluded by the user"})
+    qg, err = _int8_constants(qg, ref, eval_feeds, budget, err)
     qg.metadata["precision_report"] = report
     qg.metadata["quantization"].update({"method": method, "max_error": budget, "output_error": err,
                                         "calibration_samples": len(feeds)})
@@ -880,8 +903,10 @@ def _quantize_dynamic_int4(graph, calibration, block, rounding, max_error, exclu
     info = g.metadata["quantization"]
     info.update(_int4_summary(g.metadata["precision_report"], block, rounding))
     if eval_feeds:
-        info.update(max_error=budget, output_error=output_error(ref, _outputs(g, eval_feeds)),
-                    calibration_samples=len(feeds))
+        g, err = _int8_constants(g, ref, eval_feeds, budget,
+                                 output_error(ref, _outputs(g, eval_feeds)))
+        g.metadata["quantization"].update(max_error=budget, output_error=err,
+                                          calibration_samples=len(feeds))
     return g
 
 

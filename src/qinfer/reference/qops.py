@@ -26,6 +26,7 @@ import numpy as np
 from . import int4 as q4
 from . import quantized as q
 from .registry import register
+from ..errors import InvalidInputError, UnsupportedOperatorError
 
 _f = np.float32
 
@@ -64,6 +65,36 @@ def _to_nchw(x):
 def quantize_op(inputs, attrs, n):
     return [quantize_u8(inputs[0], attrs["scale"], attrs["zero_point"],
                         attrs.get("layout") == "nchw_to_nhwc")]
+
+
+@register("DequantizeLinear")
+def dequantize_linear(inputs, attrs, n):
+    """ONNX DequantizeLinear, per tensor or per axis: y = (x - zero_point) * scale in float32.
+    (Blocked scales, opset 21's ``block_size``, are not supported.)"""
+    x, scale = np.asarray(inputs[0]), np.asarray(inputs[1])
+    zp = inputs[2] if len(inputs) > 2 and inputs[2] is not None else None
+    if x.dtype not in (np.int8, np.uint8, np.int32):
+        raise UnsupportedOperatorError(f"DequantizeLinear: x must be int8, uint8 or int32, got {x.dtype}")
+    if int(attrs.get("block_size", 0) or 0):
+        raise UnsupportedOperatorError("DequantizeLinear: blocked scales (block_size) are not supported")
+    if scale.dtype != np.float32 or scale.ndim > 1:
+        raise UnsupportedOperatorError(f"DequantizeLinear: x_scale must be a float32 scalar or 1-D, "
+                                       f"got {scale.dtype} {list(scale.shape)}")
+    shape = [1] * x.ndim
+    if scale.ndim == 1:
+        axis = int(attrs.get("axis", 1))
+        if not -x.ndim <= axis < x.ndim or scale.shape[0] != x.shape[axis]:
+            raise InvalidInputError(f"DequantizeLinear: x_scale of shape {list(scale.shape)} does not "
+                                    f"match axis {axis} of x {list(x.shape)}")
+        shape[axis] = scale.shape[0]
+    y = x.astype(np.float32)
+    if zp is not None:
+        zp = np.asarray(zp)
+        if zp.shape != scale.shape or zp.dtype != x.dtype:
+            raise InvalidInputError(f"DequantizeLinear: x_zero_point {zp.dtype} {list(zp.shape)} does "
+                                    f"not match x_scale {list(scale.shape)} / x {x.dtype}")
+        y = y - zp.astype(np.float32).reshape(shape if scale.ndim else ())
+    return [y * scale.reshape(shape if scale.ndim else ())]
 
 
 @register("DequantizeU8")

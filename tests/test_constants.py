@@ -1,0 +1,137 @@
+"""Big float constants of quantized models stored int8 per row (quant/constants.py), and the
+ONNX DequantizeLinear op that puts them back."""
+import numpy as np
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import qinfer
+from qinfer.errors import InvalidInputError, UnsupportedOperatorError
+from qinfer.ir.graph import Graph, Node, Value
+from qinfer.quant import constants
+from qinfer.reference import registry
+
+
+def _model(nodes, inputs, outputs, inits=(), opset=21):
+    g = helper.make_graph(nodes, "g", inputs, outputs, initializer=list(inits))
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)]).SerializeToString()
+
+
+@pytest.mark.parametrize("dtype,axis,zp", [(np.int8, None, False), (np.uint8, None, True),
+                                           (np.int8, 0, True), (np.uint8, 1, False), (np.int8, -1, True),
+                                           (np.int32, None, False)])
+def test_dequantize_linear_matches_onnxruntime(rng, dtype, axis, zp):
+    ort = pytest.importorskip("onnxruntime")
+    shape = (3, 5, 4)
+    info = np.iinfo(dtype)
+    x = rng.integers(max(info.min, -1000), min(info.max, 1000) + 1, shape).astype(dtype)
+    n = 1 if axis is None else shape[axis]
+    scale = (rng.random(n) + 0.01).astype(np.float32)
+    if axis is None:
+        scale = scale.reshape(())
+    inits = [numpy_helper.from_array(scale, "s")]
+    ins = ["x", "s"]
+    if zp and dtype != np.int32:
+        inits.append(numpy_helper.from_array(
+            rng.integers(info.min, info.max + 1, scale.shape).astype(dtype), "z"))
+        ins.append("z")
+    attrs = {} if axis is None else {"axis": axis}
+    tt = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+    data = _model([helper.make_node("DequantizeLinear", ins, ["y"], **attrs)],
+                  [helper.make_tensor_value_info("x", tt, shape)],
+                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)], inits)
+    want = ort.InferenceSession(data, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    got = qinfer.InferenceSession(qinfer.convert(data)).run(None, {"x": x})[0]
+    np.testing.assert_array_equal(got, want)
+
+
+def test_dequantize_linear_refuses_what_it_does_not_do():
+    op = registry.get("DequantizeLinear")
+    x = np.zeros((2, 3), np.int8)
+    with pytest.raises(InvalidInputError, match="axis"):
+        op([x, np.ones(2, np.float32)], {"axis": 1}, 1)
+    with pytest.raises(UnsupportedOperatorError, match="block_size"):
+        op([x, np.ones((2, 1), np.float32)], {"axis": 1, "block_size": 3}, 1)
+    with pytest.raises(UnsupportedOperatorError, match="int8"):
+        op([x.astype(np.float32), np.ones((), np.float32)], {}, 1)
+    with pytest.raises(InvalidInputError, match="zero_point"):
+        op([x, np.ones(3, np.float32), np.zeros(3, np.uint8)], {"axis": 1}, 1)
+
+
+@pytest.mark.parametrize("shape", [(64, 64), (1, 128, 64), (3, 7, 17, 65), (4096, 2)])
+def test_rows_keep_their_values_within_half_a_step(rng, shape):
+    a = (rng.standard_normal(shape) * rng.random(shape[:-1] + (1,)) * 10).astype(np.float32)
+    a.reshape(-1, shape[-1])[0] = 0                               # an all-zero row
+    q, scale = constants.quantize_rows(a)
+    rows = a.reshape(-1, shape[-1])
+    back = q.astype(np.float32) * scale[:, None]
+    step = np.abs(rows).max(axis=1) / 127
+    assert (np.abs(back - rows) <= step[:, None] / 2 * (1 + 1e-6) + 1e-30).all()
+    assert (back[0] == 0).all() and q.min() >= -127
+
+
+def _graph_with_table(table):
+    """y = MatMul(x + table, w): the table feeds a float Add."""
+    n, k = table.shape[-2:]
+    w = np.ones((k, 3), np.float32)
+    return Graph("t", [Node("Add", ("x", "table"), ("t",), {}, "add"),
+                       Node("MatMul", ("t", "w"), ("y",), {}, "mm")],
+                 [Value("x", "float32", table.shape)], [Value("y", "float32", None)],
+                 {"table": table, "w": w})
+
+
+def test_compress_constants_rewrites_and_runs(rng):
+    table = rng.standard_normal((1, 128, 64)).astype(np.float32)
+    g = _graph_with_table(table)
+    assert constants.candidates(g) == ["table"]
+    assert constants.candidates(g, min_elements=table.size + 1) == []
+    g2, rep = constants.compress_constants(g, ["table"])
+    assert "table" in g.initializers and "table" not in g2.initializers     # input untouched
+    assert rep == [{"constant": "table", "shape": [1, 128, 64], "float_bytes": 32768,
+                    "int8_bytes": 128 * 64 + 128 * 4}]
+    assert [n.op for n in g2.nodes] == ["DequantizeLinear", "Reshape", "Add", "MatMul"]
+    x = rng.standard_normal(table.shape).astype(np.float32)
+    q, scale = constants.quantize_rows(table)
+    want = (x + (q.astype(np.float32) * scale[:, None]).reshape(table.shape)) @ g.initializers["w"]
+    got = qinfer.InferenceSession(g2).run(None, {"x": x})[0]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_quantize_stores_the_transformers_position_table_int8(transformer_onnx, rng, tmp_path):
+    import models
+    m = qinfer.convert(transformer_onnx)
+    big = {k for k, v in m.graph.initializers.items() if v.dtype == np.float32 and v.size >= 4096
+           and not any(n.op in ("MatMul", "Gemm") and n.inputs[1] == k for n in m.graph.nodes)}
+    assert big, "the transformer fixture has a float table outside its layers"
+    calib = [models.transformer_input(rng, 1, 16) for _ in range(16)]
+    for kw in ({"weights": "int4"}, {"weights": "int4", "activations": "dynamic"}, {}):
+        q = qinfer.quantize(m, calib, progress=False, **kw)
+        info = q.graph.metadata["quantization"]
+        assert "int8 per row" in info["constants"], (kw, info)
+        assert not big & set(q.graph.initializers), kw
+        assert info["output_error"] <= info["max_error"]
+        p = tmp_path / "q.qinf"
+        q.save(p)
+        x = models.transformer_input(rng, 2, 9)
+        a = qinfer.InferenceSession(q).run(None, {"x": x})[0]
+        b = qinfer.InferenceSession(str(p)).run(None, {"x": x})[0]
+        np.testing.assert_array_equal(a, b)
+        ref = qinfer.InferenceSession(m).run(None, {"x": x})[0]
+        cos = float(a.ravel() @ ref.ravel() / np.linalg.norm(a) / np.linalg.norm(ref))
+        assert cos > 0.99, (kw, cos)
+
+
+def test_constants_stay_float_when_the_budget_says_so(rng):
+    """A table whose rows mix one huge value with the small ones the output depends on: int8 rows
+    would flush them to 0, so quantize keeps it float and says why."""
+    table = np.full((64, 128), 1e-3, np.float32) * rng.standard_normal((64, 128)).astype(np.float32)
+    table[:, 0] = 1e4
+    g = _graph_with_table(table)
+    g.nodes = [g.nodes[0], Node("Slice", ("t", "s0", "s1", "ax"), ("ts",), {}, "cut"),
+               Node("MatMul", ("ts", "w"), ("y",), {}, "mm")]
+    g.initializers.update(s0=np.array([1], np.int64), s1=np.array([128], np.int64),
+                          ax=np.array([1], np.int64), w=rng.standard_normal((127, 8)).astype(np.float32))
+    x = [{"x": (1e-3 * rng.standard_normal(table.shape)).astype(np.float32)} for _ in range(4)]
+    q = qinfer.quantize(qinfer.Model(g), x, progress=False)
+    info = q.graph.metadata["quantization"]
+    assert "float32" in info["constants"] and "output error" in info["constants"], info
+    assert "table" in q.graph.initializers
