@@ -57,12 +57,14 @@ def test_dequantize_linear_refuses_what_it_does_not_do():
         op([x, np.ones(3, np.float32), np.zeros(3, np.uint8)], {"axis": 1}, 1)
 
 
-@pytest.mark.parametrize("shape", [(64, 64), (1, 128, 64), (3, 7, 17, 65), (4096, 2)])
+@pytest.mark.parametrize("shape", [(64, 64), (1, 128, 64), (3, 7, 17, 65), (4096, 2), (96, 48, 3, 3),
+                                   (64, 128, 1, 1), (5000,)])
 def test_rows_keep_their_values_within_half_a_step(rng, shape):
     a = (rng.standard_normal(shape) * rng.random(shape[:-1] + (1,)) * 10).astype(np.float32)
-    a.reshape(-1, shape[-1])[0] = 0                               # an all-zero row
+    a.reshape(constants.rows_shape(shape))[0] = 0                 # an all-zero row
     q, scale = constants.quantize_rows(a)
-    rows = a.reshape(-1, shape[-1])
+    rows = a.reshape(constants.rows_shape(shape))
+    assert rows.shape[0] == (shape[0] if shape[-1] < constants.ROW_MIN else a.size // shape[-1])
     back = q.astype(np.float32) * scale[:, None]
     step = np.abs(rows).max(axis=1) / 127
     assert (np.abs(back - rows) <= step[:, None] / 2 * (1 + 1e-6) + 1e-30).all()
@@ -135,3 +137,38 @@ def test_constants_stay_float_when_the_budget_says_so(rng):
     info = q.graph.metadata["quantization"]
     assert "float32" in info["constants"] and "output error" in info["constants"], info
     assert "table" in q.graph.initializers
+
+
+def test_weights_of_layers_kept_float_are_stored_int8_and_decoded_once(resnet18_onnx, rng, tmp_path):
+    """A conv excluded from quantization keeps float32 arithmetic but int8 storage; the session
+    decodes it when built, so the conv runs on its float fast path with the decoded weight."""
+    from qinfer.runtime.planner import Program
+    m = qinfer.convert(resnet18_onnx)
+    conv = next(n for n in m.graph.nodes if n.op == "Conv" and m.graph.initializers[n.inputs[1]].size >= 36864)
+    w = m.graph.initializers[conv.inputs[1]]
+    x = [rng.standard_normal((1, 3, 64, 64)).astype(np.float32) for _ in range(4)]
+    q = qinfer.quantize(m, x, exclude=[conv.name], progress=False)
+    assert conv.inputs[1] not in q.graph.initializers
+    assert "int8 per row" in q.graph.metadata["quantization"]["constants"]
+    stored = q.graph.initializers[conv.inputs[1] + "__int8"]
+    assert stored.dtype == np.int8 and stored.shape == (w.shape[0], w[0].size)
+    p = tmp_path / "q.qinf"
+    q.save(p)
+    prog = Program(qinfer.load(p).graph, 1)
+    step = next(s for s in prog.steps if s.node.name == conv.name)
+    assert step.fn is not None, "the conv lost its fast path"
+    decoded = prog.graph.initializers[conv.inputs[1]]
+    qw, scale = constants.quantize_rows(w)
+    np.testing.assert_array_equal(decoded, (qw.astype(np.float32) * scale[:, None]).reshape(w.shape))
+    assert not any(n.op == "DequantizeLinear" for n in prog.graph.nodes)
+    a = qinfer.InferenceSession(q).run(None, {"input": x[0]})[0]
+    b = qinfer.InferenceSession(str(p), num_threads=2).run(None, {"input": x[0]})[0]
+    np.testing.assert_array_equal(a, b)
+
+
+def test_bad_stored_constants_are_refused_when_the_session_is_built(rng):
+    g = _graph_with_table(rng.standard_normal((64, 64)).astype(np.float32))
+    g2, _ = constants.compress_constants(g, ["table"])
+    g2.initializers["table__row_scale"] = np.ones(3, np.float32)       # 3 scales for 64 rows
+    with pytest.raises(InvalidInputError, match="table__dequantize"):
+        qinfer.InferenceSession(g2)

@@ -1,16 +1,23 @@
-"""Large float constants that are not layer weights, stored int8 in quantized models.
+"""Big float constants of quantized models stored int8: tables outside the layers, and the weights
+of the layers kept float.
 
-Quantization shrinks the weights of Conv / Gemm / MatMul, but transformers also carry big float
-tables that feed other ops: learned positional embeddings added to the activations, token
-embedding tables read by Gather, attention biases. Kept float32, they dominate a model whose
-layers are int4 (a 64-wide transformer's positional table alone is a quarter of its int4 file).
+Quantization shrinks the weights of the Conv / Gemm / MatMul layers it runs in int8 or int4, but
+two kinds of float32 tensors stay: tables that feed other ops (learned positional embeddings added
+to the activations, token embedding tables read by Gather; a 64-wide transformer's positional
+table alone is a quarter of its int4 file), and the weights of the layers the precision search
+kept float because int8 *activations* hurt them (in PP-OCR recognition they are half the file).
+Neither needs float32 storage: weight-only int8 with a scale per row changes them far less than
+quantizing the activations does.
 
-``compress_constants`` stores each float32 initializer of at least ``min_elements`` values that
-only float ops read as int8, symmetric, one float32 scale per row of its last axis, and puts back
-the original value with ONNX's ``DequantizeLinear`` (per axis 0 of the 2-D ``[rows, last]`` view)
-and, for other ranks, a ``Reshape``. Both run on constants only, so the planner computes them once
-per plan: the file holds 1 byte a value (plus 4 a row), the run time is unchanged. Each row keeps
-its largest value exactly and every other to within half a step of ``max|row| / 127``.
+``compress_constants`` stores each such float32 initializer of at least ``min_elements`` values
+as int8, symmetric, one float32 scale per row, and puts back the original value with ONNX's
+``DequantizeLinear`` (per axis 0 of the 2-D rows view) and, for other ranks, a ``Reshape``. A row
+is the last axis when it has at least ``ROW_MIN`` values (a table's row, a Gemm weight's output
+channel), else everything under the first axis (a conv weight's output channel). The planner
+decodes these nodes once when it builds a session (runtime/planner.py), so layers see float32
+weights and take their usual fast paths: the file holds 1 byte a value (plus 4 a row), the run
+time is unchanged. Each row keeps its largest value exactly and every other to within half a
+step of ``max|row| / 127``.
 
 The caller measures the output error with the constants compressed and keeps them float when the
 model's error budget does not allow it (quant/quantize.py).
@@ -24,21 +31,34 @@ from ..ir.graph import Graph, Node
 MIN_ELEMENTS = 4096
 
 
+#: a last axis of at least this many values is a row of its own; shorter ones (a conv kernel's
+#: width) join everything under the first axis
+ROW_MIN = 16
+
+
 def _weight_inputs(graph):
     """Names of the initializers the quantized layers read (already packed)."""
     return {i for n in graph.nodes if n.domain == "qinfer" for i in n.inputs if i}
 
 
+def rows_shape(shape):
+    """(rows, values per row) of a constant of ``shape`` (see the module's docstring)."""
+    if len(shape) == 1 or shape[-1] >= ROW_MIN:
+        return int(np.prod(shape[:-1], dtype=np.int64)), int(shape[-1])
+    return int(shape[0]), int(np.prod(shape[1:], dtype=np.int64))
+
+
 def candidates(graph, min_elements=MIN_ELEMENTS):
-    """The float32 initializers worth storing int8: big, read only by float ops of the default
-    domain, not graph outputs, with at least one row and a last axis of more than one value."""
+    """The float32 initializers worth storing int8: big, finite, read only by float ops of the
+    default domain (layers kept float included), not graph outputs, with rows of 2 values or more."""
     readers = graph.consumers()
     packed = _weight_inputs(graph)
     outputs = set(graph.output_names)
     out = []
     for name, a in graph.initializers.items():
-        if (a.dtype != np.float32 or a.size < min_elements or a.ndim == 0 or a.shape[-1] < 2
-                or name in packed or name in outputs or not np.isfinite(a).all()):
+        if (a.dtype != np.float32 or a.size < min_elements or a.ndim == 0
+                or rows_shape(a.shape)[1] < 2 or name in packed or name in outputs
+                or not np.isfinite(a).all()):
             continue
         nodes = readers.get(name, [])
         if nodes and all(n.domain in ("", "ai.onnx") for n in nodes):
@@ -47,8 +67,8 @@ def candidates(graph, min_elements=MIN_ELEMENTS):
 
 
 def quantize_rows(a):
-    """(int8 [rows, last], float32 scale [rows]) of ``a`` with one symmetric scale per row."""
-    rows = np.ascontiguousarray(a, dtype=np.float32).reshape(-1, a.shape[-1])
+    """(int8 [rows, per row], float32 scale [rows]) of ``a``, one symmetric scale per row."""
+    rows = np.ascontiguousarray(a, dtype=np.float32).reshape(rows_shape(a.shape))
     peak = np.abs(rows).max(axis=1)
     scale = np.where(peak > 0, peak / np.float32(127), np.float32(1)).astype(np.float32)
     q = np.clip(np.rint(rows / scale[:, None]), -127, 127).astype(np.int8)

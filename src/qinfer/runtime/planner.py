@@ -56,8 +56,42 @@ class Step:
         self.checked = () if node.op in WINDOWED else None
 
 
+#: ops that decode stored constants (int8 rows, quant/constants.py); run once when a program is
+#: built, so the layers they feed see plain float32 constants (and take their fast paths)
+DECODE_OPS = frozenset({"DequantizeLinear", "Reshape", "Cast"})
+
+
+def _decoded(graph):
+    """``graph``, or a copy in which the decode nodes fed only by constants, starting from an
+    integer constant (DequantizeLinear of int8 rows, then Reshape / Cast), became initializers."""
+    consts, done, keep = dict(graph.initializers), set(), []
+    for n in graph.nodes:
+        ins = [i for i in n.inputs if i]
+        if (n.op in DECODE_OPS and n.domain in ("", "ai.onnx") and ins and all(i in consts for i in ins)
+                and (n.op == "DequantizeLinear" or ins[0] in done)):
+            try:
+                outs = reference.get(n.op)([consts[i] if i else None for i in n.inputs], n.attrs,
+                                           len(n.outputs))
+            except QinferError as e:
+                raise type(e)(f"node {n.name!r} ({n.op}) decoding stored constants: {e}") from e
+            for o, v in zip(n.outputs, outs):
+                if o:
+                    consts[o] = np.asarray(v)
+                    done.add(o)
+        else:
+            keep.append(n)
+    if not done:
+        return graph
+    g = graph.copy()
+    g.nodes = keep
+    used = {i for n in keep for i in n.inputs if i} | set(graph.output_names)
+    g.initializers = {k: v for k, v in consts.items() if k in used}
+    return g
+
+
 class Program:
     def __init__(self, graph, num_threads):
+        graph = _decoded(graph)
         self.graph = graph
         self.num_threads = num_threads
         consts = graph.initializers
