@@ -231,7 +231,6 @@ def test_quantize_keeps_the_zeros_exactly(digits_cnn, weights, rounding):
     assert checked == 2
 
 
-@pytest.mark.slow
 def test_digits_cnn_70_block4_int8_sparsegpt_loses_at_most_one_point(digits_cnn):
     """Issue 7, point 3: 70% block4 then int8 against float, with and without SparseGPT."""
     m = qinfer.convert(digits_cnn.path)
