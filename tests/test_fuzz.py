@@ -224,3 +224,21 @@ def test_replay_of_a_plan_alone(corpus, tmp_path):
     assert a == b and a != corpus["smallnet-int8"].data
     assert fuzzing.run_case(corpus["smallnet-int8"], plan, str(tmp_path)) == ("load",
                                                                                "ModelFormatError")
+
+
+@pytest.mark.parametrize("plan, outcome", [
+    # a node whose outputs were emptied (a .qinf): refused at load, not an IndexError in fusion
+    ({"model": "digits_cnn-float", "bytes": [], "edits": [
+        ["set", ["outputs"], []], ["set", ["nodes", 6, "outputs"], []]]}, ("load", "ModelFormatError")),
+    # Trilu fed a rank-1 value: an InvalidInputError when it runs, not numpy's TypeError
+    ({"model": "transformer-onnx", "bytes": [], "edits": [["op", 109, "Trilu"], ["attr_del", 128, 0]]},
+     ("run", "InvalidInputError")),
+    # an op older than its opset (Resize at opset 7): refused by the importer, not a None builder
+    ({"model": "mlp-onnx", "bytes": [], "edits": [["opset", 7], ["op", 0, "Resize"]]},
+     ("load", "UnsupportedOperatorError")),
+])
+def test_campaign_findings(corpus, tmp_path, plan, outcome):
+    """Cases the 100,000-case campaign (scripts/fuzz.py --seed 7) found raising other exceptions."""
+    if plan["model"] not in corpus:
+        pytest.skip("digits CNN unavailable")
+    assert fuzzing.run_case(corpus[plan["model"]], plan, str(tmp_path)) == outcome

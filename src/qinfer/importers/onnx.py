@@ -326,8 +326,13 @@ def convert(src, fold_constants=True):
                 problems.append((name, p.op_type, opset,
                                  f"cast to {dtypes.onnx_type_name(to)} is not supported"))
                 continue
+        build = _builder(p.op_type, opset)
+        if build is None:
+            problems.append((name, p.op_type, opset, f"{p.op_type} does not exist before opset "
+                             f"{min(BUILDERS[p.op_type])}"))
+            continue
         try:
-            nodes.extend(_builder(p.op_type, opset)(ctx, node))
+            nodes.extend(build(ctx, node))
         except (_Unsupported, KeyError) as e:
             problems.append((name, p.op_type, opset, str(e)))
 

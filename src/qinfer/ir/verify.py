@@ -336,6 +336,8 @@ def node_problems(n, label, inits=None) -> list:
         if k not in n.attrs and (i >= len(n.inputs) or not n.inputs[i]):
             missing.append(i)
             need = max(need, i + 1)
+    if not any(isinstance(o, str) and o for o in n.outputs):
+        out.append(f"{label}: the node has no output (every {n.op} produces one)")
     if missing:
         out.append(f"{label}: input(s) {missing} are required but missing ({n.op} takes at least "
                    f"{need}, got {list(n.inputs)})")

@@ -13,7 +13,7 @@ import math
 import numpy as np
 
 from .registry import register
-from ..errors import UnsupportedOperatorError
+from ..errors import InvalidInputError, UnsupportedOperatorError
 
 
 def _str(v):
@@ -339,6 +339,8 @@ def space_to_depth(inputs, attrs, num_outputs):
 @register("Trilu")
 def trilu(inputs, attrs, num_outputs):
     x = np.asarray(inputs[0])
+    if x.ndim < 2:
+        raise InvalidInputError(f"Trilu: the input must have rank >= 2, got shape {list(x.shape)}")
     k = int(np.asarray(inputs[1]).reshape(-1)[0]) if len(inputs) > 1 and inputs[1] is not None else 0
     if attrs.get("upper", 1):
         return [np.triu(x, k)]
