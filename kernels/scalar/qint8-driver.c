@@ -119,6 +119,14 @@ static void qi_qconv_im2col(const qi_qconv_problem *p, size_t g, size_t r0, size
 #undef QI_FILL
 }
 
+/* The patch rows for other drivers (the sparse one, qinfer/qsparse.h): the same im2col, the same
+ * row stride. */
+size_t qi_qconv_patch_stride(size_t k_pad) { return qi_qconv_a_stride(k_pad); }
+size_t qi_qconv_patch_slack(void) { return QI_SHORT_SLACK; }
+void qi_qconv_patches(const qi_qconv_problem *p, size_t g, size_t r0, size_t m, uint8_t *buf) {
+  qi_qconv_im2col(p, g, r0, m, buf);
+}
+
 void qi_qconv_run(const qi_qconv_problem *p, qi_gemm_qu8_qc8w_fn *fn, size_t m_begin, size_t m_end,
                   size_t p_begin, size_t p_end, void *scratch) {
   if (m_begin >= m_end || p_begin >= p_end) return;

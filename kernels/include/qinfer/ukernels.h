@@ -16,6 +16,7 @@
 #include "qinfer/gemm.h" /* fp32 GEMM operand descriptors */
 #include "qinfer/qint8.h" /* int8 GEMM / conv / depthwise: slot types, packed weights */
 #include "qinfer/qint4.h" /* int4 GEMM / conv: slot type, packed weights */
+#include "qinfer/qsparse.h" /* sparse int8 GEMM / conv: slot type, packed weights */
 #include "qinfer/qelementwise.h" /* the streaming uint8 kernels around the int8 convs */
 
 /* im2col: x[C, H, W] -> cols[C*KH*KW, OH*OW]; row (c*KH + ky)*KW + kx, column oy*OW + ox holds

@@ -227,10 +227,11 @@ def _check_zp(zp_x):
     return zp_x
 
 
-def _pack_panels(wg, bias, zp_x, kh, kw, cin):
-    """wg int8 [G, K, n] (K in (ky, kx, c) order) -> packed uint8 bytes."""
-    G, K, n = wg.shape
-    n_pad, k_pad = _round_up(max(n, 1), NR), _round_up(max(K, 1), KR)
+def fold_bias(wg, bias, zp_x, n_pad):
+    """(folded bias, colsum), int64 [G, n_pad] each (0 in the padding), of weights wg int8
+    [G, K, n]: colsum = sum_k w, folded = bias_q - zp_x * colsum (checked to fit int32). Shared by
+    the dense and the sparse (reference/sparse.py) packers."""
+    G, _, n = wg.shape
     colsum = np.zeros((G, n_pad), np.int64)
     colsum[:, :n] = wg.astype(np.int64).sum(axis=1)
     b = np.zeros((G, n_pad), np.int64)
@@ -238,6 +239,14 @@ def _pack_panels(wg, bias, zp_x, kh, kw, cin):
     folded = b - zp_x * colsum
     if folded.size and (folded.min() < INT32_MIN or folded.max() > INT32_MAX):
         raise ValueError("bias - zp_x * sum(w) does not fit int32")
+    return folded, colsum
+
+
+def _pack_panels(wg, bias, zp_x, kh, kw, cin):
+    """wg int8 [G, K, n] (K in (ky, kx, c) order) -> packed uint8 bytes."""
+    G, K, n = wg.shape
+    n_pad, k_pad = _round_up(max(n, 1), NR), _round_up(max(K, 1), KR)
+    folded, colsum = fold_bias(wg, bias, zp_x, n_pad)
     wp = np.zeros((G, k_pad, n_pad), np.int8)
     wp[:, :K, :n] = wg
     # [G, k_pad/4, 4, n_pad/32, 32] -> [G, n_pad/32, k_pad/4, 32, 4]
@@ -294,13 +303,14 @@ def pack_dwconv_qc8w(w, bias=None, zp_x=0):
         + np.ascontiguousarray(wq).tobytes(), np.uint8).copy()
 
 
-def read_header(packed):
-    """The header of packed weights as a dict (no validation beyond the size)."""
+def read_header(packed, header=HEADER):
+    """The header of packed weights as a dict (no validation beyond the size); ``header``: the
+    structured dtype of the format's 64-byte header (this module's, or reference/sparse.py's)."""
     packed = np.asarray(packed)
-    if packed.dtype != np.uint8 or packed.ndim != 1 or packed.size < HEADER.itemsize:
+    if packed.dtype != np.uint8 or packed.ndim != 1 or packed.size < header.itemsize:
         raise ValueError("packed weights must be a 1-D uint8 array of at least 64 bytes")
-    h = np.frombuffer(packed[:HEADER.itemsize].tobytes(), HEADER)[0]
-    return {name: (h[name].tolist()) for name in HEADER.names}
+    h = np.frombuffer(packed[:header.itemsize].tobytes(), header)[0]
+    return {name: (h[name].tolist()) for name in header.names}
 
 
 def unpack_qc8w(packed):

@@ -1,0 +1,201 @@
+/* Sparse int8 GEMM block, AVX-512 VNNI: per non-zero 1x4 block, its 4 weights broadcast against 4
+ * K bytes of 16 rows (one 64-byte load), vpdpbusd into 16 rows of one output channel.
+ *
+ * Design (qinfer/qsparse.h): the activations of up to QI_SPMM_MR = 128 rows are re-packed once per
+ * call K-group-major, At[kb][R][4] (R = 16 nz rows, nz <= 8 groups; 16 x 16 int32 transposes in
+ * registers, zeros past k and past the last row), so the 4 bytes of K group kb of 16 consecutive
+ * rows are one aligned zmm. A channel then costs, per non-zero block, one record (a scalar load of
+ * kb and a broadcast load of the 4 weights) and nz activation loads + vpdpbusd into nz
+ * accumulators; with nz <= 4, blocks go two at a time into a second accumulator set (enough
+ * independent chains for the vpdpbusd latency). The loop is bound by its loads (one zmm per
+ * vpdpbusd: no activation vector is shared between channels whose block patterns differ), so rows
+ * are blocked as wide as the registers allow (8 groups) to spread the two record loads over as
+ * many vpdpbusd as possible, and the row blocks are balanced in whole 16-row groups. K is cut into
+ * blocks of whole pointer segments of up to 64 KiB of re-packed activations (QI_SP_L1, measured)
+ * and channels into blocks of 256; loops row block > channel block > K block > channel, parking
+ * each channel's sums between K blocks (`park`, [channel][128] int32, prefetched a few channels
+ * ahead). After the last K block, 16 x 16 tiles of the parked sums are transposed to 16 channels
+ * per row and go through the int8 epilogue (qepi-avx512vnni.h, instantiated per activation and
+ * output type). Record ranges are clamped to nnzb and every kb to [0, kg), so malformed weights
+ * cannot move an access out of the re-packed block.
+ */
+#include <immintrin.h>
+#include "qinfer/ukernels.h"
+#include "qepi-avx512vnni.h"
+
+#define QI_MR QI_SPMM_MR
+#define QI_NC QI_SPMM_NC
+/* Bytes of re-packed activations per K block: 64 KiB, the whole K of a 1024-wide layer at 64 rows.
+ * Measured (M = 196, K = N = 1024, 80% sparsity, 1 thread): 16 KiB blocks (L1-resident) 420 us,
+ * 32 KiB 340 us, 64 KiB 320-330 us -- parking the sums between K blocks costs more than the L1
+ * hits gain (the loop is bound by its activation loads either way). */
+#ifndef QI_SP_L1
+#define QI_SP_L1 65536
+#endif
+#define QI_SP_PFPARK 4 /* channels ahead whose parked sums are prefetched (K blocks after the first) */
+
+/* 16 x 16 int32 transpose: r[i] lane c -> r[c] lane i */
+QI_INLINE void qi_sp_tr16(__m512i r[16]) {
+  __m512i t[16], u[16];
+  for (int i = 0; i < 8; i++) {
+    t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+  }
+  /* u[4q + j], 128-bit lane L: column 4L + j of rows 4q .. 4q + 3 */
+  for (int q = 0; q < 4; q++) {
+    u[4 * q] = _mm512_unpacklo_epi64(t[4 * q], t[4 * q + 2]);
+    u[4 * q + 1] = _mm512_unpackhi_epi64(t[4 * q], t[4 * q + 2]);
+    u[4 * q + 2] = _mm512_unpacklo_epi64(t[4 * q + 1], t[4 * q + 3]);
+    u[4 * q + 3] = _mm512_unpackhi_epi64(t[4 * q + 1], t[4 * q + 3]);
+  }
+  for (int j = 0; j < 4; j++) {
+    const __m512i v = _mm512_shuffle_i32x4(u[j], u[4 + j], 0x88);
+    const __m512i w = _mm512_shuffle_i32x4(u[j], u[4 + j], 0xDD);
+    const __m512i v2 = _mm512_shuffle_i32x4(u[8 + j], u[12 + j], 0x88);
+    const __m512i w2 = _mm512_shuffle_i32x4(u[8 + j], u[12 + j], 0xDD);
+    r[j] = _mm512_shuffle_i32x4(v, v2, 0x88);      /* column j      (lane 0) */
+    r[8 + j] = _mm512_shuffle_i32x4(v, v2, 0xDD);  /* column 8 + j  (lane 2) */
+    r[4 + j] = _mm512_shuffle_i32x4(w, w2, 0x88);  /* column 4 + j  (lane 1) */
+    r[12 + j] = _mm512_shuffle_i32x4(w, w2, 0xDD); /* column 12 + j (lane 3) */
+  }
+}
+
+/* rows [0, mr) of A (k bytes each) -> At[kb][nz * 16][4] for kb < kg16 (zeros past k, past mr) */
+static void qi_sp_pack(const uint8_t *a, size_t lda, size_t mr, size_t k, size_t nz, uint8_t *at) {
+  const size_t r4 = nz * 64, kg16 = ((k + 3) / 4 + 15) & ~(size_t)15;
+  for (size_t rg = 0; rg < nz; rg++) {
+    for (size_t kb0 = 0; kb0 < kg16; kb0 += 16) {
+      const size_t left = k > kb0 * 4 ? k - kb0 * 4 : 0;
+      const __mmask64 km = left >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << left) - 1);
+      __m512i v[16];
+      for (size_t i = 0; i < 16; i++) {
+        const size_t r = rg * 16 + i;
+        v[i] = r < mr ? _mm512_maskz_loadu_epi8(km, a + r * lda + kb0 * 4) : _mm512_setzero_si512();
+      }
+      qi_sp_tr16(v);
+      for (size_t t = 0; t < 16; t++) _mm512_store_si512(at + (kb0 + t) * r4 + rg * 64, v[t]);
+    }
+  }
+}
+
+/* One channel over records [p, e): nz accumulators of 16 rows (named, so gcc keeps them in zmm
+ * registers; nz is a constant in each instantiation), from the bias or the parked sums. Up to 4
+ * groups, blocks go two at a time into a second set (2 nz chains in flight); from 5 groups on, one
+ * set has enough independent chains. */
+#define QI_SP_FOR8(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7)
+QI_INLINE void qi_sp_chan(const int nz, const uint8_t *at, const qi_sb4w_rec *p,
+                          const qi_sb4w_rec *e, size_t kg, int first, int32_t bias, int32_t *park) {
+  const size_t r4 = (size_t)nz * 64;
+  const __m512i zero = _mm512_setzero_si512(), b0 = _mm512_set1_epi32(bias);
+#define QI_DECL(r) __m512i c##r = zero, d##r = zero;
+  QI_SP_FOR8(QI_DECL)
+#undef QI_DECL
+#define QI_INIT(r) if (nz > r) c##r = first ? b0 : _mm512_load_si512(park + 16 * r);
+  QI_SP_FOR8(QI_INIT)
+#undef QI_INIT
+#define QI_DOT(C, r, A, W) if (nz > r) C##r = _mm512_dpbusd_epi32(C##r, _mm512_load_si512((A) + 64 * r), W);
+  if (nz <= 4) {
+    for (; p + 2 <= e; p += 2) {
+      size_t k0 = p[0].kb, k1 = p[1].kb;
+      k0 = k0 < kg ? k0 : 0;
+      k1 = k1 < kg ? k1 : 0;
+      const uint8_t *a0 = at + k0 * r4, *a1 = at + k1 * r4;
+      const __m512i w0 = _mm512_set1_epi32(p[0].w), w1 = _mm512_set1_epi32(p[1].w);
+#define QI_DOT2(r) QI_DOT(c, r, a0, w0) QI_DOT(d, r, a1, w1)
+      QI_SP_FOR8(QI_DOT2)
+#undef QI_DOT2
+    }
+  }
+  for (; p < e; p++) {
+    size_t k0 = p->kb;
+    k0 = k0 < kg ? k0 : 0;
+    const uint8_t *a0 = at + k0 * r4;
+    const __m512i w0 = _mm512_set1_epi32(p->w);
+#define QI_DOT1(r) QI_DOT(c, r, a0, w0)
+    QI_SP_FOR8(QI_DOT1)
+#undef QI_DOT1
+  }
+#undef QI_DOT
+#define QI_PARK(r) if (nz > r) _mm512_store_si512(park + 16 * r, nz <= 4 ? _mm512_add_epi32(c##r, d##r) : c##r);
+  QI_SP_FOR8(QI_PARK)
+#undef QI_PARK
+}
+
+/* Channels [jc, je) over K segments [s0, s1) */
+QI_INLINE void qi_sp_kblock(const int nz, const uint8_t *at, size_t jc, size_t je, size_t s0,
+                            size_t s1, const uint32_t *ptr, size_t nseg, const qi_sb4w_rec *rec,
+                            size_t nnzb, size_t kg, const int32_t *bias, int32_t *park) {
+  for (size_t j = jc; j < je; j++) {
+    size_t b, e;
+    qi_sb4w_range(ptr, nseg, j, s0, s1, nnzb, &b, &e);
+    if (s0 && j + QI_SP_PFPARK < je) {
+      const char *pp = (const char *)(park + (j + QI_SP_PFPARK - jc) * QI_MR);
+      for (int r = 0; r < nz; r++) _mm_prefetch(pp + 64 * r, _MM_HINT_T0);
+    }
+    qi_sp_chan(nz, at, rec + b, rec + e, kg, s0 == 0, bias[j], park + (j - jc) * QI_MR);
+  }
+}
+
+/* The epilogue of one 16 x 16 tile: v[c] = row c's 16 channels, rows c < rows */
+QI_INLINE void qi_sp_epi_rows(const int code, const int u8, const int full, const __m512i *v,
+                              size_t rows, __m512 scale, __mmask16 mask, const qi_qe16v vv,
+                              char *o, size_t ldo_bytes) {
+  for (size_t c = 0; c < rows; c++, o += ldo_bytes) qi_qe16_store_k(v[c], scale, vv, o, mask, code, u8, full);
+}
+
+static void qi_sp_epilogue(const int32_t *park, size_t jc, size_t je, size_t mr, size_t nz,
+                           const qi_qepi *ep, const qi_qe16 *E, size_t row0) {
+  const qi_qe16v vv = qi_qe16v_of(E);
+  const size_t es = E->out_u8 ? 1 : 4, ldo_bytes = ep->ldo * es;
+  for (size_t j16 = jc; j16 < je; j16 += 16) {
+    const size_t nv = je - j16 < 16 ? je - j16 : 16;
+    const __mmask16 mask = nv == 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << nv) - 1);
+    const __m512 scale = _mm512_maskz_loadu_ps(mask, ep->scale + j16);
+    for (size_t rg = 0; rg < nz; rg++) {
+      __m512i v[16];
+      for (size_t i = 0; i < 16; i++)
+        v[i] = i < nv ? _mm512_load_si512(park + (j16 - jc + i) * QI_MR + rg * 16) : _mm512_setzero_si512();
+      qi_sp_tr16(v);
+      const size_t rows = mr - rg * 16 < 16 ? mr - rg * 16 : 16;
+      char *o = (char *)ep->out + ((row0 + rg * 16) * ep->ldo + j16) * es;
+#define QI_EPI_CASE(CODE, U8, FULL) qi_sp_epi_rows(CODE, U8, FULL, v, rows, scale, mask, vv, o, ldo_bytes)
+      QI_QE16_DISPATCH(E, nv == 16, QI_EPI_CASE)
+#undef QI_EPI_CASE
+    }
+  }
+}
+
+void qi_spmm_qu8_sb4w__avx512vnni(size_t m, size_t n_begin, size_t n_end, size_t k,
+                                  const uint8_t *a, size_t lda, const int32_t *bias,
+                                  const uint32_t *ptr, size_t nseg, size_t seg,
+                                  const qi_sb4w_rec *rec, size_t nnzb, const qi_qepi *ep,
+                                  void *scratch) {
+  const qi_qe16 E = qi_qe16_init(ep);
+  const size_t kg = (k + 3) / 4, kg16 = (kg + 15) & ~(size_t)15;
+  uint8_t *at = (uint8_t *)scratch;
+  int32_t *park = (int32_t *)(at + (size_t)QI_MR * kg16 * 8);
+  /* row blocks of whole 16-row groups, balanced (196 rows: 64, 48, 48, 36 rather than 64, 64, 64,
+   * 4: a block of one or two groups pays two record loads per one or two activation loads) */
+  const size_t z = (m + 15) / 16, nblk = (z + QI_MR / 16 - 1) / (QI_MR / 16);
+  for (size_t b = 0, i0 = 0; b < nblk; b++) {
+    const size_t zb = z * (b + 1) / nblk - z * b / nblk;
+    const size_t mr = m - i0 < zb * 16 ? m - i0 : zb * 16, nz = zb;
+    qi_sp_pack(a + i0 * lda, lda, mr, k, nz, at);
+    size_t nsc = QI_SP_L1 / (nz * 64 * (seg ? seg : 1));
+    if (nsc < 1) nsc = 1;
+    for (size_t jc = n_begin; jc < n_end; jc += QI_NC) {
+      const size_t je = n_end - jc < QI_NC ? n_end : jc + QI_NC;
+      for (size_t s0 = 0; s0 < nseg; s0 += nsc) {
+        const size_t s1 = s0 + nsc < nseg ? s0 + nsc : nseg;
+#define QI_KB_CASE(Z) case Z: qi_sp_kblock(Z, at, jc, je, s0, s1, ptr, nseg, rec, nnzb, kg, bias, park); break;
+        switch (nz) {
+          QI_KB_CASE(8) QI_KB_CASE(7) QI_KB_CASE(6) QI_KB_CASE(5)
+          QI_KB_CASE(4) QI_KB_CASE(3) QI_KB_CASE(2) QI_KB_CASE(1)
+        }
+#undef QI_KB_CASE
+      }
+      qi_sp_epilogue(park, jc, je, mr, nz, ep, &E, i0);
+    }
+    i0 += mr;
+  }
+}

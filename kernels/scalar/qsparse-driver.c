@@ -1,0 +1,63 @@
+/* Sparse int8 conv / GEMM driver: common code (baseline flags, in kernels/scalar/ for that reason),
+ * run by every ISA tier.
+ *
+ * Design: the int8 driver's plan (qint8-driver.c) for the sparse kernels. A thread owns a
+ * rectangle of the output, rows [m_begin, m_end) x units of 16 channels [u_begin, u_end), cut
+ * statically by the Cython driver. A GEMM, and a 1x1 / stride 1 / unpadded conv, hands the kernel
+ * its rows in place (the kernel re-packs them K-group-major itself, QI_SPMM_MR rows at a time).
+ * Other convs go through blocks of QI_SPMM_MR patch rows built by the dense int8 driver's im2col
+ * (qi_qconv_patches: the same patches, padding taps zp_x, zeros past k), once per (row block,
+ * group) and shared by every channel of that group. Integer sums are exact, so the rectangle and
+ * the block sizes change no output.
+ */
+#include "qinfer/ukernels.h"
+
+#define QI_ALIGN64(n) (((n) + 63) & ~(size_t)63)
+
+static size_t qi_spconv_cols_bytes(const qi_spconv_problem *p, size_t rows) {
+  if (p->c.direct || rows == 0) return 0;
+  size_t mc = rows < QI_SPMM_MR ? rows : QI_SPMM_MR;
+  return QI_ALIGN64(mc * qi_qconv_patch_stride(p->c.k_pad) + qi_qconv_patch_slack());
+}
+
+size_t qi_spconv_scratch_bytes(const qi_spconv_problem *p, size_t rows) {
+  return qi_spconv_cols_bytes(p, rows) + QI_ALIGN64(qi_spmm_scratch_bytes(p->c.k_pad));
+}
+
+void qi_spconv_run(const qi_spconv_problem *p, qi_spmm_qu8_sb4w_fn *fn, size_t m_begin,
+                   size_t m_end, size_t u_begin, size_t u_end, void *scratch) {
+  const qi_qconv_problem *c = &p->c;
+  if (m_begin >= m_end || u_begin >= u_end) return;
+  const size_t upg = c->n_pad / QI_SB4W_NR; /* units per group */
+  const size_t es = c->ep.out_u8 ? 1 : sizeof(float);
+  const size_t mc = c->direct ? m_end - m_begin : QI_SPMM_MR;
+  uint8_t *cols = (uint8_t *)scratch;
+  void *kscratch = (uint8_t *)scratch + qi_spconv_cols_bytes(p, m_end - m_begin);
+  for (size_t r0 = m_begin; r0 < m_end; r0 += mc) {
+    const size_t m = m_end - r0 < mc ? m_end - r0 : mc;
+    for (size_t g = u_begin / upg; g * upg < u_end; g++) {
+      const size_t q0 = g * upg > u_begin ? g * upg : u_begin;
+      const size_t q1 = (g + 1) * upg < u_end ? (g + 1) * upg : u_end;
+      size_t n0 = (q0 - g * upg) * QI_SB4W_NR, n1 = (q1 - g * upg) * QI_SB4W_NR;
+      if (n1 > c->n) n1 = c->n;
+      if (n0 >= n1) continue;
+      const uint8_t *a;
+      size_t lda, k;
+      if (c->direct) {
+        a = c->x + r0 * c->lda + g * c->cin;
+        lda = c->lda;
+        k = c->k;
+      } else {
+        qi_qconv_patches(c, g, r0, m, cols);
+        a = cols;
+        lda = qi_qconv_patch_stride(c->k_pad);
+        k = c->k_pad; /* zeros past k meet no weight (kb < ceil(k / 4) holds its tail zeros) */
+      }
+      qi_qepi ep = c->ep;
+      ep.scale = c->ep.scale + g * c->n;
+      ep.out = (char *)c->ep.out + (r0 * c->ep.ldo + g * c->n) * es;
+      fn(m, n0, n1, k, a, lda, p->bias + g * c->n_pad, p->ptr + g * c->n_pad * p->nseg, p->nseg,
+         p->seg, p->rec, p->nnzb, &ep, kscratch);
+    }
+  }
+}
