@@ -11,6 +11,8 @@ so the parked sums are used), channels in units of 16 and blocks of 256; the AVX
 32-row blocks. Densities: 0 (every weight zero), 1 (no block pruned), one non-zero block per
 channel, random densities; K multiple of 4 and not (a K tail block).
 """
+import re
+
 import numpy as np
 import pytest
 
@@ -318,3 +320,91 @@ def test_empty_batch_and_slot():
     y = K.qspmm_u8s8(np.zeros((0, 8), np.uint8), p, np.ones(5, np.float32))
     assert y.shape == (0, 5)
     assert cpu.kernel_table()["spmm_qu8_sb4w"].startswith("qi_spmm_qu8_sb4w__")
+
+
+# ----------------------------------------------------------------------------- model level
+
+def _conv_net(rng):
+    """x [N, 16, 12, 12] -> conv 3x3 (16 -> 32, pad 1) -> relu -> conv 3x3 stride 2 pad 1 (32 -> 64)
+    -> relu -> conv 1x1 (64 -> 64) -> relu -> global average pool -> Gemm (64 -> 10)."""
+    import qinfer
+    from qinfer.ir.graph import Graph, Node, Value
+    f = np.float32
+    init = {"w1": (rng.standard_normal((32, 16, 3, 3)) * 0.2).astype(f),
+            "b1": rng.standard_normal(32).astype(f) * 0.1,
+            "w2": (rng.standard_normal((64, 32, 3, 3)) * 0.1).astype(f),
+            "w3": (rng.standard_normal((64, 64, 1, 1)) * 0.2).astype(f),
+            "wf": (rng.standard_normal((10, 64)) * 0.3).astype(f), "bf": np.zeros(10, f)}
+    c3 = {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1], "group": 1}
+    nodes = [Node("Conv", ("x", "w1", "b1"), ("c1",), dict(c3, strides=[1, 1]), "conv1"),
+             Node("Relu", ("c1",), ("r1",), {}, "relu1"),
+             Node("Conv", ("r1", "w2"), ("c2",), dict(c3, strides=[2, 2]), "conv2"),
+             Node("Relu", ("c2",), ("r2",), {}, "relu2"),
+             Node("Conv", ("r2", "w3"), ("c3",), {"kernel_shape": [1, 1], "group": 1}, "conv3"),
+             Node("Relu", ("c3",), ("r3",), {}, "relu3"),
+             Node("GlobalAveragePool", ("r3",), ("p",), {}, "gap"),
+             Node("Flatten", ("p",), ("fl",), {"axis": 1}, "flatten"),
+             Node("Gemm", ("fl", "wf", "bf"), ("y",), {"transB": 1}, "fc")]
+    g = Graph("sparse_net", nodes, [Value("x", "float32", ("batch", 16, 12, 12))],
+              [Value("y", "float32", ("batch", 10))], init)
+    return qinfer.Model(g)
+
+
+def test_pruned_int8_net_sparse_equals_forced_dense(rng, monkeypatch, tmp_path):
+    """A conv net pruned to 80% block4 and quantized int8: its pruned convs are packed sparse and run
+    on the sparse kernels; the outputs are bit-identical to the same model quantized dense (the
+    threshold forced to 0), at 1 and 2 threads and through a saved file; summary() says which
+    layers are sparse and their density."""
+    import qinfer
+    from qinfer.quant import quantize as qz
+    from qinfer.reference.executor import run_graph
+    m = _conv_net(rng)
+    p = qinfer.prune(m, 0.8, pattern="block4", progress=False)
+    calib = [rng.standard_normal((2, 16, 12, 12)).astype(np.float32) for _ in range(4)]
+    sq = qinfer.quantize(p, calib, max_error=1.0, progress=False)
+    monkeypatch.setattr(qz, "SPARSE_MAX_DENSITY", 0.0)
+    dq = qinfer.quantize(p, calib, max_error=1.0, progress=False)
+    sparse_layers = [n.name for n in sq.graph.nodes if n.op in ("QConv", "QGemm")
+                     and S.is_sparse(sq.graph.initializers[n.inputs[1]])]
+    assert {"conv1", "conv2", "conv3"} <= set(sparse_layers), sparse_layers
+    assert not any(S.is_sparse(dq.graph.initializers[n.inputs[1]]) for n in dq.graph.nodes
+                   if n.op in ("QConv", "QGemm"))
+    for name in sparse_layers:
+        n = next(n for n in sq.graph.nodes if n.name == name)
+        assert S.unpack_sb4w(sq.graph.initializers[n.inputs[1]])["density"] == pytest.approx(0.2, abs=0.02)
+    report = {r["layer"]: r for r in sq.graph.metadata["precision_report"]}
+    assert report["conv2"]["sparse"]["pattern"] == "block4"
+    assert sq.graph.metadata["quantization"]["sparse_layers"] == len(sparse_layers)
+    text = sq.summary()
+    assert re.search(r"conv2 +QConv +int8-sparse +block4, density 1\d\.\d%", text), text
+    x = rng.standard_normal((3, 16, 12, 12)).astype(np.float32)
+    path = tmp_path / "sparse.qinf"
+    sq.save(path)
+    loaded = qinfer.load(path)
+    ref = run_graph(sq.graph, {"x": x})["y"]   # the numpy oracle (dense int8 arithmetic)
+    for nt_ in (1, 2):
+        want = qinfer.InferenceSession(dq, num_threads=nt_).run(None, {"x": x})[0]
+        for model in (sq, loaded):
+            got = qinfer.InferenceSession(model, num_threads=nt_).run(None, {"x": x})[0]
+            np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(ref, want)
+
+
+def test_hostile_sparse_weights_refused_at_load(rng, tmp_path):
+    """Sparse block lists damaged (a block index past K): the graph checks that run at load (and
+    save) name the weights, so such a file raises ModelFormatError and never reaches a kernel."""
+    import qinfer
+    from qinfer.ir import serialize, verify
+    m = _conv_net(rng)
+    p = qinfer.prune(m, 0.8, pattern="block4", progress=False)
+    sq = qinfer.quantize(p, [rng.standard_normal((1, 16, 12, 12)).astype(np.float32)],
+                         max_error=1.0, progress=False)
+    g = sq.graph.copy()
+    n = next(n for n in g.nodes if n.name == "conv2")
+    bad = g.initializers[n.inputs[1]].copy()
+    h = S.read_header(bad)
+    bad[h["rec_off"]:].view("<u4")[0] = h["kg"] + 5
+    g.initializers[n.inputs[1]] = bad
+    assert any("block index" in msg for msg in verify.problems(g))   # what load runs
+    with pytest.raises(qinfer.ModelFormatError, match="block index"):
+        serialize.save(g, str(tmp_path / "bad.qinf"))                 # (save checks too)

@@ -4,6 +4,7 @@ import os
 from .ir.graph import Graph
 from .errors import ModelFormatError
 from .ir import serialize
+from .reference import sparse as _sparse
 
 
 class Model:
@@ -50,6 +51,10 @@ class Model:
             prec = {"QConv": "int8", "QGemm": "int8", "DynQGemm": "int8-dyn", "Q4Conv": "int4",
                     "Q4Gemm": "int4", "DynQ4Gemm": "int4-dyn"}.get(n.op, w.dtype.name)
             shape = "packed" if n.op.startswith(("Q", "Dyn")) else str(list(w.shape))
+            if n.op in ("QConv", "QGemm") and _sparse.is_sparse(w):   # block4 sparse int8 weights
+                h = _sparse.read_header(w)
+                prec = "int8-sparse"
+                shape = f"block4, density {h['nnzb'] / max(1, h['groups'] * h['n'] * h['kg']):.1%}"
             lines.append(f"  {n.name[:40]:<40} {n.op:<14} {prec:<12} {shape:<20} {w.nbytes:>10,}")
         lines.extend(_sparsity_lines(g.metadata.get("sparsity")))
         kept = [r for r in g.metadata.get("precision_report", []) if r.get("precision") == "float32"]

@@ -277,6 +277,9 @@ def _packed_problems(n, label, inits):
             and packed.size >= fmt.HEADER.itemsize):
         return [f"{where} must be an initializer, a 1-D uint8 array of at least "
                 f"{fmt.HEADER.itemsize} bytes"]
+    from ..reference import sparse as spfmt
+    if spfmt.is_sparse(packed):
+        return _sparse_packed_problems(n, label, where, packed, scale, spfmt)
     h = fmt.read_header(packed)
     dw = n.op == "QConv" and n.attrs.get("kind") == "dw"
     g, c, k, kh, kw = h["groups"], h["n"], h["k"], h["kh"], h["kw"]
@@ -302,11 +305,30 @@ def _packed_problems(n, label, inits):
     bias = packed[fmt.HEADER.itemsize:fmt.HEADER.itemsize + 4 * cols].view("<i4")
     if int(np.max(np.abs(bias.astype(np.int64)))) + k * 255 * 128 >= 1 << 31:
         return [f"{where}: K = {k} and its biases can overflow the int32 accumulator"]
-    if not (isinstance(scale, np.ndarray) and scale.dtype == np.float32 and scale.size == g * c
+    return _scale_problems(n, label, scale, g * c)
+
+
+def _scale_problems(n, label, scale, channels):
+    if not (isinstance(scale, np.ndarray) and scale.dtype == np.float32 and scale.size == channels
             and np.all(np.abs(scale) <= _Q_PARAM_MAX)):
-        return [f"{label}: scales {n.inputs[2]!r} must be an initializer of {g * c} float32 "
+        return [f"{label}: scales {n.inputs[2]!r} must be an initializer of {channels} float32 "
                 f"values with |scale| <= {_Q_PARAM_MAX:g} (one per output channel)"]
     return []
+
+
+def _sparse_packed_problems(n, label, where, packed, scale, spfmt):
+    """Sparse int8 weights (SB4W, docs/formats.md 2.3) of a QGemm / non-depthwise QConv: the whole
+    block structure is checked here (pointer table, every block index in range and in order, the
+    int32 bound), since the kernels check only the header per call."""
+    if n.op == "DynQGemm" or (n.op == "QConv" and n.attrs.get("kind") == "dw"):
+        return [f"{where}: sparse (SB4W) weights, which only QGemm and non-depthwise QConv take"]
+    bad = spfmt.problems(packed)
+    if bad:
+        return [f"{where}: sparse weights: {bad}"]
+    h = spfmt.read_header(packed)
+    if (h["kh"] == 0) != (n.op == "QGemm"):
+        return [f"{where}: sparse {'GEMM' if h['kh'] == 0 else 'conv'} weights in a {n.op} node"]
+    return _scale_problems(n, label, scale, h["groups"] * h["n"])
 
 
 def _runnable_ops():

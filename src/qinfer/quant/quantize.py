@@ -37,6 +37,7 @@ from ..ir.graph import Node, QuantParams, Value
 from ..ir.passes.fuse import epilogue_chain
 from ..reference import int4 as qref4
 from ..reference import quantized as qref
+from ..reference import sparse as qsparse
 from ..reference.executor import run_graph
 from ..reference.qops import DYNAMIC_ZP
 from . import gptq
@@ -51,6 +52,13 @@ WEIGHT_FORMATS = ("int8", "int4")
 INT4_GROUP_SIZES = (32, 64, 128)
 #: default output budget: every output keeps cosine similarity >= 0.99 with the float model
 DEFAULT_MAX_ERROR = 0.01
+#: Sparse int8 weights: a Gemm / MatMul / (non-depthwise) Conv layer whose int8 weights have a
+#: block4 density (non-zero 1x4 blocks along the reduction axis / all blocks) below this is packed
+#: sparse (SB4W, docs/formats.md 2.3) and runs on the sparse kernels; at or above it, dense. The
+#: break-even density measured by bench/bench_ukernels.py (sparse rows, M = 196, K = N = 1024, 1
+#: thread, AVX-512 VNNI), where the sparse kernel's time equals the dense int8 kernel's; see
+#: bench/README.md for the figures. Set to 0 to force every layer dense.
+SPARSE_MAX_DENSITY = 0.5
 #: calibration samples used to measure the output error (the first ones)
 EVAL_SAMPLES = 8
 #: float units the refinement after the binary search gives a second try at int8 (at most)
@@ -194,12 +202,21 @@ def _pack(c, s_x, zp_x):
         if not np.all(ratio < 2.0 ** 30):
             raise ValueError("its bias is too large for int32 at this input scale")
     bias_q = qp.quantize_bias(c.bias, s_x, s_w) if c.bias is not None else None
-    if c.kind == "gemm":
+    groups = int(c.node.attrs.get("group", 1))
+    c.density = None
+    if c.kind != "dw":   # block4 zeros (a pruned layer): sparse below the measured break-even
+        d = qsparse.layer_density(wq, groups)
+        if d < SPARSE_MAX_DENSITY:
+            c.density = d
+    if c.density is not None:
+        packed = (qsparse.pack_gemm_sb4w(wq, bias_q, zp_x) if c.kind == "gemm"
+                  else qsparse.pack_conv_sb4w(wq, bias_q, zp_x, groups))
+    elif c.kind == "gemm":
         packed = qref.pack_gemm_qc8w(wq, bias_q, zp_x)
     elif c.kind == "dw":
         packed = qref.pack_dwconv_qc8w(wq, bias_q, zp_x)
     else:
-        packed = qref.pack_conv_qc8w(wq, bias_q, zp_x, int(c.node.attrs.get("group", 1)))
+        packed = qref.pack_conv_qc8w(wq, bias_q, zp_x, groups)
     scale = (np.float64(s_x) * s_w.astype(np.float64)).astype(np.float32)
     return packed, scale, s_w
 
@@ -341,9 +358,14 @@ def build_quantized(graph, candidates, observers, quantize_set):
             four = getattr(c, "int4", None) is not None
             op = ("Q4Gemm" if four else "QGemm") if c.kind == "gemm" else ("Q4Conv" if four else "QConv")
             new_nodes.append(Node(op, (x, pname, sname), (c.y,), attrs, c.name, "qinfer"))
-            report.append({"layer": c.name, "op": n.op, "precision": "int4" if four else "int8",
-                           "reason": getattr(c, "note", None)
-                           or "quantized (per-channel int8 weights, uint8 activations)"})
+            entry = {"layer": c.name, "op": n.op, "precision": "int4" if four else "int8",
+                     "reason": getattr(c, "note", None)
+                     or "quantized (per-channel int8 weights, uint8 activations)"}
+            if getattr(c, "density", None) is not None and not four:
+                entry["sparse"] = {"pattern": "block4", "density": c.density}
+                entry["reason"] += (f"; sparse block4 weights, {c.density:.1%} of blocks non-zero "
+                                    f"(dense at or above {SPARSE_MAX_DENSITY:.0%})")
+            report.append(entry)
             continue
         if n.name in skip_relu:
             continue
@@ -391,6 +413,9 @@ def build_quantized(graph, candidates, observers, quantize_set):
             g.value_info[name] = Value(name, v.dtype, v.shape, QuantParams(np.float32(s), np.int32(zp)))
     g.metadata["layouts"] = layouts
     g.metadata["quantization"] = {"weights": "int8", "activations": "int8"}
+    sparse = sum("sparse" in r for r in report)
+    if sparse:
+        g.metadata["quantization"]["sparse_layers"] = sparse
     return g.remove_unused(), report
 
 

@@ -8,6 +8,8 @@ runs, e.g. to calibrate or evaluate a quantized graph layer by layer).
 - DequantizeU8(q u8)           -> f32: scale * (q - zp), optional NHWC -> NCHW
 - QConv(x u8 NHWC, packed, s)  -> u8 NHWC (requantized) or f32 (NHWC or NCHW); ``kind`` "conv" | "dw"
 - QGemm(x u8 [.., K], packed, s) -> u8 or f32 [.., N]
+  (QConv "conv" / QGemm weights may be sparse, SB4W of reference/sparse.py: the same int8 weights
+  stored as their non-zero 1x4 blocks; the arithmetic, and so this definition, is the dense one)
 - QAdd(a u8, b u8)             -> u8: requant((a - za) * sa + (b - zb) * sb), optional ReLU
 - DynQGemm(x f32 [.., K], packed, w_scale) -> f32: x quantized per call, symmetric around 128
 - QMaxPool(x u8 NHWC)           -> u8 NHWC: MaxPool's attributes; max commutes with quantization,

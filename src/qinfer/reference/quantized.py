@@ -316,7 +316,12 @@ def read_header(packed, header=HEADER):
 def unpack_qc8w(packed):
     """Inverse of the pack functions: {"header", "w" (original layout: [K, N] GEMM, ONNX
     [Cout, Cin/g, KH, KW] conv, [C, 1, KH, KW] depthwise), "bias" (folded int32, unpadded),
-    "colsum", "bias_q" (bias + zp_x * colsum)}."""
+    "colsum", "bias_q" (bias + zp_x * colsum)}. Sparse int8 weights (SB4W, reference/sparse.py: the
+    same int8 weights stored as their non-zero 1x4 blocks) unpack too, through sparse.unpack_sb4w
+    (whose dict adds "density")."""
+    from . import sparse
+    if sparse.is_sparse(np.asarray(packed)):
+        return sparse.unpack_sb4w(packed)
     h = read_header(packed)
     G, n, k, n_pad, k_pad = h["groups"], h["n"], h["k"], h["n_pad"], h["k_pad"]
     off = HEADER.itemsize

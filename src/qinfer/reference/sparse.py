@@ -113,17 +113,33 @@ def pack_gemm_sb4w(w, bias=None, zp_x=0, seg=SEG):
     return _pack(w[None], bias, _check_zp(zp_x), 0, 0, K, _check_seg(seg))
 
 
-def pack_conv_sb4w(w, bias=None, zp_x=0, groups=1, seg=SEG):
-    """Pack conv weights w int8 [Cout, Cin/groups, KH, KW] (ONNX layout) for the NHWC sparse conv
-    (K in (ky, kx, c) order, as the dense int8 conv)."""
-    w = _check_w(w, 4, "w")
+def conv_matrices(w, groups=1):
+    """[G, K, Cout/G] per-group reduction matrices of a conv weight [Cout, Cin/G, KH, KW] (ONNX), K
+    in the kernels' (ky, kx, c) order: the matrices whose 1x4 blocks the sparse layout stores."""
     cout, cin_g, kh, kw = w.shape
     if groups < 1 or cout % groups:
         raise ValueError(f"groups ({groups}) must divide the {cout} output channels")
     ng = cout // groups
-    wg = w.reshape(groups, ng, cin_g, kh, kw).transpose(0, 3, 4, 2, 1).reshape(
+    return w.reshape(groups, ng, cin_g, kh, kw).transpose(0, 3, 4, 2, 1).reshape(
         groups, kh * kw * cin_g, ng)
-    return _pack(wg, bias, _check_zp(zp_x), kh, kw, cin_g, _check_seg(seg))
+
+
+def pack_conv_sb4w(w, bias=None, zp_x=0, groups=1, seg=SEG):
+    """Pack conv weights w int8 [Cout, Cin/groups, KH, KW] (ONNX layout) for the NHWC sparse conv
+    (K in (ky, kx, c) order, as the dense int8 conv)."""
+    w = _check_w(w, 4, "w")
+    _, cin_g, kh, kw = w.shape
+    return _pack(conv_matrices(w, groups), bias, _check_zp(zp_x), kh, kw, cin_g, _check_seg(seg))
+
+
+def layer_density(w, groups=1):
+    """Block density of a layer's int8 weights: GEMM w [K, N], or conv w [Cout, Cin/G, KH, KW]."""
+    w = np.asarray(w)
+    if w.ndim == 2:
+        return density(w)
+    masks = [block_mask(m) for m in conv_matrices(w, groups)]
+    total = sum(m.size for m in masks)
+    return float(sum(int(m.sum()) for m in masks) / total) if total else 1.0
 
 
 def _check_seg(seg):
@@ -221,8 +237,3 @@ def unpack_sb4w(packed):
             "bias_q": (bias.astype(np.int64) + h["zp_x"] * cs.astype(np.int64)).astype(np.int32),
             "density": h["nnzb"] / float(G * n * kg)}
 
-
-def unpack_weights(packed):
-    """unpack_sb4w or quantized.unpack_qc8w, by the magic: the int8 weights of a QGemm / QConv."""
-    from .quantized import unpack_qc8w
-    return unpack_sb4w(packed) if is_sparse(packed) else unpack_qc8w(packed)

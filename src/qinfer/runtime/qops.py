@@ -1,7 +1,9 @@
 """Fast implementations of the quantized IR ops (see reference/qops.py for their definitions).
 
 Design: QConv / QGemm / DynQGemm call the int8 kernels with the packed weights stored in the graph
-(packed once at quantize time; loading is a memory map). Quantize / Dequantize / QAdd / QMaxPool /
+(packed once at quantize time; loading is a memory map). QConv / QGemm weights packed sparse (SB4W,
+reference/sparse.py: the quantizer chose it for a layer pruned below the break-even density) run
+on the sparse int8 kernels (qspconv2d_u8s8_nhwc / qspmm_u8s8), same arguments, same result. Quantize / Dequantize / QAdd / QMaxPool /
 QGlobalAveragePool / QMulChannel call the streaming C kernels (bit-identical to their numpy
 reference); a case those kernels do not take (a broadcasting QAdd, another dtype) returns None and
 the planner runs the reference op.
@@ -12,6 +14,7 @@ import numpy as np
 
 from ..reference import int4 as ref4
 from ..reference import qops as ref
+from ..reference import sparse as refsp
 from .cpu import _kernels as _k
 
 QOPS = ("QConv", "QGemm", "DynQGemm", "QuantizeU8", "DequantizeU8", "QAdd", "QMaxPool",
@@ -44,7 +47,10 @@ def make_qop(node, consts, nt):
             return None
         geo = dict(strides=tuple(a.get("strides", (1, 1))), pads=tuple(a.get("pads", (0, 0, 0, 0))),
                    dilations=tuple(a.get("dilations", (1, 1))))
-        kern = _k.qdwconv2d_u8s8_nhwc if a.get("kind") == "dw" else _k.qconv2d_u8s8_nhwc
+        if a.get("kind") == "dw":
+            kern = _k.qdwconv2d_u8s8_nhwc
+        else:
+            kern = _k.qspconv2d_u8s8_nhwc if refsp.is_sparse(packed) else _k.qconv2d_u8s8_nhwc
         ep = _epilogue(a)
         to_nchw = a.get("out_layout") == "nchw"
 
@@ -61,14 +67,15 @@ def make_qop(node, consts, nt):
             return None
         if node.op == "QGemm":
             ep = _epilogue(a)
+            gemm = _k.qspmm_u8s8 if refsp.is_sparse(packed) else _k.qgemm_u8s8
 
             def qgemm(inputs, _a, _n):
                 x = inputs[0]
                 if x.dtype != np.uint8:
                     return None
                 lead = x.shape[:-1]
-                y = _k.qgemm_u8s8(np.ascontiguousarray(x).reshape(-1, x.shape[-1]), packed, scale, **ep,
-                                  num_threads=nt)
+                y = gemm(np.ascontiguousarray(x).reshape(-1, x.shape[-1]), packed, scale, **ep,
+                         num_threads=nt)
                 return [y.reshape(lead + (y.shape[-1],))]
             return qgemm
         bias = consts.get(node.inputs[3]) if len(node.inputs) > 3 and node.inputs[3] else None
