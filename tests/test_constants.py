@@ -88,8 +88,8 @@ def test_compress_constants_rewrites_and_runs(rng):
     assert constants.candidates(g, min_elements=table.size + 1) == []
     g2, rep = constants.compress_constants(g, ["table"])
     assert "table" in g.initializers and "table" not in g2.initializers     # input untouched
-    assert rep == [{"constant": "table", "shape": [1, 128, 64], "float_bytes": 32768,
-                    "int8_bytes": 128 * 64 + 128 * 4}]
+    assert rep == [{"constant": "table", "shape": [1, 128, 64], "storage": "int8", "float_bytes": 32768,
+                    "stored_bytes": 128 * 64 + 128 * 4}]
     assert [n.op for n in g2.nodes] == ["DequantizeLinear", "Reshape", "Add", "MatMul"]
     x = rng.standard_normal(table.shape).astype(np.float32)
     q, scale = constants.quantize_rows(table)
@@ -122,25 +122,43 @@ def test_quantize_stores_the_transformers_position_table_int8(transformer_onnx, 
         assert cos > 0.99, (kw, cos)
 
 
-def test_constants_stay_float_when_the_budget_says_so(rng):
+@pytest.mark.parametrize("small, storage", [(1e-3, "float16"), (1e-9, "float32")])
+def test_constants_stay_wider_when_the_budget_says_so(rng, small, storage):
     """A table whose rows mix one huge value with the small ones the output depends on: int8 rows
-    would flush them to 0, so quantize keeps it float and says why."""
-    table = np.full((64, 128), 1e-3, np.float32) * rng.standard_normal((64, 128)).astype(np.float32)
+    would flush the small ones to 0, so quantize stores it float16 where that keeps them (1e-3)
+    and float32 where float16 flushes them too (1e-9), and says so."""
+    table = small * rng.standard_normal((64, 128)).astype(np.float32)
     table[:, 0] = 1e4
     g = _graph_with_table(table)
     g.nodes = [g.nodes[0], Node("Slice", ("t", "s0", "s1", "ax"), ("ts",), {}, "cut"),
                Node("MatMul", ("ts", "w"), ("y",), {}, "mm")]
     g.initializers.update(s0=np.array([1], np.int64), s1=np.array([128], np.int64),
                           ax=np.array([1], np.int64), w=rng.standard_normal((127, 8)).astype(np.float32))
-    x = [{"x": (1e-3 * rng.standard_normal(table.shape)).astype(np.float32)} for _ in range(4)]
+    x = [{"x": (small * rng.standard_normal(table.shape)).astype(np.float32)} for _ in range(4)]
     q = qinfer.quantize(qinfer.Model(g), x, progress=False)
     info = q.graph.metadata["quantization"]
-    assert "float32" in info["constants"] and "output error" in info["constants"], info
-    assert "table" in q.graph.initializers
+    assert "0 stored int8" in info["constants"], info
+    if storage == "float16":
+        assert "1 float16" in info["constants"] and q.graph.initializers["table__f16"].dtype == np.float16
+        assert "table" not in q.graph.initializers
+    else:
+        assert "1 kept float32" in info["constants"] and q.graph.initializers["table"].dtype == np.float32
+    assert info["output_error"] <= info["max_error"]
 
 
-def test_weights_of_layers_kept_float_are_stored_int8_and_decoded_once(resnet18_onnx, rng, tmp_path):
-    """A conv excluded from quantization keeps float32 arithmetic but int8 storage; the session
+def test_float16_constants_are_decoded_once(rng):
+    g = _graph_with_table(rng.standard_normal((64, 64)).astype(np.float32))
+    g2, rep = constants.compress_constants(g, {"table": "float16"})
+    assert rep[0]["stored_bytes"] == 64 * 64 * 2 and [n.op for n in g2.nodes][:1] == ["Cast"]
+    from qinfer.runtime.planner import Program
+    prog = Program(g2, 1)
+    np.testing.assert_array_equal(prog.graph.initializers["table"],
+                                  g.initializers["table"].astype(np.float16).astype(np.float32))
+    assert [s.node.op for s in prog.steps] == ["Add", "MatMul"]
+
+
+def test_weights_of_layers_kept_float_are_stored_smaller_and_decoded_once(resnet18_onnx, rng, tmp_path):
+    """A conv excluded from quantization keeps float32 arithmetic but float16 storage; the session
     decodes it when built, so the conv runs on its float fast path with the decoded weight."""
     from qinfer.runtime.planner import Program
     m = qinfer.convert(resnet18_onnx)
@@ -149,18 +167,17 @@ def test_weights_of_layers_kept_float_are_stored_int8_and_decoded_once(resnet18_
     x = [rng.standard_normal((1, 3, 64, 64)).astype(np.float32) for _ in range(4)]
     q = qinfer.quantize(m, x, exclude=[conv.name], progress=False)
     assert conv.inputs[1] not in q.graph.initializers
-    assert "int8 per row" in q.graph.metadata["quantization"]["constants"]
-    stored = q.graph.initializers[conv.inputs[1] + "__int8"]
-    assert stored.dtype == np.int8 and stored.shape == (w.shape[0], w[0].size)
+    assert "1 float16" in q.graph.metadata["quantization"]["constants"]
+    stored = q.graph.initializers[conv.inputs[1] + "__f16"]
+    assert stored.dtype == np.float16 and stored.shape == w.shape
     p = tmp_path / "q.qinf"
     q.save(p)
     prog = Program(qinfer.load(p).graph, 1)
     step = next(s for s in prog.steps if s.node.name == conv.name)
     assert step.fn is not None, "the conv lost its fast path"
     decoded = prog.graph.initializers[conv.inputs[1]]
-    qw, scale = constants.quantize_rows(w)
-    np.testing.assert_array_equal(decoded, (qw.astype(np.float32) * scale[:, None]).reshape(w.shape))
-    assert not any(n.op == "DequantizeLinear" for n in prog.graph.nodes)
+    np.testing.assert_array_equal(decoded, w.astype(np.float16).astype(np.float32))
+    assert not any(n.op == "Cast" for n in prog.graph.nodes)
     a = qinfer.InferenceSession(q).run(None, {"input": x[0]})[0]
     b = qinfer.InferenceSession(str(p), num_threads=2).run(None, {"input": x[0]})[0]
     np.testing.assert_array_equal(a, b)
@@ -172,3 +189,13 @@ def test_bad_stored_constants_are_refused_when_the_session_is_built(rng):
     g2.initializers["table__row_scale"] = np.ones(3, np.float32)       # 3 scales for 64 rows
     with pytest.raises(InvalidInputError, match="table__dequantize"):
         qinfer.InferenceSession(g2)
+
+
+def test_float16_only_where_it_keeps_the_values(rng):
+    a = rng.standard_normal((64, 64)).astype(np.float32)
+    assert constants.fits_float16(a) and constants.fits_float16(np.zeros((4, 4), np.float32))
+    assert not constants.fits_float16(a * 1e5)          # beyond float16's range
+    assert not constants.fits_float16(a * 1e-6)         # below its normal range: subnormal steps
+    q, scale = constants.quantize_rows(a * 1e-6)        # int8 rows keep such a tensor relative to its rows
+    back = q * scale[:, None]
+    assert np.linalg.norm(back - a * 1e-6) <= np.linalg.norm(a * 1e-6) * 0.01

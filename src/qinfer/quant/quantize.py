@@ -524,24 +524,49 @@ def output_error(ref_outs, got_outs):
     return worst
 
 
-def _int8_constants(qg, ref, eval_feeds, budget, err):
-    """``qg`` with its big float constants (positional tables, embeddings) stored int8 per row
-    (quant/constants.py) when the output error stays within ``budget``; returns (graph, error)
-    and says in ``metadata["quantization"]["constants"]`` what was done."""
-    names = constants.candidates(qg)
-    if not names:
+#: the most constants ``_small_constants`` tries one by one
+CONSTANT_TRIES = 24
+
+
+def _small_constants(qg, ref, eval_feeds, budget, err):
+    """``qg`` with its big float constants stored smaller (quant/constants.py) as far as the output
+    error stays within ``budget``: tables (positional, embeddings) as int8 rows, the weights of the
+    layers kept float as float16. All at once if that holds, else each, largest first, as planned
+    (a table float16 if int8 does not hold), two passes. Returns (graph, error);
+    ``metadata["quantization"]["constants"]`` says what was done."""
+    names = sorted(constants.candidates(qg), key=lambda k: -qg.initializers[k].nbytes)
+    layers = constants.layer_weights(qg)
+    half = {k for k in names if constants.fits_float16(qg.initializers[k])}
+    plan = {k: "float16" if k in layers else "int8" for k in names if k not in layers or k in half}
+    if not plan:
         return qg, err
-    g, rep = constants.compress_constants(qg, names)
+    g, rep = constants.compress_constants(qg, plan)
     e = output_error(ref, _outputs(g, eval_feeds))
-    before = sum(r["float_bytes"] for r in rep)
     if e > budget:
-        qg.metadata["quantization"]["constants"] = (
-            f"{len(rep)} float32 ({before:,} B): int8 rows would make the output error {e:.2e}")
-        return qg, err
-    g.metadata["quantization"] = dict(qg.metadata["quantization"])
-    g.metadata["quantization"]["constants"] = (
-        f"{len(rep)} int8 per row ({before:,} -> {sum(r['int8_bytes'] for r in rep):,} B: "
-        + ", ".join(r["constant"] for r in rep[:4]) + (", ..." if len(rep) > 4 else "") + ")")
+        chosen, g, rep, e = {}, qg, [], err
+        tries = [(k, kind) for k in names[:CONSTANT_TRIES] if k in plan
+                 for kind in ((plan[k], "float16") if plan[k] == "int8" and k in half else (plan[k],))]
+        for _ in range(2):     # the error is not monotonic: a second pass may take what the first left
+            changed = False
+            for name, kind in tries:
+                if name in chosen:
+                    continue
+                g_t, rep_t = constants.compress_constants(qg, {**chosen, name: kind})
+                e_t = output_error(ref, _outputs(g_t, eval_feeds))
+                if e_t <= budget:
+                    chosen[name] = kind
+                    g, rep, e, changed = g_t, rep_t, e_t, True
+            if not changed:
+                break
+    info = dict(qg.metadata["quantization"])
+    before = sum(qg.initializers[k].nbytes for k in names)
+    counts = {k: sum(r["storage"] == k for r in rep) for k in ("int8", "float16")}
+    info["constants"] = (f"{len(names)} float32 of {before:,} B outside the int8 layers: "
+                         f"{counts['int8']} stored int8 per row, {counts['float16']} float16, "
+                         f"{len(names) - len(rep)} kept float32 "
+                         f"({before:,} -> {before - sum(r['float_bytes'] - r['stored_bytes'] for r in rep):,} B)")
+    g = g.copy() if g is qg else g
+    g.metadata["quantization"] = info
     return g, e
 
 
@@ -687,7 +712,7 @@ def quantize_graph(graph, calibration, weights="int8", activations="int8", metho
     for e in exclude:
         node = next(n for n in graph.nodes if n.name == e)
         report.append({"layer": e, "op": node.op, "precision": "float32", "reason": "excluded by the user"})
-    qg, err = _int8_constants(qg, ref, eval_feeds, budget, err)
+    qg, err = _small_constants(qg, ref, eval_feeds, budget, err)
     qg.metadata["precision_report"] = report
     qg.metadata["quantization"].update({"method": method, "max_error": budget, "output_error": err,
                                         "calibration_samples": len(feeds)})
@@ -928,7 +953,7 @@ def _quantize_dynamic_int4(graph, calibration, block, rounding, max_error, exclu
     info = g.metadata["quantization"]
     info.update(_int4_summary(g.metadata["precision_report"], block, rounding))
     if eval_feeds:
-        g, err = _int8_constants(g, ref, eval_feeds, budget,
+        g, err = _small_constants(g, ref, eval_feeds, budget,
                                  output_error(ref, _outputs(g, eval_feeds)))
         g.metadata["quantization"].update(max_error=budget, output_error=err,
                                           calibration_samples=len(feeds))

@@ -62,13 +62,15 @@ DECODE_OPS = frozenset({"DequantizeLinear", "Reshape", "Cast"})
 
 
 def _decoded(graph):
-    """``graph``, or a copy in which the decode nodes fed only by constants, starting from an
-    integer constant (DequantizeLinear of int8 rows, then Reshape / Cast), became initializers."""
+    """``graph``, or a copy in which the decode nodes fed only by constants, starting from a stored
+    form (DequantizeLinear of int8 rows, Cast of float16; then Reshape / Cast), became
+    initializers."""
     consts, done, keep = dict(graph.initializers), set(), []
     for n in graph.nodes:
         ins = [i for i in n.inputs if i]
         if (n.op in DECODE_OPS and n.domain in ("", "ai.onnx") and ins and all(i in consts for i in ins)
-                and (n.op == "DequantizeLinear" or ins[0] in done)):
+                and (n.op == "DequantizeLinear" or ins[0] in done
+                     or (n.op == "Cast" and consts[ins[0]].dtype == np.float16))):
             try:
                 outs = reference.get(n.op)([consts[i] if i else None for i in n.inputs], n.attrs,
                                            len(n.outputs))
