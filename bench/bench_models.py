@@ -9,8 +9,15 @@ Where onnxruntime int8's output error exceeds qinfer's default budget, a second 
 quantized at onnxruntime's error is timed too (the two at equal accuracy). Last, each int8 model is loaded and run 100 times in a fresh process of its own (qinfer: numpy and
 qinfer only; onnxruntime: numpy and onnxruntime only) and the process's peak RSS is printed.
 
-    python bench/bench_models.py                       # resnet18, mobilenetv2, ppocr_cls
+Sparse rows (issue 7, ``--sparse-models``, default resnet18): the model pruned with ``qinfer.prune``
+to ``--sparsity`` (0.8) in 1x4 blocks along the reduction axis (block4, magnitude), then quantized
+int8 (its pruned layers packed sparse), timed interleaved against qinfer dense int8 (the unpruned
+model, quantized as above) and onnxruntime fp32, batch 1, 1 and 2 threads; PASS / FAIL lines for
+the done-when targets (2 threads: >= 2x qinfer dense int8, >= 4x onnxruntime fp32).
+
+    python bench/bench_models.py                       # resnet18, mobilenetv2, ppocr_cls (+ sparse resnet18)
     python bench/bench_models.py --models resnet18 --threads 1 --iterations 50
+    python bench/bench_models.py --models --sparse-models resnet18 --iterations 40   # the sparse rows only
 """
 import argparse
 import os
@@ -89,6 +96,19 @@ def _time(fn, n):
     return float(np.median(ts))
 
 
+def _interleaved(engines, feeds, iterations):
+    """p50 and p90 ms of each engine's run, the engines interleaved (the order rotates every round)."""
+    names = list(engines)
+    times = {k: [] for k in names}
+    for it in range(iterations):
+        for k in names[it % len(names):] + names[:it % len(names)]:
+            t = time.perf_counter()
+            engines[k].run(None, feeds)
+            times[k].append(time.perf_counter() - t)
+    return ({k: float(np.median(v)) * 1e3 for k, v in times.items()},
+            {k: float(np.percentile(v, 90)) * 1e3 for k, v in times.items()})
+
+
 RSS_SCRIPT = r"""
 import sys
 import numpy as np
@@ -144,7 +164,7 @@ def _cos(a, b):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", nargs="+", default=["resnet18", "mobilenetv2", "ppocr_cls"])
+    ap.add_argument("--models", nargs="*", default=["resnet18", "mobilenetv2", "ppocr_cls"])
     ap.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     ap.add_argument("--iterations", type=int, default=20)
     ap.add_argument("--calib", type=int, default=16, help="calibration samples")
@@ -153,6 +173,9 @@ def main(argv=None):
                          "qinfer's default budget)")
     ap.add_argument("--rss-runs", type=int, default=100,
                     help="runs in the peak-RSS processes (0: skip the RSS comparison)")
+    ap.add_argument("--sparse-models", nargs="*", default=["resnet18"],
+                    help="models timed pruned (block4) + int8 on the sparse kernels (none: skip)")
+    ap.add_argument("--sparsity", type=float, default=0.8, help="block4 sparsity of the sparse rows")
     args = ap.parse_args(argv)
     import onnxruntime as ort
     ort.set_default_logger_severity(3)
@@ -205,15 +228,8 @@ def main(argv=None):
                 engines[f"onnxruntime int8 ({ort_q[2]})"] = ort.InferenceSession(ort_q[0], so, providers=["CPUExecutionProvider"])
             feeds = {iname: test[0]}
             outs = {k: e.run(None, feeds)[0] for k, e in engines.items()}
-            times = {k: [] for k in engines}
             names = list(engines)
-            for it in range(args.iterations):
-                for k in names[it % len(names):] + names[:it % len(names)]:
-                    t = time.perf_counter()
-                    engines[k].run(None, feeds)
-                    times[k].append(time.perf_counter() - t)
-            p50 = {k: float(np.median(v)) * 1e3 for k, v in times.items()}
-            p90 = {k: float(np.percentile(v, 90)) * 1e3 for k, v in times.items()}
+            p50, p90 = _interleaved(engines, feeds, args.iterations)
             ref = outs["qinfer float"]
             print(f"  threads {T}:")
             for k in names:
@@ -241,6 +257,61 @@ def main(argv=None):
             got = [v for v, _ in rss.values()]
             if len(got) == 2 and None not in got:
                 print(f"    qinfer int8 / onnxruntime int8 peak RSS: {got[0] / got[1]:.2f}x")
+    verdicts = []
+    for name in args.sparse_models:
+        verdicts += _sparse_rows(name, args, tmp, ort)
+    for ok, text in verdicts:
+        print(f"{'PASS' if ok else 'FAIL'}  {text}")
+
+
+def _sparse_rows(name, args, tmp, ort):
+    """Issue 7 point 2: ``name`` pruned to args.sparsity block4 + int8 (sparse kernels) against
+    qinfer dense int8 and onnxruntime fp32, interleaved, batch 1; returns PASS / FAIL verdicts."""
+    path = _path(name)
+    samples = _samples(name, args.calib + 1)
+    calib, x = samples[:args.calib], samples[args.calib]
+    m = qinfer.convert(path)
+    iname = m.graph.inputs[0].name
+    dense = qinfer.quantize(m, calib, progress=False)
+    pruned = qinfer.prune(m, args.sparsity, pattern="block4", progress=False)
+    sparse = qinfer.quantize(pruned, calib, progress=False)
+    paths = {}
+    for key, model in (("sparse", sparse), ("dense", dense)):
+        paths[key] = os.path.join(tmp, f"{name}-{key}.qinf")
+        model.save(paths[key])
+    nsp = sparse.graph.metadata["quantization"].get("sparse_layers", 0)
+    nq = sum(n.op in ("QConv", "QGemm") for n in sparse.graph.nodes)
+    print(f"\n{name} pruned {args.sparsity:.0%} block4 (magnitude) + int8: {nsp} of {nq} int8 layers "
+          f"sparse; sizes: dense int8 {os.path.getsize(paths['dense']) / 1e6:.2f} MB, sparse int8 "
+          f"{os.path.getsize(paths['sparse']) / 1e6:.2f} MB; load average {os.getloadavg()[0]:.2f}")
+    verdicts = []
+    for T in args.threads:
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = T
+        so.inter_op_num_threads = 1
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        engines = {f"qinfer sparse int8 ({args.sparsity:.0%})": qinfer.InferenceSession(paths["sparse"], num_threads=T),
+                   "qinfer dense int8": qinfer.InferenceSession(paths["dense"], num_threads=T),
+                   "onnxruntime fp32": ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])}
+        feeds = {iname: x}
+        names = list(engines)
+        for k in names:
+            engines[k].run(None, feeds)
+        p50, p90 = _interleaved(engines, feeds, args.iterations)
+        print(f"  threads {T} (p50 / p90 ms):")
+        for k in names:
+            print(f"    {k:<28} {p50[k]:8.2f} / {p90[k]:8.2f}")
+        sp = p50[names[0]]
+        r_dense, r_ort = p50["qinfer dense int8"] / sp, p50["onnxruntime fp32"] / sp
+        print(f"    speed-up of qinfer sparse int8: vs qinfer dense int8 {r_dense:.2f}x, vs onnxruntime "
+              f"fp32 {r_ort:.2f}x")
+        if T == 2:
+            verdicts.append((r_dense >= 2.0, f"7.2 {name} {args.sparsity:.0%} block4 int8, batch 1, 2 "
+                             f"threads >= 2x qinfer dense int8: {sp:.2f} vs {p50['qinfer dense int8']:.2f} ms "
+                             f"({r_dense:.2f}x)"))
+            verdicts.append((r_ort >= 4.0, f"7.2 {name} {args.sparsity:.0%} block4 int8, batch 1, 2 "
+                             f"threads >= 4x onnxruntime fp32: {p50['onnxruntime fp32']:.2f} ms ({r_ort:.2f}x)"))
+    return verdicts
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@ depthwise Conv) and numpy float32 matmul, at 1 and 2 threads, in one run.
 
     python bench/bench_ukernels.py            # everything (~2-3 minutes)
     python bench/bench_ukernels.py --quick    # fewer shapes, shorter timings (~30 s)
-    python bench/bench_ukernels.py --skip gemm,mobilenet,resnet   # the int4 rows only (~15 s)
+    python bench/bench_ukernels.py --skip gemm,mobilenet,resnet   # the int4 and sparse rows (~40 s)
+    python bench/bench_ukernels.py --skip gemm,mobilenet,resnet,int4   # the sparse rows only (~25 s)
 
 Peak: a register-only loop of 24 independent zmm vpdpbusd (qinfer._ext._kernels.qint8_vnni_peak,
 kernels/avx512vnni/gemm-qu8_qc8w-avx512vnni.c), timed on one thread: 1 GOP = 1e9 int8 ops, a
@@ -28,6 +29,7 @@ import numpy as np
 from qinfer._ext import _kernels as K
 from qinfer.reference import int4 as Q4
 from qinfer.reference import quantized as Q
+from qinfer.reference import sparse as QS
 from qinfer.runtime import cpu
 
 try:
@@ -46,6 +48,9 @@ THREADS = (1, 2)
 #: batch-1 dense layers for the int4 rows: (K, N) of a 4096 x 4096 layer and the digits MLP's
 INT4_KN = ((4096, 4096), (784, 1024), (1024, 1024), (1024, 10))
 INT4_BLOCK = 64
+#: sparse rows: the GEMM of issue 7 and the block densities (non-zero 1x4 blocks / all) timed
+SPARSE_MKN = (196, 1024, 1024)
+SPARSE_DENSITIES = (1.0, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1)
 
 
 def timeit(f, min_time=0.2, batches=5):
@@ -264,6 +269,64 @@ def bench_int4(rng, args):
     return rows
 
 
+def pruned_block4(rng, Kd, N, density):
+    """int8 [K, N] with round(density * K/4) non-zero 1x4 blocks along K in every column (as
+    qinfer.prune leaves each output channel: the same count per channel, random places)."""
+    kg = (Kd + 3) // 4
+    keep = np.zeros((kg, N), bool)
+    nb = int(round(density * kg))
+    for j in range(N):
+        keep[rng.choice(kg, nb, replace=False), j] = True
+    w = rng.integers(-127, 128, (Kd, N)).astype(np.int8)
+    w[w == 0] = 1
+    return np.where(np.repeat(keep, 4, axis=0)[:Kd], w, 0).astype(np.int8)
+
+
+def bench_sparse(rng, args):
+    """M=196, K=N=1024 int8 GEMM with block4-pruned weights: the sparse kernel (qspmm_u8s8) at each
+    density against the dense int8 kernel (qgemm_u8s8) on the same weights, u8 out with ReLU; real
+    GOP/s counts the multiply-adds of the stored blocks, dense-equivalent those of the whole layer.
+    The break-even density (sparse as fast as dense, 1 thread) is interpolated between the two
+    measured densities around it: the quantizer's SPARSE_MAX_DENSITY."""
+    M, Kd, N = SPARSE_MKN
+    print(f"\n== sparse int8 GEMM (block4) M={M} K={Kd} N={N}, u8 -> u8 with ReLU: sparse kernel vs "
+          f"dense int8 kernel on the same weights; microseconds per call, load {load():.2f}")
+    print(f"{'thr':>3} {'density':>7} {'sparsity':>8} | {'sparse':>8} {'dense':>8} | {'real':>6} "
+          f"{'dense-eq':>8} GOP/s | {'dense/sparse':>12}")
+    mt = 0.3 if args.quick else 1.0
+    a = rng.integers(0, 256, (M, Kd), dtype=np.uint8)
+    scale = np.full(N, 1e-4, np.float32)
+    out = np.empty((M, N), np.uint8)
+    rows = []
+    for d in SPARSE_DENSITIES:
+        w = pruned_block4(rng, Kd, N, d)
+        bias = rng.integers(-100, 100, N).astype(np.int32)
+        ps, pd = QS.pack_gemm_sb4w(w, bias, 128), Q.pack_gemm_qc8w(w, bias, 128)
+        nnz = QS.read_header(ps)["nnzb"] * 4
+        for nt in (THREADS if d in (0.2, 0.1) else (1,)):
+            td = timeit(lambda: K.qgemm_u8s8(a, pd, scale, out=out, activation=1, num_threads=nt),
+                        mt, 7)
+            ts = timeit(lambda: K.qspmm_u8s8(a, ps, scale, out=out, activation=1, num_threads=nt),
+                        mt, 7)
+            rows.append(dict(d=d, nt=nt, ts=ts, td=td))
+            print(f"{nt:>3} {d:7.2f} {1 - d:8.0%} | {ts * 1e6:8.1f} {td * 1e6:8.1f} | "
+                  f"{2 * M * nnz / ts / 1e9:6.0f} {2 * M * Kd * N / ts / 1e9:8.0f}       | "
+                  f"{td / ts:11.2f}x", flush=True)
+    one = sorted((r for r in rows if r["nt"] == 1), key=lambda r: r["d"])
+    be = None
+    for lo, hi in zip(one, one[1:]):   # ratio dense/sparse falls with density; find where it is 1
+        rl, rh = lo["td"] / lo["ts"], hi["td"] / hi["ts"]
+        if rl >= 1.0 > rh:
+            be = lo["d"] + (hi["d"] - lo["d"]) * (rl - 1.0) / (rl - rh)
+            break
+    if be is None:
+        be = 1.0 if one[-1]["td"] >= one[-1]["ts"] else 0.0
+    from qinfer.quant.quantize import SPARSE_MAX_DENSITY
+    print(f"break-even block density (sparse time = dense time, 1 thread): {be:.2f} (sparsity "
+          f"{1 - be:.0%}); the quantizer packs sparse below SPARSE_MAX_DENSITY = {SPARSE_MAX_DENSITY}")
+    return rows, be
+
+
 def bench_resnet(peak, rng, args):
     print("\n== ResNet-18 conv layers (NHWC u8, ReLU, batch 1) through qconv2d_u8s8_nhwc")
     print(f"{'layer':<22} {'HxW':>7} {'Cin':>4} {'Cout':>4} {'k/s':>4} | "
@@ -358,7 +421,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer shapes, shorter timings")
     ap.add_argument("--full", action="store_true", help="GEMM over every K x N pair, not K = N")
-    ap.add_argument("--skip", default="", help="comma list of sections to skip: gemm,resnet,mobilenet,int4")
+    ap.add_argument("--skip", default="", help="comma list of sections to skip: gemm,resnet,mobilenet,int4,sparse")
     args = ap.parse_args(argv)
     skip = set(filter(None, args.skip.split(",")))
     if "avx512vnni" not in cpu.supported_isas():
@@ -410,6 +473,17 @@ def main(argv=None):
             verdicts.append((big["t_ort"] / big["t4"] >= 5.0, f"int4 4096x4096 batch 1, 1 thread >= 5x "
                              f"onnxruntime fp32 MatMul: {big['t_ort'] * 1e6:.1f} us "
                              f"({big['t_ort'] / big['t4']:.2f}x)"))
+    if "sparse" not in skip:
+        rows, be = bench_sparse(rng, args)
+        for d, want, pt in ((0.2, 3.0, "80%"), (0.1, 5.0, "90%")):
+            r = next((r for r in rows if r["d"] == d and r["nt"] == 1), None)
+            if r is not None:
+                verdicts.append((r["td"] / r["ts"] >= want,
+                                 f"7.1 sparse GEMM M=196 K=N=1024 {pt} block4, 1 thread >= {want:g}x "
+                                 f"dense int8: {r['ts'] * 1e6:.0f} vs {r['td'] * 1e6:.0f} us "
+                                 f"({r['td'] / r['ts']:.2f}x)"))
+        verdicts.append((0.0 < be < 1.0, f"7.1 break-even block density {be:.2f} (printed above; "
+                         f"recorded in qinfer.quant.quantize.SPARSE_MAX_DENSITY)"))
     if "mobilenet" not in skip:
         dw, tot = bench_mobilenet(peak, rng, args)
         if ort is not None and dw[1]:

@@ -55,10 +55,16 @@ DEFAULT_MAX_ERROR = 0.01
 #: Sparse int8 weights: a Gemm / MatMul / (non-depthwise) Conv layer whose int8 weights have a
 #: block4 density (non-zero 1x4 blocks along the reduction axis / all blocks) below this is packed
 #: sparse (SB4W, docs/formats.md 2.3) and runs on the sparse kernels; at or above it, dense. The
-#: break-even density measured by bench/bench_ukernels.py (sparse rows, M = 196, K = N = 1024, 1
-#: thread, AVX-512 VNNI), where the sparse kernel's time equals the dense int8 kernel's; see
-#: bench/README.md for the figures. Set to 0 to force every layer dense.
-SPARSE_MAX_DENSITY = 0.5
+#: break-even density measured by bench/bench_ukernels.py (sparse rows: M = 196, K = N = 1024, 1
+#: thread, AVX-512 VNNI, this machine): 0.57, between density 0.5 (sparse 786 us, dense 927 us)
+#: and 0.6 (1026 vs 928 us); bench/README.md has the table. Taken a little below (0.55): layers with
+#: few output channels pay more fixed cost per call (the activations' re-packing and the
+#: epilogue's transposes), so their break-even is lower. Set to 0 to force every layer dense.
+SPARSE_MAX_DENSITY = 0.55
+#: ... and, for a Gemm / MatMul, when one sample gives it at least this many rows: the sparse
+#: kernel computes 16 rows per vector, so a batch-1 classifier head (one row) would leave 15 of 16
+#: lanes idle (bench: M = 1, K = N = 1024 at 80% sparsity, sparse 37 us vs dense 15 us)
+SPARSE_MIN_ROWS = 16
 #: calibration samples used to measure the output error (the first ones)
 EVAL_SAMPLES = 8
 #: float units the refinement after the binary search gives a second try at int8 (at most)
@@ -130,10 +136,22 @@ def find_candidates(graph, exclude=()):
         if add_bias is not None:
             bias = add_bias
         c = Candidate(n, kind, absorbed, act, bias, weight)
+        c.rows = None if kind != "gemm" else 1 if n.op == "Gemm" else _rows_per_sample(graph, c.x)
         if kind in ("conv", "dw"):
             c.post = _post_affine(c.y, consts, consumers, outputs)
         out.append(c)
     return out
+
+
+def _rows_per_sample(graph, x):
+    """GEMM rows one sample gives a MatMul input (the product of its dims between the first and the
+    last: 1 for [batch, K], the sequence length for [batch, seq, K]); None when unknown. (An ONNX
+    Gemm's input is 2-D, [batch, K]: one row per sample.)"""
+    shape = graph.value(x).shape
+    if shape is None or len(shape) < 2:
+        return None
+    mid = shape[1:-1]
+    return int(np.prod(mid)) if all(isinstance(d, (int, np.integer)) for d in mid) else None
 
 
 def _post_affine(y, consts, consumers, outputs):
@@ -204,9 +222,10 @@ def _pack(c, s_x, zp_x):
     bias_q = qp.quantize_bias(c.bias, s_x, s_w) if c.bias is not None else None
     groups = int(c.node.attrs.get("group", 1))
     c.density = None
-    if c.kind != "dw":   # block4 zeros (a pruned layer): sparse below the measured break-even
-        d = qsparse.layer_density(wq, groups)
-        if d < SPARSE_MAX_DENSITY:
+    rows = getattr(c, "rows", None)
+    if c.kind != "dw" and (c.kind != "gemm" or rows is None or rows >= SPARSE_MIN_ROWS):
+        d = qsparse.layer_density(wq, groups)   # block4 zeros (a pruned layer): sparse below the
+        if d < SPARSE_MAX_DENSITY:               # measured break-even
             c.density = d
     if c.density is not None:
         packed = (qsparse.pack_gemm_sb4w(wq, bias_q, zp_x) if c.kind == "gemm"
