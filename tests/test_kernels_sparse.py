@@ -5,7 +5,8 @@ pruned weights, since the sparse format changes the storage, not the arithmetic.
 Every test runs at every ISA tier this machine can run (capped through qinfer.runtime.cpu) and at
 1 and 2 threads (the thread threshold lowered so small shapes really split). Tolerance: none --
 integer sums are exact and the epilogue is the int8 one. Shape classes come from the tiles: the
-AVX-512 kernel re-packs 16-row groups into row blocks of up to 128 rows (8 groups) and K into blocks
+AVX-512 kernel re-packs 16-row groups (conv patches straight from the input when the channels per
+group are a multiple of 64) into row blocks of up to 128 rows (8 groups) and K into blocks
 of whole 64-group pointer segments (64 KiB of re-packed rows: K above 512 at 128 rows takes several,
 so the parked sums are used), channels in units of 16 and blocks of 256; the AVX2 kernel works on
 32-row blocks. Densities: 0 (every weight zero), 1 (no block pruned), one non-zero block per
@@ -159,6 +160,11 @@ CONV_CASES = {  # id: (N, H, W, Cin, Cout, KH, KW, strides, pads, dilations, gro
     "7x7_stem_stride2": (1, 30, 30, 3, 64, 7, 7, (2, 2), (3, 3, 3, 3), (1, 1), 1),
     "rows_above_block": (1, 17, 17, 16, 20, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1),
     "k_several_blocks": (1, 12, 12, 128, 24, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1),
+    # 64 input channels per group: the patches are read in place (no im2col copy)
+    "c64_3x3_stride2_pad_batch2": (2, 9, 11, 64, 20, 3, 3, (2, 2), (1, 1, 1, 1), (1, 1), 1),
+    "c64_1x1_stride2": (1, 9, 9, 64, 16, 1, 1, (2, 2), (0, 0, 0, 0), (1, 1), 1),
+    "c128_groups2_dilation2": (1, 8, 9, 128, 24, 3, 3, (1, 1), (2, 2, 2, 2), (2, 2), 2),
+    "c64_rows_across_images": (3, 10, 10, 64, 17, 3, 3, (1, 1), (1, 0, 2, 1), (1, 1), 1),
 }
 
 

@@ -9,7 +9,8 @@
  * in adjacent lanes, added into R/4 accumulators; one vphaddd + vpermq per 8 rows folds the halves
  * into row order. K in blocks of whole segments whose re-packed rows fit 16 KiB, channels in
  * blocks of 256 with their partial sums parked between K blocks (as the AVX-512 variant); the
- * epilogue gathers 8 channels of a row from the parked sums (qepi-avx2.h). Integer sums are exact:
+ * epilogue gathers 8 channels of a row from the parked sums (qepi-avx2.h); conv patches (a == NULL)
+ * are built per row block by the int8 driver's im2col in the scratch. Integer sums are exact:
  * the result equals the scalar and VNNI kernels' bit for bit. Record ranges and kb are clamped.
  */
 #include <immintrin.h>
@@ -83,9 +84,9 @@ QI_INLINE void qi_sp2_kblock(const int nz, const int16_t *at, size_t jc, size_t 
 }
 
 void qi_spmm_qu8_sb4w__avx2(size_t m, size_t n_begin, size_t n_end, size_t k, const uint8_t *a,
-                            size_t lda, const int32_t *bias, const uint32_t *ptr, size_t nseg,
-                            size_t seg, const qi_sb4w_rec *rec, size_t nnzb, const qi_qepi *ep,
-                            void *scratch) {
+                            size_t lda, const qi_sp_patches *pa, const int32_t *bias,
+                            const uint32_t *ptr, size_t nseg, size_t seg, const qi_sb4w_rec *rec,
+                            size_t nnzb, const qi_qepi *ep, void *scratch) {
   const qi_qe8 E = qi_qe8_init(ep);
   const size_t kg = (k + 3) / 4, kg16 = (kg + 15) & ~(size_t)15;
   int16_t *at = (int16_t *)scratch;
@@ -93,7 +94,13 @@ void qi_spmm_qu8_sb4w__avx2(size_t m, size_t n_begin, size_t n_end, size_t k, co
   const size_t es = ep->out_u8 ? 1 : 4;
   for (size_t i0 = 0; i0 < m; i0 += QI_MR2) {
     const size_t mr = m - i0 < QI_MR2 ? m - i0 : QI_MR2, nz = (mr + 7) / 8;
-    qi_sp2_pack(a + i0 * lda, lda, mr, k, nz, at);
+    if (a) {
+      qi_sp2_pack(a + i0 * lda, lda, mr, k, nz, at);
+    } else { /* conv patches of these rows, built past this variant's half of the At region */
+      uint8_t *pbuf = (uint8_t *)scratch + (size_t)QI_SPMM_MR * kg16 * 4;
+      qi_qconv_patches(pa->conv, pa->g, pa->r0 + i0, mr, pbuf);
+      qi_sp2_pack(pbuf, qi_qconv_patch_stride(pa->conv->k_pad), mr, k, nz, at);
+    }
     size_t nsc = QI_SP_L1 / (nz * 64 * (seg ? seg : 1));
     if (nsc < 1) nsc = 1;
     for (size_t jc = n_begin; jc < n_end; jc += QI_NC) {

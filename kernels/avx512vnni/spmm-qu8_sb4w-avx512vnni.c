@@ -82,6 +82,53 @@ static void qi_sp_pack(const uint8_t *a, size_t lda, size_t mr, size_t k, size_t
   }
 }
 
+/* The same re-packing straight from a conv input (qi_sp_patches; cin a multiple of 64): rows
+ * [i0, i0 + mr) of the call are output pixels pa->r0 + i0 + r; for each kernel tap, each 64-byte
+ * piece of the 16 rows' input channels is one load per row (zp_x where the tap falls in the
+ * padding) and one 16 x 16 transpose: no im2col copy. */
+static void qi_sp_pack_patches(const qi_sp_patches *pa, size_t i0, size_t mr, size_t nz,
+                               uint8_t *at) {
+  const qi_qconv_problem *p = pa->conv;
+  const qi_conv2d_geom *ge = &p->geom;
+  const size_t cin = p->cin, ct = p->cin_total, ohw = ge->out_h * ge->out_w, r4 = nz * 64;
+  const __m512i zpv = _mm512_set1_epi8((char)p->zp_x);
+  for (size_t rg = 0; rg < nz; rg++) {
+    const uint8_t *base[16];
+    ptrdiff_t iy0[16], ix0[16];
+    for (size_t i = 0; i < 16; i++) {
+      const size_t r = rg * 16 + i;
+      base[i] = NULL;
+      if (r >= mr) continue;
+      const size_t row = pa->r0 + i0 + r, img = row / ohw, pix = row - img * ohw;
+      const size_t oy = pix / ge->out_w, ox = pix - oy * ge->out_w;
+      base[i] = p->x + img * ge->in_h * ge->in_w * ct + pa->g * cin;
+      iy0[i] = (ptrdiff_t)(oy * ge->stride_h) - (ptrdiff_t)ge->pad_top;
+      ix0[i] = (ptrdiff_t)(ox * ge->stride_w) - (ptrdiff_t)ge->pad_left;
+    }
+    for (size_t ky = 0, t = 0; ky < ge->k_h; ky++) {
+      for (size_t kx = 0; kx < ge->k_w; kx++, t++) {
+        const uint8_t *src[16];
+        for (size_t i = 0; i < 16; i++) {
+          src[i] = NULL;
+          if (!base[i]) continue;
+          const ptrdiff_t iy = iy0[i] + (ptrdiff_t)(ky * ge->dil_h);
+          const ptrdiff_t ix = ix0[i] + (ptrdiff_t)(kx * ge->dil_w);
+          if (iy >= 0 && iy < (ptrdiff_t)ge->in_h && ix >= 0 && ix < (ptrdiff_t)ge->in_w)
+            src[i] = base[i] + ((size_t)iy * ge->in_w + (size_t)ix) * ct;
+        }
+        for (size_t c = 0; c < cin; c += 64) {
+          __m512i v[16];
+          for (size_t i = 0; i < 16; i++)
+            v[i] = src[i] ? _mm512_loadu_si512(src[i] + c) : base[i] ? zpv : _mm512_setzero_si512();
+          qi_sp_tr16(v);
+          const size_t kb0 = (t * cin + c) / 4;
+          for (size_t j = 0; j < 16; j++) _mm512_store_si512(at + (kb0 + j) * r4 + rg * 64, v[j]);
+        }
+      }
+    }
+  }
+}
+
 /* One channel over records [p, e): nz accumulators of 16 rows (named, so gcc keeps them in zmm
  * registers; nz is a constant in each instantiation), from the bias or the parked sums. Up to 4
  * groups, blocks go two at a time into a second set (2 nz chains in flight); from 5 groups on, one
@@ -231,8 +278,8 @@ static void qi_sp_epilogue(const int32_t *park, size_t jc, size_t je, size_t mr,
 }
 
 void qi_spmm_qu8_sb4w__avx512vnni(size_t m, size_t n_begin, size_t n_end, size_t k,
-                                  const uint8_t *a, size_t lda, const int32_t *bias,
-                                  const uint32_t *ptr, size_t nseg, size_t seg,
+                                  const uint8_t *a, size_t lda, const qi_sp_patches *pa,
+                                  const int32_t *bias, const uint32_t *ptr, size_t nseg, size_t seg,
                                   const qi_sb4w_rec *rec, size_t nnzb, const qi_qepi *ep,
                                   void *scratch) {
   const qi_qe16 E = qi_qe16_init(ep);
@@ -246,7 +293,10 @@ void qi_spmm_qu8_sb4w__avx512vnni(size_t m, size_t n_begin, size_t n_end, size_t
   for (size_t b = 0, i0 = 0; b < nblk; b++) {
     const size_t zb = z * (b + 1) / nblk - z * b / nblk;
     const size_t mr = m - i0 < zb * 16 ? m - i0 : zb * 16, nz = zb;
-    qi_sp_pack(a + i0 * lda, lda, mr, k, nz, at);
+    if (a)
+      qi_sp_pack(a + i0 * lda, lda, mr, k, nz, at);
+    else
+      qi_sp_pack_patches(pa, i0, mr, nz, at);
     size_t nsc = QI_SP_L1 / (nz * 64 * (seg ? seg : 1));
     if (nsc < 1) nsc = 1;
     for (size_t jc = n_begin; jc < n_end; jc += QI_NC) {

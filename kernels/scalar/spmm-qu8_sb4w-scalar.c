@@ -6,23 +6,29 @@
  * 4 kb + t < k (a K tail reads no byte past the row). Integer sums are exact, so the dense int8
  * kernels' result on the same zero-filled weights is this one bit for bit. Record ranges and kb are
  * clamped (qi_sb4w_range, kb < kg) so malformed weights cannot move a read out of bounds. The
- * epilogue is qi_q_store1, the scalar definition of the float math and the requantization.
+ * epilogue is qi_q_store1, the scalar definition of the float math and the requantization. Conv
+ * patches (a == NULL) are built one row at a time in the scratch by the int8 driver's im2col.
  */
 #include "qinfer/ukernels.h"
 
 void qi_spmm_qu8_sb4w__scalar(size_t m, size_t n_begin, size_t n_end, size_t k,
-                              const uint8_t *a, size_t lda, const int32_t *bias,
-                              const uint32_t *ptr, size_t nseg, size_t seg,
+                              const uint8_t *a, size_t lda, const qi_sp_patches *pa,
+                              const int32_t *bias, const uint32_t *ptr, size_t nseg, size_t seg,
                               const qi_sb4w_rec *rec, size_t nnzb, const qi_qepi *ep,
                               void *scratch) {
   (void)seg;
-  (void)scratch;
   const size_t kg = (k + 3) / 4;
-  for (size_t j = n_begin; j < n_end; j++) {
-    size_t b, e;
-    qi_sb4w_range(ptr, nseg, j, 0, nseg, nnzb, &b, &e);
-    for (size_t i = 0; i < m; i++) {
-      const uint8_t *ar = a + i * lda;
+  for (size_t i = 0; i < m; i++) {
+    const uint8_t *ar;
+    if (a) {
+      ar = a + i * lda;
+    } else { /* conv patches: this row's, built in scratch */
+      qi_qconv_patches(pa->conv, pa->g, pa->r0 + i, 1, (uint8_t *)scratch);
+      ar = (const uint8_t *)scratch;
+    }
+    for (size_t j = n_begin; j < n_end; j++) {
+      size_t b, e;
+      qi_sb4w_range(ptr, nseg, j, 0, nseg, nnzb, &b, &e);
       int32_t acc = bias[j];
       for (size_t r = b; r < e; r++) {
         const size_t kb = rec[r].kb < kg ? rec[r].kb : 0;

@@ -73,21 +73,34 @@ typedef struct qi_sb4w_rec {
  * j * nseg + s); rec, nnzb: every record of the layer (ranges are clamped to nnzb); kg = ceil(k/4)
  * bounds every kb. Reads exactly k bytes of each A row. scratch: qi_spmm_scratch_bytes(k) bytes,
  * 64-byte aligned, private to the call. */
+typedef struct qi_sp_patches qi_sp_patches;
 typedef void qi_spmm_qu8_sb4w_fn(size_t m, size_t n_begin, size_t n_end, size_t k,
-                                 const uint8_t *a, size_t lda, const int32_t *bias,
-                                 const uint32_t *ptr, size_t nseg, size_t seg,
+                                 const uint8_t *a, size_t lda, const qi_sp_patches *pa,
+                                 const int32_t *bias, const uint32_t *ptr, size_t nseg, size_t seg,
                                  const qi_sb4w_rec *rec, size_t nnzb, const qi_qepi *ep,
                                  void *scratch);
+
+/* A given as conv patches (a == NULL): row i of A is the patch of output row r0 + i of group g of
+ * the conv (what qi_qconv_patches writes: K in (ky, kx, c) order, padding taps zp_x), k = its
+ * k_pad. The driver passes patches only when cin is a multiple of 64, so a 64-byte piece of a row
+ * never straddles two taps; a variant that does not read them in place builds them with
+ * qi_qconv_patches (below) in its own scratch. */
+struct qi_sp_patches {
+  const struct qi_qconv_problem *conv;
+  size_t g, r0;
+};
+#define QI_SP_PATCH_CIN 64
 
 /* Kernel blocking limits (every variant stays within qi_spmm_scratch_bytes) */
 #define QI_SPMM_MR 128 /* rows per re-packed activation block */
 #define QI_SPMM_NC 256 /* channels whose partial sums are parked between K blocks */
 
 /* The re-packed activations of QI_SPMM_MR rows (int16 in the AVX2 variant: twice the bytes of the
- * VNNI one), then the parked sums. */
+ * VNNI one; the scalar and AVX2 variants build patch rows in what is left), then the parked sums,
+ * then slack for qi_qconv_patches' short moves. */
 QI_INLINE size_t qi_spmm_scratch_bytes(size_t k) {
   size_t kg16 = ((k + 3) / 4 + 15) / 16 * 16;
-  return (size_t)QI_SPMM_MR * kg16 * 4 * 2 + (size_t)QI_SPMM_NC * QI_SPMM_MR * 4 + 256;
+  return (size_t)QI_SPMM_MR * kg16 * 4 * 2 + (size_t)QI_SPMM_NC * QI_SPMM_MR * 4 + 256 + 64;
 }
 
 /* Clamped record range of channel j (local), segments [s0, s1) */

@@ -36,9 +36,13 @@ cdef extern from "qinfer/qsparse.h":
         uint32_t kb
         int32_t w
 
+cdef extern from "qinfer/qsparse.h":
+    ctypedef struct qi_sp_patches:
+        pass
+
 ctypedef void (*qi_spmm_qu8_sb4w_ptr)(size_t m, size_t n_begin, size_t n_end, size_t k,
-                                      const uint8_t *a, size_t lda, const int32_t *bias,
-                                      const uint32_t *ptr, size_t nseg, size_t seg,
+                                      const uint8_t *a, size_t lda, const qi_sp_patches *pa,
+                                      const int32_t *bias, const uint32_t *ptr, size_t nseg, size_t seg,
                                       const qi_sb4w_rec *rec, size_t nnzb, const qi_qepi *ep,
                                       void *scratch) noexcept nogil
 
