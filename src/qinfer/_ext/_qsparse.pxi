@@ -135,9 +135,13 @@ cdef struct _SpSplit:
 
 
 cdef void _sp_split(_SpSplit *s, size_t M, size_t units, size_t work, int nt) noexcept nogil:
-    """pr x pc grid of nt' <= nt threads over (M/16 row units) x (16-channel units) minimizing
-    rt * (ct + 1): a row unit costs each of its channel units, plus about one unit for re-packing
-    its activations (which every thread splitting the channels repeats)."""
+    """pr x pc grid of nt' <= nt threads over (M/16 row units) x (16-channel units) minimizing the
+    largest share's cost ct * (rt + 2.5 ceil(rt / 8)) + rt / 2: per channel, each row unit is one
+    vpdpbusd per block, and each row block (up to 8 units, the kernel's) costs about 2.5 more in
+    record loads and loop overhead; each row unit's re-packing costs about half a channel unit,
+    repeated by every thread that splits the channels. So a batch-1 layer of few rows (ResNet-18's
+    7x7 layers: 4 row units) splits its channels and keeps its 4-group row block (splitting its
+    rows would leave each thread two groups per block), a layer of many rows splits its rows."""
     cdef size_t ru = (M + 15) // 16
     cdef size_t by_work = work // _Q_MIN_MACS_PER_THREAD
     cdef int pr, best_pr = 1, best_pc = 1
@@ -152,7 +156,7 @@ cdef void _sp_split(_SpSplit *s, size_t M, size_t units, size_t work, int nt) no
             continue
         rt = (ru + pr - 1) // pr
         ct = (units + nt // pr - 1) // (nt // pr)
-        cost = <double>rt * (ct + 1)
+        cost = <double>ct * (rt + 2.5 * ((rt + 7) // 8)) + 0.5 * rt
         if cost < best:
             best, best_pr, best_pc = cost, pr, nt // pr
     s.nt, s.pr, s.pc, s.ru, s.cu = nt, best_pr, best_pc, ru, units
