@@ -171,13 +171,32 @@ QI_INLINE void qi_sp_chan(const int nz, const uint8_t *at, const qi_sb4w_rec *p,
 #define QI_SUM(r) if (nz > r && nz <= 4) c##r = _mm512_add_epi32(c##r, d##r);
   QI_SP_FOR8(QI_SUM)
 #undef QI_SUM
-  if (t8) { /* last K block, uint8 out: the epilogue on the channel's rows, 16 bytes per group */
-    const __m512 sc = _mm512_set1_ps(scale);
-#define QI_U8(r)                                                                                  \
-  if (nz > r)                                                                                     \
-    _mm_store_si128((__m128i *)(t8 + 16 * r),                                                    \
-                    qi_qe16_requant(qi_qe16_act(_mm512_mul_ps(_mm512_cvtepi32_ps(c##r), sc), E), E));
-    QI_SP_FOR8(QI_U8)
+  if (t8) { /* last K block, uint8 out: the epilogue on the channel's rows, 16 bytes per group,
+             * the activation a constant in each case and the requantization's skips hoisted */
+    const __m512 sc = _mm512_set1_ps(scale), zero_ps = _mm512_setzero_ps();
+    const int inv_one = E->inv_one, zp_zero = E->zp_zero, nonneg = E->nonneg;
+#define QI_U8(r, CODE)                                                                            \
+  if (nz > r) {                                                                                   \
+    __m512 y = qi_qe16_act_k(_mm512_mul_ps(_mm512_cvtepi32_ps(c##r), sc), CODE, E->a, E->b);      \
+    if (!inv_one) y = _mm512_mul_ps(y, E->inv);                                                   \
+    if (!zp_zero) y = _mm512_add_ps(y, E->zp);                                                    \
+    if (!nonneg) y = _mm512_max_ps(y, zero_ps);                                                   \
+    _mm_store_si128((__m128i *)(t8 + 16 * r), _mm512_cvtusepi32_epi8(_mm512_cvtps_epi32(y)));    \
+  }
+#define QI_U8_CASE(CODE)                                                                          \
+  case CODE: {                                                                                    \
+    QI_U8(0, CODE) QI_U8(1, CODE) QI_U8(2, CODE) QI_U8(3, CODE)                                   \
+    QI_U8(4, CODE) QI_U8(5, CODE) QI_U8(6, CODE) QI_U8(7, CODE)                                   \
+    break;                                                                                        \
+  }
+    switch (E->code) {
+      QI_U8_CASE(QI_ACT_NONE) QI_U8_CASE(QI_ACT_RELU) QI_U8_CASE(QI_ACT_CLIP)
+      QI_U8_CASE(QI_ACT_HARDSWISH) QI_U8_CASE(QI_ACT_SIGMOID) QI_U8_CASE(QI_ACT_HARDSIGMOID)
+      default: QI_U8(0, QI_QACT_SILU) QI_U8(1, QI_QACT_SILU) QI_U8(2, QI_QACT_SILU)
+               QI_U8(3, QI_QACT_SILU) QI_U8(4, QI_QACT_SILU) QI_U8(5, QI_QACT_SILU)
+               QI_U8(6, QI_QACT_SILU) QI_U8(7, QI_QACT_SILU)
+    }
+#undef QI_U8_CASE
 #undef QI_U8
     return;
   }
