@@ -285,6 +285,11 @@ def _sparse_rows(name, args, tmp, ort):
           f"sparse; sizes: dense int8 {os.path.getsize(paths['dense']) / 1e6:.2f} MB, sparse int8 "
           f"{os.path.getsize(paths['sparse']) / 1e6:.2f} MB; load average {os.getloadavg()[0]:.2f}")
     verdicts = []
+    try:   # pruning and quantizing ran numpy's BLAS, whose idle threads would spin on our cores
+        from threadpoolctl import threadpool_limits
+        threadpool_limits(limits=1)
+    except ImportError:  # pragma: no cover
+        pass
     for T in args.threads:
         so = ort.SessionOptions()
         so.intra_op_num_threads = T
