@@ -127,7 +127,8 @@ def _mlp_onnx(rng):
 
 
 def build_corpus(digits_cnn=None, digits_mlp=None, transformer=None, seed=0):
-    """The files to mutate: float and int8 ``.qinf`` files and ONNX files of small models.
+    """The files to mutate: float, int8, int4 and sparse int8 ``.qinf`` files and ONNX files of
+    small models.
 
     ``digits_cnn`` / ``digits_mlp``: ``models.DigitsModel`` (None leaves them out);
     ``transformer``: the path of the transformer ONNX file (None leaves it out)."""
@@ -150,10 +151,22 @@ def build_corpus(digits_cnn=None, digits_mlp=None, transformer=None, seed=0):
         add(name + "-int8", "qinf", serialize.to_bytes(q.graph), feeds)
 
     x = rng.standard_normal((2, 3, 12, 12)).astype(np.float32)
-    add_model("smallnet", _smallnet_onnx(rng), {"x": x},
-              [rng.standard_normal((2, 3, 12, 12)).astype(np.float32) for _ in range(4)])
-    add_model("mlp", _mlp_onnx(rng), {"x": rng.standard_normal((3, 16)).astype(np.float32)},
-              None, dynamic=True)
+    small = _smallnet_onnx(rng)
+    calib = [rng.standard_normal((2, 3, 12, 12)).astype(np.float32) for _ in range(4)]
+    add_model("smallnet", small, {"x": x}, calib)
+    # the other packed weight formats: int4 (QB4W: Q4Conv / Q4Gemm) and sparse int8 (SB4W: the
+    # first conv pruned 80% in 1x4 blocks)
+    m = qinfer.convert(small)
+    add("smallnet-int4", "qinf", serialize.to_bytes(
+        qinfer.quantize(m, calib, weights="int4", progress=False).graph), {"x": x})
+    pruned = qinfer.prune(m, sparsity=0.8, pattern="block4", progress=False)
+    add("smallnet-sparse", "qinf", serialize.to_bytes(
+        qinfer.quantize(pruned, calib, progress=False).graph), {"x": x})
+    xm = rng.standard_normal((3, 16)).astype(np.float32)
+    mlp = _mlp_onnx(rng)
+    add_model("mlp", mlp, {"x": xm}, None, dynamic=True)
+    add("mlp-int4", "qinf", serialize.to_bytes(qinfer.quantize(
+        qinfer.convert(mlp), activations="dynamic", weights="int4", progress=False).graph), {"x": xm})
     if digits_cnn is not None:
         with open(digits_cnn.path, "rb") as f:
             data = f.read()

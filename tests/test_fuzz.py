@@ -236,9 +236,20 @@ def test_replay_of_a_plan_alone(corpus, tmp_path):
     # an op older than its opset (Resize at opset 7): refused by the importer, not a None builder
     ({"model": "mlp-onnx", "bytes": [], "edits": [["opset", 7], ["op", 0, "Resize"]]},
      ("load", "UnsupportedOperatorError")),
+    # int4 weights: a DynQ4Gemm whose input was deleted read its bias as packed weights at plan
+    # time (a ValueError); the QB4W contract is now checked at load
+    ({"model": "mlp-int4", "bytes": [], "edits": [["del", ["nodes", 0, "inputs", 0]],
+                                                  ["blob", "mm1__packed_w", 8, "int32", 1]]},
+     ("load", "ModelFormatError")),
+    ({"model": "mlp-int4", "bytes": [], "edits": [["blob", "mm1__packed_w", 8, "int32", 3]]},
+     ("load", "ModelFormatError")),
+    # sparse int8: a dilation past 2**64 reached the sparse kernel, whose own error class escaped
+    ({"model": "smallnet-sparse", "bytes": [], "edits": [
+        ["set", ["nodes", 1, "attrs", "dilations", 1], 18446744073709551616]]}, ("run", "InvalidInputError")),
 ])
 def test_campaign_findings(corpus, tmp_path, plan, outcome):
-    """Cases the 100,000-case campaign (scripts/fuzz.py --seed 7) found raising other exceptions."""
+    """Cases the fuzz campaigns (scripts/fuzz.py --seed 7; the test campaign once int4 and sparse
+    files joined the corpus) found raising other exceptions."""
     if plan["model"] not in corpus:
         pytest.skip("digits CNN unavailable")
     assert fuzzing.run_case(corpus[plan["model"]], plan, str(tmp_path)) == outcome

@@ -179,10 +179,10 @@ REQUIRED_INPUTS = {
                      "BitShift", "BitwiseAnd", "BitwiseOr", "BitwiseXor", "Conv", "ConvTranspose",
                      "MatMul", "MatMulInteger", "Gemm", "Reshape", "Expand", "Tile", "Gather",
                      "GatherElements", "GatherND", "LayerNormalization", "CumSum", "CastLike",
-                     "QAdd", "QMulChannel", "DequantizeLinear"], 2),
+                     "QAdd", "QMulChannel", "DequantizeLinear", "DynQ4Gemm"], 2),
     **dict.fromkeys(["Where", "Range", "OneHot", "ScatterND", "ScatterElements", "Scatter",
                      "InstanceNormalization", "GroupNormalization", "LSTM", "GRU", "RNN", "QConv",
-                     "QGemm", "DynQGemm"], 3),
+                     "QGemm", "DynQGemm", "Q4Gemm", "Q4Conv"], 3),
     "BatchNormalization": 5,
 }
 #: inputs that older opsets gave as attributes: (input index, attribute) -- one of them is required
@@ -196,7 +196,8 @@ _Q_ZERO_POINTS = ("zero_point", "a_zp", "b_zp", "x_zp")
 #: the int8 kernels' bound on |scale| and on the epilogue's parameters (_ext/_qkernels.pxi)
 _Q_PARAM_MAX = 1e20
 _QUANTIZED_OPS = frozenset({"QConv", "QGemm", "DynQGemm", "QuantizeU8", "DequantizeU8", "QAdd",
-                            "QMaxPool", "QGlobalAveragePool", "QMulChannel"})
+                            "QMaxPool", "QGlobalAveragePool", "QMulChannel", "Q4Gemm", "Q4Conv",
+                            "DynQ4Gemm"})
 
 
 def _is_number(x):
@@ -246,7 +247,7 @@ def _qop_problems(n, label):
 
 #: ops that slide a window: their geometry attributes take one entry per spatial axis (pads two)
 WINDOWED = frozenset({"Conv", "ConvTranspose", "MaxPool", "AveragePool", "LpPool", "QConv",
-                       "QMaxPool"})
+                       "QMaxPool", "Q4Conv"})
 
 
 def _window_problems(n, label):
@@ -306,6 +307,43 @@ def _packed_problems(n, label, inits):
     if int(np.max(np.abs(bias.astype(np.int64)))) + k * 255 * 128 >= 1 << 31:
         return [f"{where}: K = {k} and its biases can overflow the int32 accumulator"]
     return _scale_problems(n, label, scale, g * c)
+
+
+def _q4_packed_problems(n, label, inits):
+    """The int4 weights (QB4W, docs/formats.md 2.2) of a Q4Gemm / Q4Conv / DynQ4Gemm: a header that
+    agrees with the op and with the bytes that follow it, and the per-channel scales (or the
+    dynamic layer's bias), so a hostile file fails at load, not in a kernel."""
+    from ..reference import int4 as fmt
+    where = f"{label}: packed int4 weights {n.inputs[1]!r}"
+    packed = inits.get(n.inputs[1])
+    if not (isinstance(packed, np.ndarray) and packed.dtype == np.uint8 and packed.ndim == 1
+            and packed.size >= fmt.HEADER.itemsize):
+        return [f"{where} must be an initializer, a 1-D uint8 array of at least "
+                f"{fmt.HEADER.itemsize} bytes"]
+    h = fmt.read_header(packed)
+    g, c, k, kh, kw, block = h["groups"], h["n"], h["k"], h["kh"], h["kw"], h["block"]
+    if h["magic"] != fmt.MAGIC or h["version"] != fmt.VERSION:
+        return [f"{where}: magic {h['magic']:#010x} version {h['version']} is not the int4 "
+                f"layout version {fmt.VERSION}"]
+    conv = n.op == "Q4Conv"
+    shape_ok = (kw >= 1 and kh >= 1 and kh * kw * h["cin"] == k) if conv else \
+        (kh == 0 and kw == 0 and h["cin"] == k and g == 1)
+    if not (shape_ok and 1 <= g <= 1 << 20 and 1 <= c <= 1 << 24 and 1 <= k <= 1 << 24
+            and 4 <= block <= fmt.BLOCK_MAX and block % 4 == 0
+            and h["n_pad"] == (c + fmt.NR - 1) // fmt.NR * fmt.NR
+            and h["nblk"] == fmt.nblocks(k, block) and h["panel_bytes"] == fmt.panel_bytes(k, block)
+            and 0 <= h["zp_x"] <= 255):
+        return [f"{where}: inconsistent header {h}"]
+    want = fmt.HEADER.itemsize + 4 * g * h["n_pad"] + g * (h["n_pad"] // fmt.NR) * h["panel_bytes"]
+    if packed.size != want:
+        return [f"{where}: {packed.size} bytes, its header says {want}"]
+    if n.op == "DynQ4Gemm":
+        bias = inits.get(n.inputs[2]) if len(n.inputs) > 2 and n.inputs[2] else None
+        if len(n.inputs) > 2 and n.inputs[2] and not (
+                isinstance(bias, np.ndarray) and bias.dtype == np.float32 and bias.size == c):
+            return [f"{label}: bias {n.inputs[2]!r} must be an initializer of {c} float32 values"]
+        return []
+    return _scale_problems(n, label, inits.get(n.inputs[2]), g * c)
 
 
 def _scale_problems(n, label, scale, channels):
@@ -369,6 +407,8 @@ def node_problems(n, label, inits=None) -> list:
         out.extend(_qop_problems(n, label))
         if n.op in ("QConv", "QGemm", "DynQGemm") and inits is not None:
             out.extend(_packed_problems(n, label, inits))
+        if n.op in ("Q4Gemm", "Q4Conv", "DynQ4Gemm") and inits is not None:
+            out.extend(_q4_packed_problems(n, label, inits))
     return out
 
 

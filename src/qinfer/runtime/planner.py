@@ -18,7 +18,8 @@ import threading
 import numpy as np
 
 from .. import reference
-from ..errors import InvalidInputError, QinferError, UnsupportedOperatorError
+from ..errors import (CalibrationError, InvalidInputError, ModelFormatError, QinferError,
+                      UnsupportedOperatorError)
 from ..ir.ops import SHAPE_ONLY
 from ..ir.passes.fuse import epilogue_chain
 from ..ir.verify import SIZED_OPS, WINDOWED, output_bytes
@@ -315,9 +316,11 @@ def _execute_checked(step, env):
         # the node was accepted at import: failing now depends on the input shapes or values
         raise InvalidInputError(f"node {step.node.name!r} ({step.node.op}) cannot run on input shapes "
                                 f"{_input_shapes(step, env)}: {e}") from None
-    except QinferError:
+    except (ModelFormatError, CalibrationError):
         raise
-    except (ValueError, IndexError, ZeroDivisionError, OverflowError, MemoryError) as e:
+    except (QinferError, ValueError, IndexError, ZeroDivisionError, OverflowError, MemoryError) as e:
+        # (a kernel's own error class, such as the sparse kernels' SparseKernelError, included: a
+        # run that fails names the node and the input shapes, as an InvalidInputError)
         raise InvalidInputError(f"node {step.node.name!r} ({step.node.op}) failed on input shapes "
                                 f"{_input_shapes(step, env)}: {e}") from None
     return [np.asarray(v) for v in outs]
