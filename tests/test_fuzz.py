@@ -246,6 +246,19 @@ def test_replay_of_a_plan_alone(corpus, tmp_path):
     # sparse int8: a dilation past 2**64 reached the sparse kernel, whose own error class escaped
     ({"model": "smallnet-sparse", "bytes": [], "edits": [
         ["set", ["nodes", 1, "attrs", "dilations", 1], 18446744073709551616]]}, ("run", "InvalidInputError")),
+    # found by the 100,000-case campaign of seed 13 (int4 and sparse files in the corpus):
+    # Resize at opset 10 with one input (its builder indexed the missing scales)
+    ({"model": "transformer-onnx", "bytes": [], "edits": [["opset", 10], ["op", 4, "Resize"]]},
+     ("load", "ModelFormatError")),
+    # a max pool whose input was cut off (None reached the C max pool's wrapper)
+    ({"model": "smallnet-onnx", "bytes": [], "edits": [["attr_del", 11, 8], ["node_del", 12],
+                                                       ["output", 7, 2, "se"]]}, ("run", "InvalidInputError")),
+    # Pad fed float pads (numpy's TypeError)
+    ({"model": "transformer-onnx", "bytes": [], "edits": [["op", 46, "Pad"]]}, ("run", "InvalidInputError")),
+    # an input dimension of 2**62 (the Shape folding's strided dummy could not be made)
+    ({"model": "transformer-onnx", "bytes": [], "edits": [["vi_dim", "input", 2, 1, 4611686018427387904],
+                                                          ["vi_dim", "input", 0, 0, 2]]},
+     ("run", "InvalidInputError")),
 ])
 def test_campaign_findings(corpus, tmp_path, plan, outcome):
     """Cases the fuzz campaigns (scripts/fuzz.py --seed 7; the test campaign once int4 and sparse

@@ -333,6 +333,10 @@ def convert(src, fold_constants=True):
             continue
         try:
             nodes.extend(build(ctx, node))
+        except IndexError:     # an input this opset's form of the op requires is missing
+            broken.append(f"node {name!r} ({p.op_type}): too few inputs ({len(p.input)}) for its "
+                          f"opset {opset} form")
+            continue
         except (_Unsupported, KeyError) as e:
             problems.append((name, p.op_type, opset, str(e)))
 

@@ -318,9 +318,11 @@ def _execute_checked(step, env):
                                 f"{_input_shapes(step, env)}: {e}") from None
     except (ModelFormatError, CalibrationError):
         raise
-    except (QinferError, ValueError, IndexError, ZeroDivisionError, OverflowError, MemoryError) as e:
-        # (a kernel's own error class, such as the sparse kernels' SparseKernelError, included: a
-        # run that fails names the node and the input shapes, as an InvalidInputError)
+    except (QinferError, ValueError, IndexError, ZeroDivisionError, OverflowError, MemoryError,
+            TypeError, AttributeError) as e:
+        # (a kernel's own error class, such as the sparse kernels' SparseKernelError, and numpy's
+        # complaints about values a hostile file chose (a float pad width, a missing input)
+        # included: a run that fails names the node and the input shapes, as an InvalidInputError)
         raise InvalidInputError(f"node {step.node.name!r} ({step.node.op}) failed on input shapes "
                                 f"{_input_shapes(step, env)}: {e}") from None
     return [np.asarray(v) for v in outs]

@@ -59,7 +59,12 @@ def fold_constants(graph):
             if shape is None:
                 keep.append(n)
                 continue
-            dummy = np.lib.stride_tricks.as_strided(np.zeros(1, np.float32), shape, [0] * len(shape))
+            try:
+                dummy = np.lib.stride_tricks.as_strided(np.zeros(1, np.float32), shape,
+                                                        [0] * len(shape))
+            except ValueError:     # more elements than numpy can index: left for the run
+                keep.append(n)
+                continue
             outs = _run(n, [dummy])
         elif all((not i) or i in consts for i in n.inputs):
             ins = [consts[i] if i else None for i in n.inputs]
