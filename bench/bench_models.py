@@ -38,6 +38,7 @@ INPUTS = {
     "mobilenetv2": lambda n: models.imagenet_input(n) if hasattr(models, "imagenet_input") else None,
     "ppocr_cls": lambda n: models.cls_input(n),
     "ppocr_rec": lambda n: models.rendered_rec_input(n, seed=100)[0],
+    "ppocr_det": lambda n: models.det_input(n),           # 640x640: the page scan, text, photos
     "digits_cnn": None,
 }
 
@@ -46,6 +47,8 @@ def _samples(name, n):
     if name in ("digits_cnn", "digits_mlp"):
         d = models.BUILDERS[name]()
         return [d.x_test[i:i + 1] for i in range(n)]
+    if name not in INPUTS:
+        raise SystemExit(f"bench_models: unknown model {name!r} (known: {', '.join(sorted(INPUTS))})")
     x = INPUTS[name](n)
     return [x[i:i + 1].astype(np.float32) for i in range(n)]
 
