@@ -267,6 +267,16 @@ def _window_problems(n, label):
     return out
 
 
+def _is_packed(packed, header_bytes):
+    """A packed-weights constant: a 1-D uint8 array holding at least its format's header."""
+    return (isinstance(packed, np.ndarray) and packed.dtype == np.uint8 and packed.ndim == 1
+            and packed.size >= header_bytes)
+
+
+def _not_packed(where, header_bytes):
+    return f"{where} must be an initializer, a 1-D uint8 array of at least {header_bytes} bytes"
+
+
 def _packed_problems(n, label, inits):
     """The packed int8 weights and the scales of a QConv / QGemm / DynQGemm: constants whose header
     agrees with the op and with the bytes that follow it (the checks the kernels make before they
@@ -274,10 +284,8 @@ def _packed_problems(n, label, inits):
     from ..reference import quantized as fmt
     where = f"{label}: packed weights {n.inputs[1]!r}"
     packed, scale = inits.get(n.inputs[1]), inits.get(n.inputs[2])
-    if not (isinstance(packed, np.ndarray) and packed.dtype == np.uint8 and packed.ndim == 1
-            and packed.size >= fmt.HEADER.itemsize):
-        return [f"{where} must be an initializer, a 1-D uint8 array of at least "
-                f"{fmt.HEADER.itemsize} bytes"]
+    if not _is_packed(packed, fmt.HEADER.itemsize):
+        return [_not_packed(where, fmt.HEADER.itemsize)]
     from ..reference import sparse as spfmt
     if spfmt.is_sparse(packed):
         return _sparse_packed_problems(n, label, where, packed, scale, spfmt)
@@ -316,10 +324,8 @@ def _q4_packed_problems(n, label, inits):
     from ..reference import int4 as fmt
     where = f"{label}: packed int4 weights {n.inputs[1]!r}"
     packed = inits.get(n.inputs[1])
-    if not (isinstance(packed, np.ndarray) and packed.dtype == np.uint8 and packed.ndim == 1
-            and packed.size >= fmt.HEADER.itemsize):
-        return [f"{where} must be an initializer, a 1-D uint8 array of at least "
-                f"{fmt.HEADER.itemsize} bytes"]
+    if not _is_packed(packed, fmt.HEADER.itemsize):
+        return [_not_packed(where, fmt.HEADER.itemsize)]
     h = fmt.read_header(packed)
     g, c, k, kh, kw, block = h["groups"], h["n"], h["k"], h["kh"], h["kw"], h["block"]
     if h["magic"] != fmt.MAGIC or h["version"] != fmt.VERSION:

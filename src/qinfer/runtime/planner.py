@@ -86,10 +86,8 @@ def _decoded(graph):
     if not done:
         return graph
     g = graph.copy()
-    g.nodes = keep
-    used = {i for n in keep for i in n.inputs if i} | set(graph.output_names)
-    g.initializers = {k: v for k, v in consts.items() if k in used}
-    return g
+    g.nodes, g.initializers = keep, consts
+    return g.remove_unused()     # the stored forms the decoded values replaced
 
 
 class Program:
