@@ -171,6 +171,8 @@ def main(argv=None):
     ap.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     ap.add_argument("--iterations", type=int, default=20)
     ap.add_argument("--calib", type=int, default=16, help="calibration samples")
+    ap.add_argument("--method", default="minmax", choices=["minmax", "percentile", "entropy", "mse"],
+                    help="qinfer's activation observer (qinfer.quantize method=)")
     ap.add_argument("--no-matched", dest="matched", action="store_false",
                     help="skip the qinfer int8 model built at onnxruntime's error (when that exceeds "
                          "qinfer's default budget)")
@@ -191,7 +193,7 @@ def main(argv=None):
         calib, test = samples[:args.calib], samples[args.calib:]
         m = qinfer.convert(path)
         iname = m.graph.inputs[0].name
-        q = qinfer.quantize(m, calib, progress=False)
+        q = qinfer.quantize(m, calib, method=args.method, progress=False)
         qpath = os.path.join(tmp, f"{name}.qinf")
         q.save(qpath)
         kept = sum(r["precision"] == "float32" for r in q.graph.metadata["precision_report"])
@@ -205,7 +207,7 @@ def main(argv=None):
             print(f"  onnxruntime int8 ({ort_q[2]}) output error on the calibration samples: {err_ort:.2e} "
                   f"(1 - cosine, worst sample; qinfer's default budget {DEFAULT_MAX_ERROR:g})")
             if args.matched and err_ort > DEFAULT_MAX_ERROR:
-                q2 = qinfer.quantize(m, calib, max_error=err_ort, progress=False)
+                q2 = qinfer.quantize(m, calib, method=args.method, max_error=err_ort, progress=False)
                 matched = os.path.join(tmp, f"{name}-matched.qinf")
                 q2.save(matched)
                 kept2 = sum(r["precision"] == "float32" for r in q2.graph.metadata["precision_report"])
@@ -214,7 +216,7 @@ def main(argv=None):
         sizes = {"onnx": os.path.getsize(path), "qinfer int8": os.path.getsize(qpath)}
         if ort_q:
             sizes["onnxruntime int8"] = os.path.getsize(ort_q[0])
-        print(f"\n{name}: qinfer int8 keeps {kept} layer(s) float; sizes: "
+        print(f"\n{name}: qinfer int8 (method={args.method}) keeps {kept} layer(s) float; sizes: "
               + ", ".join(f"{k} {v / 1e6:.2f} MB" for k, v in sizes.items())
               + f" (qinfer int8 / onnx = {sizes['qinfer int8'] / sizes['onnx']:.2f}x)")
         for T in args.threads:

@@ -106,6 +106,32 @@ def test_gap_and_channel_mul(shape, nt, rng):
         assert c == 1 or (want.max() == 255 and want.min() == 0)   # saturates both ends
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+@pytest.mark.parametrize("c", [1, 7, 16, 17, 33, 63, 65])
+@pytest.mark.parametrize("nt", [1, 2])
+def test_requantize_edge_values(c, nt, rng):
+    """The vector paths (whole runs and tails of QAdd and the channel multiply) round ties to
+    even and send NaN to 0 as the scalar rule does: factors of 0.5 hit exact halves, and NaN, +-inf
+    and -0.0 factors go through the same clamps."""
+    x = rng.integers(0, 256, (2, 3, 5, c)).astype(np.uint8)
+    specials = np.array([0.5, np.nan, np.inf, -np.inf, -0.0, 1.5, -0.5, 0.25], np.float32)
+    m = np.resize(specials, (2, c)).astype(np.float32)
+    s = m.reshape(2, c, 1, 1)
+    attrs = {"x_scale": 1.0, "x_zp": 0, "y_inv_scale": 1.0, "zp_y": 0}
+    want = qops.qmul_channel_op([x, s], attrs, 1)[0]
+    np.testing.assert_array_equal(k.qmul_channel_u8_nhwc(x, m, 0, 0, nt), want)
+    np.testing.assert_array_equal(k.qmul_channel_u8_nhwc(x, m, 1, 3, nt),
+                                  qops.qmul_channel_op([x, s], dict(attrs, x_zp=1, zp_y=3), 1)[0])
+    y = rng.integers(0, 256, x.shape).astype(np.uint8)
+    for relu in (False, True):   # halves: (a + b) * 0.5; relu with negative sums
+        attrs = {"a_scale": 1.0, "a_zp": 128, "b_scale": 1.0, "b_zp": 0, "y_inv_scale": 0.5,
+                 "zp_y": 0, "activation": int(relu)}
+        np.testing.assert_array_equal(k.qadd_u8(x, y, 1.0, 128, 1.0, 0, 0.5, 0, relu, nt),
+                                      qops.qadd([x, y], attrs, 1)[0])
+        np.testing.assert_array_equal(k.qadd_u8(x, y, 1.0, 0, 1.0, 0, 1e6, 0, relu, nt),  # saturates
+                                      qops.qadd([x, y], dict(attrs, a_zp=0, y_inv_scale=1e6), 1)[0])
+
+
 def test_bad_arguments_raise():
     x = np.zeros((1, 4, 4, 3), np.uint8)
     with pytest.raises(ValueError, match="C-contiguous float32"):
