@@ -210,12 +210,14 @@ def im2col_f32(x, kernel_shape, strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1,
     _geom(&g, xv.shape[1], xv.shape[2], kernel_shape, strides, pads, dilations)
     cdef size_t C = xv.shape[0]
     shape = (C * g.k_h * g.k_w, g.out_h * g.out_w)
-    if out is None:
+    given = out is not None
+    if out is None:  # a fresh array overlaps nothing
         out = np.empty(shape, np.float32)
     _check_array(out, "out", 2, True)
     if tuple(out.shape) != shape:
         raise ValueError(f"out must have shape {shape} (C*KH*KW, OH*OW), got {tuple(out.shape)}")
-    _no_overlap(out, "out", ("x", x))
+    if given:
+        _no_overlap(out, "out", ("x", x))
     if out.size == 0:
         return out
     cdef float[:, ::1] ov = out
@@ -327,12 +329,14 @@ def dwconv2d_f32(x, w, bias=None, out=None, strides=(1, 1), pads=(0, 0, 0, 0), d
     cdef qi_act act
     _act(&act, activation, alpha, beta)
     shape = (N, C, g.out_h, g.out_w)
-    if out is None:
+    given = out is not None
+    if out is None:  # a fresh array overlaps nothing
         out = np.empty(shape, np.float32)
     _check_array(out, "out", 4, True)
     if tuple(out.shape) != shape:
         raise ValueError(f"out must have shape {shape}, got {tuple(out.shape)}")
-    _no_overlap(out, "out", ("x", x), ("w", w), ("bias", bias))
+    if given:
+        _no_overlap(out, "out", ("x", x), ("w", w), ("bias", bias))
     if out.size == 0:
         return out
     cdef float[:, :, :, ::1] ov = out
@@ -483,12 +487,10 @@ cdef inline void _gemm_part(qi_gemm_f32_ptr fn, const _GemmSplit *s, int t, size
            scratch)
 
 
-cdef float *_scratch_alloc(void **mem, int nt, size_t *per) except NULL:
-    per[0] = (qi_gemm_f32_scratch_floats() + 15) & ~(<size_t>15)
-    mem[0] = malloc(per[0] * nt * sizeof(float) + 64)
-    if mem[0] == NULL:
-        raise MemoryError(f"gemm_f32: cannot allocate {per[0] * nt * 4} bytes of scratch")
-    return <float *>((<uintptr_t>mem[0] + 63) & ~(<uintptr_t>63))
+cdef size_t _scratch_bytes() nogil:
+    """Bytes of B-band scratch one thread of gemm_f32 / conv2d_f32 needs: the thread's own buffer,
+    kept between calls as the int8 drivers keep theirs (qi_qint8_scratch), not a malloc per call."""
+    return ((qi_gemm_f32_scratch_floats() + 15) & ~(<size_t>15)) * sizeof(float)
 
 
 cdef const float *_data_ptr(object arr) except? NULL:
@@ -642,12 +644,14 @@ def gemm_f32(a, b, out=None, bias=None, bias_axis=0, activation=0, alpha=0.0, be
     _act_bias(bias, M if axis == 0 else N, "one per row of out" if axis == 0 else "one per column of out")
     cdef qi_act act
     _act(&act, activation, alpha, beta)
-    if out is None:
+    given = out is not None
+    if out is None:  # a fresh array overlaps nothing
         out = np.empty((M, N), np.float32)
     _check_rows(out, "out", True)
     if tuple(out.shape) != (M, N):
         raise ValueError(f"out must have shape {(M, N)}, got {tuple(out.shape)}")
-    _no_overlap(out, "out", ("a", a_data), ("b", b), ("bias", bias))
+    if given:
+        _no_overlap(out, "out", ("a", a_data), ("b", b), ("bias", bias))
     if M == 0 or N == 0:
         return out
     ov = out
@@ -671,23 +675,29 @@ def gemm_f32(a, b, out=None, bias=None, bias_axis=0, activation=0, alpha=0.0, be
     bd.geom = NULL
     cdef _GemmSplit sp
     _gemm_split(&sp, M, N, K, 1, _threads(num_threads))
-    cdef void *mem = NULL
-    cdef size_t per
-    cdef float *scratch = _scratch_alloc(&mem, sp.nt, &per)
+    cdef size_t per = _scratch_bytes()
+    cdef float *scratch
     cdef qi_gemm_f32_ptr fn = qi_kernel_gemm_f32()
     cdef float *op = &ov[0, 0]
-    cdef int t
-    try:
-        with nogil:
-            if sp.nt == 1:
+    cdef int t, failed = 0
+    with nogil:
+        if sp.nt == 1:
+            scratch = <float *>qi_qint8_scratch(per)
+            if scratch == NULL:
+                failed = 1
+            else:
                 _gemm_part(fn, &sp, 0, M, N, K, ap, lda, apk, &bd, op, ldc, biasp, axis, &act,
                            scratch)
-            else:
-                for t in prange(sp.nt, num_threads=sp.nt, schedule="static"):
+        else:
+            for t in prange(sp.nt, num_threads=sp.nt, schedule="static"):
+                scratch = <float *>qi_qint8_scratch(per)
+                if scratch == NULL:
+                    failed += 1  # (a reduction: a plain assignment would be lastprivate)
+                else:
                     _gemm_part(fn, &sp, t, M, N, K, ap, lda, apk, &bd, op, ldc, biasp, axis, &act,
-                               scratch + per * t)
-    finally:
-        free(mem)
+                               scratch)
+    if failed:
+        raise MemoryError(f"gemm_f32: cannot allocate {per} bytes of scratch")
     return out
 
 
@@ -778,12 +788,14 @@ def conv2d_f32(x, w, bias=None, out=None, strides=(1, 1), pads=(0, 0, 0, 0), dil
     cdef qi_act act
     _act(&act, activation, alpha, beta)
     shape = (N, M, g.out_h, g.out_w)
-    if out is None:
+    given = out is not None
+    if out is None:  # a fresh array overlaps nothing
         out = np.empty(shape, np.float32)
     _check_array(out, "out", 4, True)
     if tuple(out.shape) != shape:
         raise ValueError(f"out must have shape {shape}, got {tuple(out.shape)}")
-    _no_overlap(out, "out", ("x", x), ("w", w_data), ("bias", bias))
+    if given:
+        _no_overlap(out, "out", ("x", x), ("w", w_data), ("bias", bias))
     if out.size == 0:
         return out
     cdef const float[:, :, :, ::1] xv
@@ -805,22 +817,28 @@ def conv2d_f32(x, w, bias=None, out=None, strides=(1, 1), pads=(0, 0, 0, 0), dil
     cdef size_t kg = cg * g.k_h * g.k_w
     cdef _GemmSplit sp
     _gemm_split(&sp, M // G, g.out_h * g.out_w, kg, N * G, _threads(num_threads))
-    cdef void *mem = NULL
-    cdef size_t per
-    cdef float *scratch = _scratch_alloc(&mem, sp.nt, &per)
+    cdef size_t per = _scratch_bytes()
+    cdef float *scratch
     cdef qi_gemm_f32_ptr fn = qi_kernel_gemm_f32()
-    cdef int t
-    try:
-        with nogil:
-            if sp.nt == 1:
+    cdef int t, failed = 0
+    with nogil:
+        if sp.nt == 1:
+            scratch = <float *>qi_qint8_scratch(per)
+            if scratch == NULL:
+                failed = 1
+            else:
                 _conv_part(fn, &sp, 0, &g, N, C, M, G, xp, wp, w_group, apk, biasp, op,
                            pointwise, &act, scratch)
-            else:
-                for t in prange(sp.nt, num_threads=sp.nt, schedule="static"):
+        else:
+            for t in prange(sp.nt, num_threads=sp.nt, schedule="static"):
+                scratch = <float *>qi_qint8_scratch(per)
+                if scratch == NULL:
+                    failed += 1  # (a reduction: a plain assignment would be lastprivate)
+                else:
                     _conv_part(fn, &sp, t, &g, N, C, M, G, xp, wp, w_group, apk, biasp, op,
-                               pointwise, &act, scratch + per * t)
-    finally:
-        free(mem)
+                               pointwise, &act, scratch)
+    if failed:
+        raise MemoryError(f"conv2d_f32: cannot allocate {per} bytes of scratch")
     return out
 
 # ---------------------------------------------------------------- end fp32 GEMM and conv
