@@ -46,8 +46,10 @@ def batch_normalization(inputs, attrs, num_outputs):
                       (var_c * momentum + batch_var * (1 - momentum)).astype(var.dtype)]
         mean_c, var_c = batch_mean, batch_var
     inv = (scale.astype(cdt) / np.sqrt(var_c + np.asarray(eps, cdt))).reshape(shape)
-    y = (xc - mean_c.reshape(shape)) * inv + bias.astype(cdt).reshape(shape)
-    return [y.astype(dtype)] + outs_extra[:max(0, num_outputs - 1)]
+    y = xc - mean_c.reshape(shape)     # the same operations in place: one temporary, not four
+    y *= inv
+    y += bias.astype(cdt).reshape(shape)
+    return [y.astype(dtype, copy=False)] + outs_extra[:max(0, num_outputs - 1)]
 
 
 @register("LayerNormalization")
