@@ -316,8 +316,7 @@ void qi_spmm_qu8_sb4w__avx512vnni(size_t m, size_t n_begin, size_t n_end, size_t
       qi_sp_pack(a + i0 * lda, lda, mr, k, nz, at);
     else
       qi_sp_pack_patches(pa, i0, mr, nz, at);
-    size_t nsc = QI_SP_L1 / (nz * 64 * (seg ? seg : 1));
-    if (nsc < 1) nsc = 1;
+    const size_t nsc = qi_sp_segs_per_block(QI_SP_L1, nz * 64, seg);
     for (size_t jc = n_begin; jc < n_end; jc += QI_NC) {
       const size_t je = n_end - jc < QI_NC ? n_end : jc + QI_NC;
       for (size_t s0 = 0; s0 < nseg; s0 += nsc) {

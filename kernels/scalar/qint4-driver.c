@@ -50,11 +50,8 @@ void qi_q4conv_run(const qi_q4conv_problem *p4, qi_gemm_qu8_qb4w_fn *fn, size_t 
   for (size_t r0 = m_begin; r0 < m_end; r0 += mc) {
     const size_t m = m_end - r0 < mc ? m_end - r0 : mc;
     for (size_t g = p_begin / ppg; g * ppg < p_end; g++) {
-      const size_t q0 = g * ppg > p_begin ? g * ppg : p_begin;
-      const size_t q1 = (g + 1) * ppg < p_end ? (g + 1) * ppg : p_end;
-      size_t n0 = (q0 - g * ppg) * QI_QB4W_NR, n1 = (q1 - g * ppg) * QI_QB4W_NR;
-      if (n1 > p->n) n1 = p->n;
-      if (n0 >= n1) continue;
+      size_t n0, n1;
+      if (!qi_group_cols(g, ppg, p_begin, p_end, QI_QB4W_NR, p->n, &n0, &n1)) continue;
       const uint8_t *a = p->x + r0 * p->lda + g * p->cin;
       size_t lda = p->lda;
       if (!p->direct) {

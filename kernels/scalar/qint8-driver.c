@@ -139,11 +139,8 @@ void qi_qconv_run(const qi_qconv_problem *p, qi_gemm_qu8_qc8w_fn *fn, size_t m_b
   for (size_t r0 = m_begin; r0 < m_end; r0 += mc) {
     size_t m = m_end - r0 < mc ? m_end - r0 : mc;
     for (size_t g = p_begin / ppg; g * ppg < p_end; g++) {
-      size_t q0 = g * ppg > p_begin ? g * ppg : p_begin;
-      size_t q1 = (g + 1) * ppg < p_end ? (g + 1) * ppg : p_end;
-      size_t n0 = (q0 - g * ppg) * QI_QC8W_NR, n1 = (q1 - g * ppg) * QI_QC8W_NR;
-      if (n1 > p->n) n1 = p->n;
-      if (n0 >= n1) continue;
+      size_t n0, n1;
+      if (!qi_group_cols(g, ppg, p_begin, p_end, QI_QC8W_NR, p->n, &n0, &n1)) continue;
       const uint8_t *a;
       size_t lda, k;
       if (p->direct && !copy) {

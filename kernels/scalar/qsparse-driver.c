@@ -45,11 +45,8 @@ void qi_spconv_run(const qi_spconv_problem *p, qi_spmm_qu8_sb4w_fn *fn, size_t m
   for (size_t r0 = m_begin; r0 < m_end; r0 += mc) {
     const size_t m = m_end - r0 < mc ? m_end - r0 : mc;
     for (size_t g = u_begin / upg; g * upg < u_end; g++) {
-      const size_t q0 = g * upg > u_begin ? g * upg : u_begin;
-      const size_t q1 = (g + 1) * upg < u_end ? (g + 1) * upg : u_end;
-      size_t n0 = (q0 - g * upg) * QI_SB4W_NR, n1 = (q1 - g * upg) * QI_SB4W_NR;
-      if (n1 > c->n) n1 = c->n;
-      if (n0 >= n1) continue;
+      size_t n0, n1;
+      if (!qi_group_cols(g, upg, u_begin, u_end, QI_SB4W_NR, c->n, &n0, &n1)) continue;
       const uint8_t *a;
       size_t lda, k;
       qi_sp_patches pa = {c, g, r0};

@@ -108,6 +108,19 @@ typedef void qi_dwconv2d_qu8_qc8w_fn(const qi_conv2d_geom *g, size_t c, size_t c
                                      const int8_t *w, size_t c_pad, uint8_t zp_x,
                                      const qi_qepi *ep, uint8_t *scratch);
 
+/* The output channels [*n0, *n1) of conv group g that a thread's units [u_begin, u_end) cover (upg
+ * units of nr channels per group, n real channels per group, as the int8, int4 and sparse drivers
+ * cut their work); 0 when they cover none of group g. */
+QI_INLINE int qi_group_cols(size_t g, size_t upg, size_t u_begin, size_t u_end, size_t nr, size_t n,
+                            size_t *n0, size_t *n1) {
+  const size_t q0 = g * upg > u_begin ? g * upg : u_begin;
+  const size_t q1 = (g + 1) * upg < u_end ? (g + 1) * upg : u_end;
+  *n0 = (q0 - g * upg) * nr;
+  *n1 = (q1 - g * upg) * nr;
+  if (*n1 > n) *n1 = n;
+  return *n0 < *n1;
+}
+
 /* Depthwise "quad row": for output row oy, Q[e][q][ch][t] = x[iy, e - pad_left, ch] with
  * iy = oy*stride_h - pad_top + (4q + t)*dil_h, zp_x where that lies outside the image, 0 where
  * 4q + t >= k_h; e over the padded width in_w + pad_left + pad_right. One vpdpbusd of a quad with

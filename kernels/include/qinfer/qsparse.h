@@ -103,6 +103,13 @@ QI_INLINE size_t qi_spmm_scratch_bytes(size_t k) {
   return (size_t)QI_SPMM_MR * kg16 * 4 * 2 + (size_t)QI_SPMM_NC * QI_SPMM_MR * 4 + 256 + 64;
 }
 
+/* Pointer segments (seg K groups each) per K block of the kernels' loops: as many as keep a block's
+ * re-packed activations (group_bytes per K group) within budget bytes; at least one */
+QI_INLINE size_t qi_sp_segs_per_block(size_t budget, size_t group_bytes, size_t seg) {
+  const size_t n = budget / (group_bytes * (seg ? seg : 1));
+  return n ? n : 1;
+}
+
 /* Clamped record range of channel j (local), segments [s0, s1) */
 QI_INLINE void qi_sb4w_range(const uint32_t *ptr, size_t nseg, size_t j, size_t s0, size_t s1,
                              size_t nnzb, size_t *b, size_t *e) {

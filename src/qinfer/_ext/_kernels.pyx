@@ -210,8 +210,8 @@ def im2col_f32(x, kernel_shape, strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1,
     _geom(&g, xv.shape[1], xv.shape[2], kernel_shape, strides, pads, dilations)
     cdef size_t C = xv.shape[0]
     shape = (C * g.k_h * g.k_w, g.out_h * g.out_w)
-    given = out is not None
-    if out is None:  # a fresh array overlaps nothing
+    given = out is not None   # (an array allocated here overlaps nothing)
+    if not given:
         out = np.empty(shape, np.float32)
     _check_array(out, "out", 2, True)
     if tuple(out.shape) != shape:
@@ -329,8 +329,8 @@ def dwconv2d_f32(x, w, bias=None, out=None, strides=(1, 1), pads=(0, 0, 0, 0), d
     cdef qi_act act
     _act(&act, activation, alpha, beta)
     shape = (N, C, g.out_h, g.out_w)
-    given = out is not None
-    if out is None:  # a fresh array overlaps nothing
+    given = out is not None   # (an array allocated here overlaps nothing)
+    if not given:
         out = np.empty(shape, np.float32)
     _check_array(out, "out", 4, True)
     if tuple(out.shape) != shape:
@@ -487,10 +487,21 @@ cdef inline void _gemm_part(qi_gemm_f32_ptr fn, const _GemmSplit *s, int t, size
            scratch)
 
 
-cdef size_t _scratch_bytes() nogil:
-    """Bytes of B-band scratch one thread of gemm_f32 / conv2d_f32 needs: the thread's own buffer,
-    kept between calls as the int8 drivers keep theirs (qi_qint8_scratch), not a malloc per call."""
+cdef size_t _scratch_bytes() noexcept nogil:
+    """Bytes of B-band scratch one thread of gemm_f32 / conv2d_f32 needs."""
     return ((qi_gemm_f32_scratch_floats() + 15) & ~(<size_t>15)) * sizeof(float)
+
+
+cdef int _gemm_task(qi_gemm_f32_ptr fn, const _GemmSplit *s, int t, size_t M, size_t N, size_t K,
+                    const float *a, size_t lda, int apk, const qi_gemm_f32_b *bd, float *c,
+                    size_t ldc, const float *bias, int axis, const qi_act *act) noexcept nogil:
+    """Thread t's part of one GEMM on its own scratch (kept between calls as the int8 drivers
+    keep theirs, qi_qint8_scratch, not a malloc per call); 1 if that cannot be allocated."""
+    cdef float *scratch = <float *>qi_qint8_scratch(_scratch_bytes())
+    if scratch == NULL:
+        return 1
+    _gemm_part(fn, s, t, M, N, K, a, lda, apk, bd, c, ldc, bias, axis, act, scratch)
+    return 0
 
 
 cdef const float *_data_ptr(object arr) except? NULL:
@@ -644,8 +655,8 @@ def gemm_f32(a, b, out=None, bias=None, bias_axis=0, activation=0, alpha=0.0, be
     _act_bias(bias, M if axis == 0 else N, "one per row of out" if axis == 0 else "one per column of out")
     cdef qi_act act
     _act(&act, activation, alpha, beta)
-    given = out is not None
-    if out is None:  # a fresh array overlaps nothing
+    given = out is not None   # (an array allocated here overlaps nothing)
+    if not given:
         out = np.empty((M, N), np.float32)
     _check_rows(out, "out", True)
     if tuple(out.shape) != (M, N):
@@ -675,29 +686,18 @@ def gemm_f32(a, b, out=None, bias=None, bias_axis=0, activation=0, alpha=0.0, be
     bd.geom = NULL
     cdef _GemmSplit sp
     _gemm_split(&sp, M, N, K, 1, _threads(num_threads))
-    cdef size_t per = _scratch_bytes()
-    cdef float *scratch
     cdef qi_gemm_f32_ptr fn = qi_kernel_gemm_f32()
     cdef float *op = &ov[0, 0]
     cdef int t, failed = 0
     with nogil:
         if sp.nt == 1:
-            scratch = <float *>qi_qint8_scratch(per)
-            if scratch == NULL:
-                failed = 1
-            else:
-                _gemm_part(fn, &sp, 0, M, N, K, ap, lda, apk, &bd, op, ldc, biasp, axis, &act,
-                           scratch)
+            failed = _gemm_task(fn, &sp, 0, M, N, K, ap, lda, apk, &bd, op, ldc, biasp, axis, &act)
         else:
             for t in prange(sp.nt, num_threads=sp.nt, schedule="static"):
-                scratch = <float *>qi_qint8_scratch(per)
-                if scratch == NULL:
-                    failed += 1  # (a reduction: a plain assignment would be lastprivate)
-                else:
-                    _gemm_part(fn, &sp, t, M, N, K, ap, lda, apk, &bd, op, ldc, biasp, axis, &act,
-                               scratch)
+                failed += _gemm_task(fn, &sp, t, M, N, K, ap, lda, apk, &bd, op, ldc, biasp, axis,
+                                     &act)
     if failed:
-        raise MemoryError(f"gemm_f32: cannot allocate {per} bytes of scratch")
+        raise MemoryError(f"gemm_f32: cannot allocate {_scratch_bytes()} bytes of scratch")
     return out
 
 
@@ -709,11 +709,15 @@ def gemm_f32_packed(a, b, out=None, bias=None, bias_axis=0, activation=0, alpha=
     return gemm_f32(a, b, out, bias, bias_axis, activation, alpha, beta, num_threads)
 
 
-cdef void _conv_part(qi_gemm_f32_ptr fn, const _GemmSplit *s, int t, const qi_conv2d_geom *g,
+cdef int _conv_part(qi_gemm_f32_ptr fn, const _GemmSplit *s, int t, const qi_conv2d_geom *g,
                      size_t nimg, size_t C, size_t M, size_t groups, const float *x,
                      const float *w, size_t w_group, int apk, const float *bias, float *y,
-                     bint pointwise, const qi_act *act, float *scratch) noexcept nogil:
-    """Thread t's part of the GEMM of every (image, group) of a conv."""
+                     bint pointwise, const qi_act *act) noexcept nogil:
+    """Thread t's part of the GEMM of every (image, group) of a conv, on the thread's own scratch
+    (as _gemm_task); 1 if that cannot be allocated."""
+    cdef float *scratch = <float *>qi_qint8_scratch(_scratch_bytes())
+    if scratch == NULL:
+        return 1
     cdef size_t hw = g.in_h * g.in_w, P = g.out_h * g.out_w
     cdef size_t cg = C // groups, mg = M // groups, kg = cg * g.k_h * g.k_w
     cdef size_t lda = 0 if apk else kg
@@ -727,6 +731,7 @@ cdef void _conv_part(qi_gemm_f32_ptr fn, const _GemmSplit *s, int t, const qi_co
             _gemm_part(fn, s, t, mg, P, kg, w + gi * w_group, lda, apk, &bd,
                        y + (n * M + gi * mg) * P, P, bias + gi * mg if bias != NULL else NULL, 0,
                        act, scratch)
+    return 0
 
 
 def conv2d_f32(x, w, bias=None, out=None, strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1, 1),
@@ -788,8 +793,8 @@ def conv2d_f32(x, w, bias=None, out=None, strides=(1, 1), pads=(0, 0, 0, 0), dil
     cdef qi_act act
     _act(&act, activation, alpha, beta)
     shape = (N, M, g.out_h, g.out_w)
-    given = out is not None
-    if out is None:  # a fresh array overlaps nothing
+    given = out is not None   # (an array allocated here overlaps nothing)
+    if not given:
         out = np.empty(shape, np.float32)
     _check_array(out, "out", 4, True)
     if tuple(out.shape) != shape:
@@ -817,28 +822,18 @@ def conv2d_f32(x, w, bias=None, out=None, strides=(1, 1), pads=(0, 0, 0, 0), dil
     cdef size_t kg = cg * g.k_h * g.k_w
     cdef _GemmSplit sp
     _gemm_split(&sp, M // G, g.out_h * g.out_w, kg, N * G, _threads(num_threads))
-    cdef size_t per = _scratch_bytes()
-    cdef float *scratch
     cdef qi_gemm_f32_ptr fn = qi_kernel_gemm_f32()
     cdef int t, failed = 0
     with nogil:
         if sp.nt == 1:
-            scratch = <float *>qi_qint8_scratch(per)
-            if scratch == NULL:
-                failed = 1
-            else:
-                _conv_part(fn, &sp, 0, &g, N, C, M, G, xp, wp, w_group, apk, biasp, op,
-                           pointwise, &act, scratch)
+            failed = _conv_part(fn, &sp, 0, &g, N, C, M, G, xp, wp, w_group, apk, biasp, op,
+                                pointwise, &act)
         else:
             for t in prange(sp.nt, num_threads=sp.nt, schedule="static"):
-                scratch = <float *>qi_qint8_scratch(per)
-                if scratch == NULL:
-                    failed += 1  # (a reduction: a plain assignment would be lastprivate)
-                else:
-                    _conv_part(fn, &sp, t, &g, N, C, M, G, xp, wp, w_group, apk, biasp, op,
-                               pointwise, &act, scratch)
+                failed += _conv_part(fn, &sp, t, &g, N, C, M, G, xp, wp, w_group, apk, biasp, op,
+                                     pointwise, &act)
     if failed:
-        raise MemoryError(f"conv2d_f32: cannot allocate {per} bytes of scratch")
+        raise MemoryError(f"conv2d_f32: cannot allocate {_scratch_bytes()} bytes of scratch")
     return out
 
 # ---------------------------------------------------------------- end fp32 GEMM and conv

@@ -200,10 +200,14 @@ class Program:
             s.free = tuple(f)
 
 
+def _shapes(args):
+    return tuple(None if a is None else a.shape for a in args)
+
+
 def _check_size(step, args):
     shapes = None
     if step.checked is not None:
-        shapes = tuple(None if a is None else a.shape for a in args)
+        shapes = _shapes(args)
         if shapes == step.checked:
             return
     size = output_bytes(step.node, args)
@@ -216,11 +220,15 @@ def _check_size(step, args):
         step.checked = shapes     # (threads may race here: the worst is one more check)
 
 
-def _execute(step, env):
+def _execute(step, env, declined=False):
+    """``step``'s outputs: its fast path, or the reference op where there is none, where it
+    declines, or where it has already declined (``declined``: the run loop tried it)."""
     args = [env[i] if i >= 0 else None for i in step.ins]
     if step.sized:
         _check_size(step, args)
-    outs = step.fn(args, step.node.attrs, len(step.outs)) if step.fn is not None else None
+    outs = None
+    if step.fn is not None and not declined:
+        outs = step.fn(args, step.node.attrs, len(step.outs))
     if outs is None:
         outs = step.ref(args, step.node.attrs, len(step.node.outputs))
         prev = step.node.outputs[0]
@@ -272,14 +280,14 @@ class Executor:
             outs = None
             if fn is not None:
                 args = [env[i] if i >= 0 else None for i in step.ins]
-                if step.sized and (step.checked is None or step.checked != tuple(
-                        None if a is None else a.shape for a in args)):
-                    args = None   # sizes not yet checked for these shapes
-                if args is not None:
+                if not step.sized or (step.checked is not None and step.checked == _shapes(args)):
                     try:
                         outs = fn(args, step.node.attrs, len(step.outs))
+                        declined = outs is None
                     except Exception:
-                        outs = None
+                        declined = False   # run it again the checked way, for the named error
+                    if outs is None:
+                        outs = _execute_checked(step, env, declined)
             if outs is None:
                 outs = _execute_checked(step, env)
             for o, val in zip(step.outs, outs):
@@ -323,9 +331,9 @@ def _input_shapes(step, env):
     return [None if i < 0 or env[i] is None else tuple(np.shape(env[i])) for i in step.ins]
 
 
-def _execute_checked(step, env):
+def _execute_checked(step, env, declined=False):
     try:
-        outs = _execute(step, env)
+        outs = _execute(step, env, declined)
     except InvalidInputError:
         raise
     except UnsupportedOperatorError as e:
