@@ -709,6 +709,36 @@ def rendered_text_crops(n, seed=0, height=48):
     return out
 
 
+def text_scenes(n, h=640, w=640, seed=0):
+    """[n, 3, h, w] detection input (PaddleOCR det normalisation): the shipped photos and page scan
+    with several lines of random phrases drawn on them (Pillow's bundled font, random sizes, ink,
+    positions; some on a paper-coloured band, some straight on the picture), so every image
+    contains text."""
+    from PIL import Image, ImageDraw, ImageFont
+    import skimage.data as d
+    rng = np.random.default_rng(seed)
+    bases = _photos() + [d.page(), d.text()]
+    out = []
+    for i in range(n):
+        img = Image.fromarray(_resize(bases[i % len(bases)], w, h))
+        draw = ImageDraw.Draw(img)
+        for _ in range(int(rng.integers(3, 7))):
+            text = " ".join(rng.choice(WORDS, size=int(rng.integers(1, 5))))
+            font = ImageFont.load_default(size=int(rng.integers(18, 40)))
+            l, t, r, b = font.getbbox(text)
+            x = int(rng.integers(0, max(1, w - (r - l))))
+            y = int(rng.integers(0, max(1, h - (b - t))))
+            ink = tuple(int(v) for v in rng.integers(0, 80, 3))
+            if rng.random() < 0.6:
+                paper = tuple(int(v) for v in rng.integers(180, 256, 3))
+                draw.rectangle((x + l - 4, y + t - 4, x + r + 4, y + b + 4), fill=paper)
+            elif rng.random() < 0.5:
+                ink = tuple(int(v) for v in rng.integers(200, 256, 3))
+            draw.text((x, y), text, fill=ink, font=font)
+        out.append(_imagenet_norm(np.asarray(img)))
+    return np.stack(out).astype(np.float32)
+
+
 def rendered_rec_input(n, seed=0, width=320):
     """([n, 3, 48, width] rec input of ``rendered_text_crops``, texts)."""
     crops = rendered_text_crops(n, seed)

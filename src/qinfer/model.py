@@ -46,9 +46,11 @@ class Model:
         for n in g.nodes:
             w = g.initializers.get(n.inputs[1]) if len(n.inputs) > 1 else None
             if w is None or n.op not in ("Conv", "ConvTranspose", "Gemm", "MatMul", "QConv", "QGemm",
-                                         "DynQGemm", "Q4Conv", "Q4Gemm", "DynQ4Gemm"):
+                                         "DynQGemm", "Q4Conv", "Q4Gemm", "DynQ4Gemm",
+                                         "QConvTranspose"):
                 continue
             prec = {"QConv": "int8", "QGemm": "int8", "DynQGemm": "int8-dyn", "Q4Conv": "int4",
+                    "QConvTranspose": "int8",
                     "Q4Gemm": "int4", "DynQ4Gemm": "int4-dyn"}.get(n.op, w.dtype.name)
             shape = "packed" if n.op.startswith(("Q", "Dyn")) else str(list(w.shape))
             if n.op in ("QConv", "QGemm") and _sparse.is_sparse(w):   # block4 sparse int8 weights

@@ -361,6 +361,7 @@ def convert(src, fold_constants=True):
         graph = fold.fold_constants(graph)
         graph = fuse.fold_batchnorm(graph)
         graph = fuse.fold_affine_into_conv(graph)
+        graph = fuse.fold_batchnorm(graph)     # a BN after a bias Add the affine fold just took
         graph = fuse.fuse_hardswish(graph)
         graph = fold.remove_identity(graph)
     graph = graph.remove_unused()

@@ -169,6 +169,8 @@ REQUIRED_ATTRS = {
     "QGlobalAveragePool": ("scale", "zero_point"),
     "QAdd": ("a_scale", "a_zp", "b_scale", "b_zp", "y_inv_scale", "zp_y"),
     "QMulChannel": ("x_scale", "x_zp", "y_inv_scale", "zp_y"),
+    "QConvTranspose": ("kernel_shape",),
+    "QConcat": ("axis", "scales", "zero_points", "scale", "zero_point"),
 }
 #: how many leading inputs must be present (named, not ""): 1 for every other op of the default
 #: and qinfer domains, 0 for ops without inputs
@@ -182,7 +184,7 @@ REQUIRED_INPUTS = {
                      "QAdd", "QMulChannel", "DequantizeLinear", "DynQ4Gemm"], 2),
     **dict.fromkeys(["Where", "Range", "OneHot", "ScatterND", "ScatterElements", "Scatter",
                      "InstanceNormalization", "GroupNormalization", "LSTM", "GRU", "RNN", "QConv",
-                     "QGemm", "DynQGemm", "Q4Gemm", "Q4Conv"], 3),
+                     "QGemm", "DynQGemm", "Q4Gemm", "Q4Conv", "QConvTranspose"], 3),
     "BatchNormalization": 5,
 }
 #: inputs that older opsets gave as attributes: (input index, attribute) -- one of them is required
@@ -195,9 +197,10 @@ _Q_SCALES = ("scale", "a_scale", "b_scale", "x_scale", "y_inv_scale")
 _Q_ZERO_POINTS = ("zero_point", "a_zp", "b_zp", "x_zp")
 #: the int8 kernels' bound on |scale| and on the epilogue's parameters (_ext/_qkernels.pxi)
 _Q_PARAM_MAX = 1e20
-_QUANTIZED_OPS = frozenset({"QConv", "QGemm", "DynQGemm", "QuantizeU8", "DequantizeU8", "QAdd",
+_QUANTIZED_OPS = frozenset({"QConcat", "QResize", "QConv", "QGemm", "DynQGemm", "QuantizeU8",
+                            "DequantizeU8", "QAdd",
                             "QMaxPool", "QGlobalAveragePool", "QMulChannel", "Q4Gemm", "Q4Conv",
-                            "DynQ4Gemm"})
+                            "DynQ4Gemm", "QConvTranspose"})
 
 
 def _is_number(x):
@@ -247,7 +250,7 @@ def _qop_problems(n, label):
 
 #: ops that slide a window: their geometry attributes take one entry per spatial axis (pads two)
 WINDOWED = frozenset({"Conv", "ConvTranspose", "MaxPool", "AveragePool", "LpPool", "QConv",
-                       "QMaxPool", "Q4Conv"})
+                       "QMaxPool", "Q4Conv", "QConvTranspose"})
 
 
 def _window_problems(n, label):
@@ -301,6 +304,9 @@ def _packed_problems(n, label, inits):
         shape_ok = 1 <= kh <= 256 and kw >= 1 and kh * kw == k and h["cin"] == 1 and g == 1
     elif kh == 0:
         shape_ok = kw == 0 and h["cin"] == k and g == 1
+        if n.op == "QConvTranspose":   # GEMM columns: one per (ky, kx, output channel)
+            kernel = n.attrs.get("kernel_shape", ())
+            shape_ok = shape_ok and len(kernel) == 2 and c % max(1, _prod(kernel)) == 0
     else:
         shape_ok = n.op == "QConv" and kw >= 1 and kh * kw * h["cin"] == k
     if not (shape_ok and 1 <= g <= 1 << 20 and 1 <= c <= 1 << 24 and 1 <= k <= 1 << 24
@@ -411,7 +417,7 @@ def node_problems(n, label, inits=None) -> list:
         out.extend(_window_problems(n, label))
     if n.op in _QUANTIZED_OPS and not out:
         out.extend(_qop_problems(n, label))
-        if n.op in ("QConv", "QGemm", "DynQGemm") and inits is not None:
+        if n.op in ("QConv", "QGemm", "DynQGemm", "QConvTranspose") and inits is not None:
             out.extend(_packed_problems(n, label, inits))
         if n.op in ("Q4Gemm", "Q4Conv", "DynQ4Gemm") and inits is not None:
             out.extend(_q4_packed_problems(n, label, inits))
@@ -443,6 +449,9 @@ def _window_elements(op, x, ins, a):
     nhwc = op in ("QConv", "QMaxPool")
     if x.ndim < 3:
         return None
+    if op == "QConvTranspose":     # every input pixel writes its KH x KW block of every channel
+        scale = ins[2] if len(ins) > 2 else None
+        return None if scale is None else _prod(x.shape[:-1]) * int(np.size(scale))
     spatial = x.shape[1:-1] if nhwc else x.shape[2:]
     pads = list(a.get("pads", ())) or [0] * (2 * len(spatial))
     if len(pads) != 2 * len(spatial):
@@ -488,7 +497,7 @@ def _resize_elements(x, ins):
 
 #: the ops ``output_bytes`` bounds
 SIZED_OPS = WINDOWED | frozenset({"ConstantOfShape", "Expand", "Tile", "Pad", "Range", "OneHot",
-                                   "Resize"})
+                                   "Resize", "QResize"})
 
 
 def output_bytes(n, ins):
@@ -538,6 +547,8 @@ def output_bytes(n, ins):
         count = None if not depth else x.size * max(depth[0], 0)
     elif op == "Resize":
         count = _resize_elements(x, ins)
+    elif op == "QResize":      # NHWC data, NCHW scales / sizes: the NCHW view has the same size
+        count = _resize_elements(x.transpose(0, 3, 1, 2), ins) if x.ndim == 4 else None
     else:
         return None
     return None if count is None else count * item

@@ -70,16 +70,21 @@ EVAL_SAMPLES = 8
 #: float units the refinement after the binary search gives a second try at int8 (at most)
 REFINE_TRIES = 64
 
+#: candidate kinds that read (and may write) uint8 NHWC activations
+NHWC_KINDS = ("conv", "dw", "deconv")
+
+
 class Candidate:
     """A quantizable layer: its node, the nodes its epilogue absorbs, and its I/O values."""
 
     def __init__(self, node, kind, absorbed, act, bias_const, weight):
         self.node = node
-        self.kind = kind            # "conv" | "dw" | "gemm"
+        self.kind = kind            # "conv" | "dw" | "gemm" | "deconv" (a ConvTranspose as a GEMM)
         self.absorbed = absorbed    # nodes folded into the epilogue (bias Add, activation)
         self.act = act              # (code, alpha, beta)
         self.bias = bias_const      # float bias or None
-        self.weight = weight        # float weight: conv [M, C/g, KH, KW]; gemm [K, N]
+        self.weight = weight        # float weight: conv [M, C/g, KH, KW]; gemm [K, N]; deconv
+                                    # [Cin, KH * KW * Cout], columns in (ky, kx, c) order
         self.x = node.inputs[0]
         self.y = (absorbed[-1] if absorbed else node).outputs[0]
         self.post = None            # (a, b, nodes, output) of a scalar a*y + b after the epilogue
@@ -99,7 +104,7 @@ def find_candidates(graph, exclude=()):
     out = []
 
     for n in graph.nodes:
-        if n.name in exclude or n.op not in ("Conv", "Gemm", "MatMul"):
+        if n.name in exclude or n.op not in ("Conv", "Gemm", "MatMul", "ConvTranspose"):
             continue
         w = consts.get(n.inputs[1]) if len(n.inputs) > 1 else None
         if w is None or w.dtype != np.float32:
@@ -108,7 +113,16 @@ def find_candidates(graph, exclude=()):
         if bias_name and bias_name not in consts:
             continue
         bias = consts[bias_name].astype(np.float32) if bias_name else None
-        if n.op == "Conv":
+        if n.op == "ConvTranspose":
+            weight = _deconv_as_gemm(n, w)
+            if weight is None:
+                continue
+            if bias is not None:
+                if bias.shape != (w.shape[1],):
+                    continue
+                bias = np.tile(bias, w.shape[2] * w.shape[3])
+            kind = "deconv"
+        elif n.op == "Conv":
             if w.ndim != 4:
                 continue
             if n.attrs.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
@@ -141,6 +155,24 @@ def find_candidates(graph, exclude=()):
             c.post = _post_affine(c.y, consts, consumers, outputs)
         out.append(c)
     return out
+
+
+def _deconv_as_gemm(n, w):
+    """The GEMM weights [Cin, KH * KW * Cout] (columns in (ky, kx, c) order) of a 2-D ConvTranspose
+    whose kernel windows do not overlap (strides equal to the kernel, no padding, dilation 1, one
+    group: a 2x2 stride-2 upsampling of a detector head or a U-Net), or None: each input pixel
+    then writes its own KH x KW block of the output, a GEMM row rearranged. Overlapping windows
+    need a col2im sum and stay float."""
+    a = n.attrs
+    if w.ndim != 4 or int(a.get("group", 1)) != 1 or "output_shape" in a:
+        return None
+    k = list(w.shape[2:])
+    if (list(a.get("kernel_shape", k)) != k or list(a.get("strides", [1, 1])) != k
+            or any(a.get("pads", [0, 0, 0, 0])) or any(a.get("output_padding", [0, 0]))
+            or list(a.get("dilations", [1, 1])) != [1, 1]
+            or a.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID")):
+        return None
+    return np.ascontiguousarray(w.transpose(0, 2, 3, 1).reshape(w.shape[0], -1))
 
 
 def _rows_per_sample(graph, x):
@@ -201,7 +233,8 @@ def _pack(c, s_x, zp_x):
     float offset and the per-call scale s_x when the candidate carries ``int4``)."""
     if getattr(c, "int4", None) is not None:
         return _pack_int4(c, s_x, zp_x)
-    if c.kind == "gemm":
+    gemm_like = c.kind in ("gemm", "deconv")
+    if gemm_like:
         wq, s_w = qp.quantize_weight_per_channel(c.weight, axis=1)
     else:
         wq, s_w = qp.quantize_weight_per_channel(c.weight, axis=0)
@@ -213,7 +246,7 @@ def _pack(c, s_x, zp_x):
         floor = np.abs(c.bias.astype(np.float64)) / (np.float64(s_x) * 2.0 ** 28)
         if np.any(floor > s_w):
             s_w = np.maximum(s_w.astype(np.float64), floor).astype(np.float32)
-            shape = (1, -1) if c.kind == "gemm" else (-1, 1, 1, 1)
+            shape = (1, -1) if gemm_like else (-1, 1, 1, 1)
             wq = np.clip(np.rint(c.weight / s_w.astype(np.float64).reshape(shape)), -127, 127).astype(np.int8)
     if c.bias is not None:
         ratio = np.abs(c.bias.astype(np.float64)) / (np.float64(s_x) * s_w.astype(np.float64))
@@ -223,14 +256,14 @@ def _pack(c, s_x, zp_x):
     groups = int(c.node.attrs.get("group", 1))
     c.density = None
     rows = getattr(c, "rows", None)
-    if c.kind != "dw" and (c.kind != "gemm" or rows is None or rows >= SPARSE_MIN_ROWS):
+    if c.kind in ("conv", "gemm") and (c.kind != "gemm" or rows is None or rows >= SPARSE_MIN_ROWS):
         d = qsparse.layer_density(wq, groups)   # block4 zeros (a pruned layer): sparse below the
         if d < SPARSE_MAX_DENSITY:               # measured break-even
             c.density = d
     if c.density is not None:
         packed = (qsparse.pack_gemm_sb4w(wq, bias_q, zp_x) if c.kind == "gemm"
                   else qsparse.pack_conv_sb4w(wq, bias_q, zp_x, groups))
-    elif c.kind == "gemm":
+    elif gemm_like:
         packed = qref.pack_gemm_qc8w(wq, bias_q, zp_x)
     elif c.kind == "dw":
         packed = qref.pack_dwconv_qc8w(wq, bias_q, zp_x)
@@ -255,7 +288,7 @@ def build_quantized(graph, candidates, observers, quantize_set):
     g = graph.copy()
     outputs = set(graph.output_names)
     passthrough = {k: v for k, v in _passthrough_nodes(graph, outputs).items() if k in quantize_set}
-    pt_inputs = {x for _, x, _ in passthrough.values()}
+    pt_inputs = {x for pt in passthrough.values() for x in _pt_xs(pt)}
     chosen = [_with_post(c, candidates, quantize_set, pt_inputs) for c in candidates
               if c.name in quantize_set]
     by_node = {c.name: c for c in chosen}
@@ -265,7 +298,7 @@ def build_quantized(graph, candidates, observers, quantize_set):
     layouts = dict(g.metadata.get("layouts", {}))
 
     # QAdd: residual Adds (with an optional following Relu) of two uint8 NHWC values of equal shape
-    conv_out = {c.y for c in chosen if c.kind in ("conv", "dw")} - outputs
+    conv_out = {c.y for c in chosen if c.kind in NHWC_KINDS} - outputs
     qadds = {}   # final output name -> (Add node, Relu node or None)
     for n in graph.nodes:
         if n.op != "Add" or len(n.inputs) != 2 or n.name in absorbed or n.inputs[0] == n.inputs[1]:
@@ -286,9 +319,9 @@ def build_quantized(graph, candidates, observers, quantize_set):
         def wants_u8(cn, y):
             c = by_node.get(cn.name)
             if c is not None:
-                return c.kind in ("conv", "dw") and c.x == y
+                return c.kind in NHWC_KINDS and c.x == y
             pt = passthrough.get(cn.name)
-            return cn.name in add_nodes or (pt is not None and pt[1] == y)
+            return cn.name in add_nodes or (pt is not None and y in _pt_xs(pt))
 
         unwanted = [y for y in qadds if not any(wants_u8(cn, y) for cn in consumers.get(y, []))]
         if not unwanted:
@@ -296,12 +329,13 @@ def build_quantized(graph, candidates, observers, quantize_set):
         for y in unwanted:
             del qadds[y]
     u8 = set(qadds) | {y for y in conv_out if any(wants_u8(cn, y) for cn in consumers.get(y, []))}
-    # pass-through ops run on uint8 when their input is: MaxPool and the channel Mul give uint8,
-    # the global average pool float (a dequantizing reduction)
+    # pass-through ops run on uint8 when their input is (a Concat: when one of its inputs is):
+    # MaxPool, Resize, Concat and the channel Mul give uint8, the global average pool float (a
+    # dequantizing reduction)
     active_pt = {}
     for n in graph.nodes:
         pt = passthrough.get(n.name)
-        if pt is not None and pt[1] in u8:
+        if pt is not None and any(x in u8 for x in _pt_xs(pt)):
             active_pt[n.name] = pt
             if pt[0] != "gap":
                 u8.add(n.outputs[0])
@@ -314,6 +348,24 @@ def build_quantized(graph, candidates, observers, quantize_set):
         if name not in qparams:
             qparams[name] = _value_qparams(observers, name)
         return qparams[name]
+
+    # a uint8 Concat copies bytes: its inputs take its output's scale and zero point (their
+    # producers requantize to it; the union range holds each input's), and so does what a
+    # nearest Resize feeding it reads (a Resize keeps its input's)
+    producers = graph.producers()
+    for name, pt in active_pt.items():
+        if pt[0] != "concat":
+            continue
+        y = next(n for n in graph.nodes if n.name == name).outputs[0]
+        common = qp_of(y)
+        for x in pt[1]:
+            while x not in qparams:
+                qparams[x] = common
+                p = producers.get(x)
+                pp = active_pt.get(p.name) if p is not None else None
+                if pp is None or pp[0] != "resize":
+                    break
+                x = pp[1]
 
     new_nodes = []
     quantized_inputs = {}   # (float value, layout) -> uint8 value name
@@ -361,7 +413,9 @@ def build_quantized(graph, candidates, observers, quantize_set):
             g.initializers[pname] = packed
             g.initializers[sname] = scale
             attrs = {"activation": c.act[0], "alpha": c.act[1], "beta": c.act[2]}
-            if c.kind != "gemm":
+            if c.kind == "deconv":
+                attrs["kernel_shape"] = [int(d) for d in graph.initializers[n.inputs[1]].shape[2:]]
+            elif c.kind != "gemm":
                 attrs.update(_conv_geometry(n.attrs, c.weight), kind=c.kind)
             if c.y in u8:
                 s_y, zp_y = qp_of(c.y)
@@ -375,7 +429,8 @@ def build_quantized(graph, candidates, observers, quantize_set):
             else:
                 attrs.update(out_dtype="float32", out_layout="nchw")
             four = getattr(c, "int4", None) is not None
-            op = ("Q4Gemm" if four else "QGemm") if c.kind == "gemm" else ("Q4Conv" if four else "QConv")
+            op = {"gemm": "Q4Gemm" if four else "QGemm", "deconv": "QConvTranspose"}.get(
+                c.kind, "Q4Conv" if four else "QConv")
             new_nodes.append(Node(op, (x, pname, sname), (c.y,), attrs, c.name, "qinfer"))
             entry = {"layer": c.name, "op": n.op, "precision": "int4" if four else "int8",
                      "reason": getattr(c, "note", None)
@@ -389,6 +444,16 @@ def build_quantized(graph, candidates, observers, quantize_set):
         if n.name in skip_relu:
             continue
         pt = active_pt.get(n.name)
+        if pt is not None and pt[0] == "concat":
+            y = n.outputs[0]
+            xs = [u8_of(x, "nhwc") for x in pt[1]]
+            s_y, zp_y = qp_of(y)
+            qs = [qp_of(x) for x in pt[1]]
+            new_nodes.append(Node("QConcat", tuple(xs), (y,),
+                                  {"axis": 3, "scales": [float(q[0]) for q in qs],
+                                   "zero_points": [int(q[1]) for q in qs],
+                                   "scale": float(s_y), "zero_point": int(zp_y)}, n.name, "qinfer"))
+            continue
         if pt is not None:
             kind, x, factor = pt
             y = n.outputs[0]
@@ -401,6 +466,10 @@ def build_quantized(graph, candidates, observers, quantize_set):
             elif kind == "gap":
                 new_nodes.append(Node("QGlobalAveragePool", (x,), (y,),
                                       {"scale": s_x, "zero_point": zp_x}, n.name, "qinfer"))
+            elif kind == "resize":   # nearest: copies values, so the same qparams
+                qparams[y] = (s_x, zp_x)
+                new_nodes.append(Node("QResize", (x,) + tuple(n.inputs[1:]), (y,), dict(n.attrs),
+                                      n.name, "qinfer"))
             else:
                 s_y, zp_y = qp_of(y)
                 new_nodes.append(Node("QMulChannel", (x, float_of(factor)), (y,),
@@ -457,7 +526,7 @@ def _with_post(c, candidates, quantize_set, pt_inputs):
 
 def _anchors(candidates, producers, x):
     """The candidate convs whose outputs make ``x`` (directly, or through one Add / Relu)."""
-    by_y = {c.y: c.name for c in candidates if c.kind in ("conv", "dw")}
+    by_y = {c.y: c.name for c in candidates if c.kind in NHWC_KINDS}
     if x in by_y:
         return {by_y[x]}
     producer = producers.get(x)
@@ -468,15 +537,48 @@ def _anchors(candidates, producers, x):
     return set()
 
 
+def _pt_xs(pt):
+    """The uint8 inputs of a pass-through entry (a Concat has several)."""
+    return pt[1] if isinstance(pt[1], tuple) else (pt[1],)
+
+
+def _nearest_resize(graph, n):
+    """Whether Resize node ``n`` can run on uint8 NHWC: nearest, rank 4, constant scales that
+    keep batch and channels (or none and constant sizes), no ``axes``, no crop-and-resize."""
+    a = n.attrs
+    x = graph.value(n.inputs[0])
+    if (a.get("mode", "nearest") != "nearest" or x.rank != 4 or x.dtype != "float32"
+            or a.get("axes") is not None or int(a.get("antialias", 0))
+            or a.get("coordinate_transformation_mode") == "tf_crop_and_resize"
+            or a.get("keep_aspect_ratio_policy", "stretch") != "stretch"):
+        return False
+    consts = [graph.initializers.get(i) if i else None for i in n.inputs[1:]]
+    if any(i and c is None for i, c in zip(n.inputs[1:], consts)):
+        return False                     # a computed roi / scales / sizes
+    scales = consts[1] if len(consts) > 1 and consts[1] is not None and consts[1].size else None
+    sizes = consts[2] if len(consts) > 2 and consts[2] is not None and consts[2].size else None
+    if scales is not None:
+        return scales.size == 4 and float(scales[0]) == 1.0 and float(scales[1]) == 1.0
+    return sizes is not None and sizes.size == 4 and x.shape is not None and list(
+        sizes[:2]) == list(x.shape[:2])
+
+
 def _passthrough_nodes(graph, outputs):
     """{node name: (kind, uint8 input, per-channel factor or None)} of the nodes that can run on a
-    uint8 NHWC input: 2-D MaxPool ("maxpool"), GlobalAveragePool ("gap") and a Mul of a rank-4
-    activation by a per-channel factor [N|1, C, 1, 1] ("mul", the gate of squeeze-excitation).
-    None of these is ever absorbed by an epilogue (an activation or a scalar affine tail)."""
+    uint8 NHWC input: 2-D MaxPool ("maxpool"), GlobalAveragePool ("gap"), a Mul of a rank-4
+    activation by a per-channel factor [N|1, C, 1, 1] ("mul", the gate of squeeze-excitation),
+    nearest Resize ("resize") and a channel Concat ("concat", whose input is the tuple of its
+    inputs). None of these is ever absorbed by an epilogue (an activation or a scalar affine tail)."""
     out = {}
     for n in graph.nodes:
         if not n.outputs or n.outputs[0] in outputs:
             continue
+        if n.op == "Resize" and _nearest_resize(graph, n):
+            out[n.name] = ("resize", n.inputs[0], None)
+        elif n.op == "Concat" and len(n.inputs) >= 2 and all(n.inputs) and all(
+                graph.value(i).rank == 4 and graph.value(i).dtype == "float32"
+                and i not in graph.initializers for i in n.inputs) and int(n.attrs.get("axis", 0)) in (1, -3):
+            out[n.name] = ("concat", tuple(n.inputs), None)
         if n.op == "MaxPool":
             a = n.attrs
             if (len([o for o in n.outputs if o]) == 1 and graph.value(n.inputs[0]).rank == 4
@@ -661,10 +763,11 @@ def quantize_graph(graph, calibration, weights="int8", activations="int8", metho
     units = {c.name: {c.name} for c in candidates}
     producers = {o: n for n in graph.nodes for o in n.outputs if o}
     by_input = {}    # the pass-through ops reading one value form one unit (SE: its pool and gate)
-    for name, (_, x, _) in passthrough.items():
-        by_input.setdefault(x, []).append(name)
-    for x, names in by_input.items():
-        units[names[0]] = set(names) | _anchors(candidates, producers, x)
+    for name, pt in passthrough.items():   # (a Concat is a unit of its own)
+        by_input.setdefault(pt[1] if pt[0] != "concat" else name, []).append(name)
+    for names in by_input.values():
+        units[names[0]] = set(names).union(*(_anchors(candidates, producers, x)
+                                             for x in _pt_xs(passthrough[names[0]])))
     members = {name: set(names) for names in by_input.values() for name in names[:1]}
     all_names = list(units)
     if weights == "int4":

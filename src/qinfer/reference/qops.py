@@ -10,6 +10,14 @@ runs, e.g. to calibrate or evaluate a quantized graph layer by layer).
 - QGemm(x u8 [.., K], packed, s) -> u8 or f32 [.., N]
   (QConv "conv" / QGemm weights may be sparse, SB4W of reference/sparse.py: the same int8 weights
   stored as their non-zero 1x4 blocks; the arithmetic, and so this definition, is the dense one)
+- QConvTranspose(x u8 NHWC, packed, s) -> u8 NHWC or f32 NCHW: a ConvTranspose whose windows do
+                                   not overlap (strides = kernel_shape, no padding): QGemm over the
+                                   input pixels with KH*KW*C columns in (ky, kx, c) order, each
+                                   pixel's row then written as its KH x KW output block
+- QResize(x u8 NHWC, roi, scales, sizes) -> u8 NHWC: nearest Resize (the float op's parameters,
+                                   NCHW order); the same scale and zero point
+- QConcat(x u8 NHWC, ...)       -> u8 NHWC: Concat along ``axis``, inputs not already in the output's
+                                   scale / zero point requantized to it
 - QAdd(a u8, b u8)             -> u8: requant((a - za) * sa + (b - zb) * sb), optional ReLU
 - DynQGemm(x f32 [.., K], packed, w_scale) -> f32: x quantized per call, symmetric around 128
 - QMaxPool(x u8 NHWC)           -> u8 NHWC: MaxPool's attributes; max commutes with quantization,
@@ -136,6 +144,105 @@ def qgemm(inputs, attrs, n):
     y = q.qgemm(x.reshape(-1, x.shape[-1]), u["w"], scale, u["bias_q"], u["header"]["zp_x"],
                 **epilogue_kwargs(attrs))
     return [y.reshape(lead + (y.shape[-1],))]
+
+
+def deconv_arrange(y, kh, kw, to_nchw=False):
+    """A transposed conv's GEMM result [N, H, W, KH * KW * C] (columns in (ky, kx, c) order) as
+    its output: NHWC [N, H * KH, W * KW, C], or NCHW [N, C, H * KH, W * KW] (``to_nchw``)."""
+    n, h, w, cols = y.shape
+    if kh < 1 or kw < 1 or cols % (kh * kw):
+        raise InvalidInputError(f"QConvTranspose: {cols} GEMM columns are not a multiple of the "
+                                f"{kh}x{kw} kernel")
+    y6 = y.reshape(n, h, w, kh, kw, cols // (kh * kw))
+    if to_nchw:
+        return np.ascontiguousarray(y6.transpose(0, 5, 1, 3, 2, 4)).reshape(n, -1, h * kh, w * kw)
+    return np.ascontiguousarray(y6.transpose(0, 1, 3, 2, 4, 5)).reshape(n, h * kh, w * kw, -1)
+
+
+@register("QConvTranspose")
+def qconvtranspose(inputs, attrs, n):
+    x = inputs[0]
+    if x.ndim != 4:
+        raise InvalidInputError(f"QConvTranspose: x must be uint8 NHWC (rank 4), got shape {list(x.shape)}")
+    kh, kw = (int(k) for k in attrs["kernel_shape"])
+    y = qgemm(inputs, attrs, n)[0]
+    return [deconv_arrange(y, kh, kw, attrs.get("out_layout") == "nchw")]
+
+
+@register("QResize")
+def qresize(inputs, attrs, n):
+    """Nearest Resize of uint8 NHWC data; roi / scales / sizes are the float op's (NCHW order).
+    The source pixel of every output pixel comes from the float op itself, run once on a map of
+    pixel indices, so both pick the same pixels by construction."""
+    x = inputs[0]
+    if x.ndim != 4 or x.dtype != np.uint8:
+        raise InvalidInputError(f"QResize: x must be uint8 NHWC (rank 4), got {x.dtype} "
+                                f"shape {list(x.shape)}")
+    if str(attrs.get("mode", "nearest")) != "nearest":
+        raise UnsupportedOperatorError("QResize: only mode='nearest' runs on uint8 data")
+    return [nearest_gather(x, resize_source_map(x.shape, inputs[1:], attrs))]
+
+
+def resize_source_map(nhwc_shape, params, attrs):
+    """int64 [OH, OW]: the flat H*W index each output pixel of a nearest Resize reads."""
+    from .shape import resize
+    n, h, w, c = nhwc_shape
+    params = list(params) + [None] * (3 - len(params))
+    roi, scales, sizes = params[:3]
+    if sizes is not None and np.asarray(sizes).size:
+        sizes = np.asarray(sizes).astype(np.int64).copy()
+        if sizes.size != 4 or list(sizes[:2]) != [n, c]:
+            raise UnsupportedOperatorError(f"QResize: sizes {sizes.tolist()} must keep batch "
+                                           f"{n} and channels {c}")
+        sizes[:2] = 1
+    elif scales is not None and np.asarray(scales).size:
+        scales = np.asarray(scales)
+        if scales.size != 4 or float(scales[0]) != 1.0 or float(scales[1]) != 1.0:
+            raise UnsupportedOperatorError(f"QResize: scales {scales.tolist()} must keep batch "
+                                           "and channels")
+    probe = np.arange(h * w, dtype=np.int64).reshape(1, 1, h, w)
+    return resize([probe, roi, scales, sizes], attrs, 1)[0][0, 0]
+
+
+def nearest_gather(x, src):
+    """x uint8 NHWC [N, H, W, C] -> [N, OH, OW, C], output pixel (i, j) = input pixel src[i, j]
+    (flat H*W index)."""
+    n, h, w, c = x.shape
+    oh, ow = src.shape
+    fy, fx = (oh // h if h else 0), (ow // w if w else 0)
+    if (fy >= 1 and fx >= 1 and oh == fy * h and ow == fx * w and np.array_equal(
+            src, (np.arange(oh) // fy)[:, None] * w + (np.arange(ow) // fx)[None, :])):
+        # whole-number up-sampling by replication: one broadcast copy
+        y = np.empty((n, h, fy, w, fx, c), np.uint8)
+        y[...] = x[:, :, None, :, None, :]
+        return y.reshape(n, oh, ow, c)
+    return np.ascontiguousarray(np.take(x.reshape(n, h * w, c), src.reshape(-1), axis=1)).reshape(
+        n, oh, ow, c)
+
+
+@register("QConcat")
+def qconcat(inputs, attrs, n):
+    """Concat of uint8 NHWC values along ``axis`` (3: channels); an input whose ``scales[i]`` /
+    ``zero_points[i]`` differ from the output's ``scale`` / ``zero_point`` is requantized
+    (dequantize, then the activation rounding rule)."""
+    axis = int(attrs["axis"])
+    scales, zps = list(attrs["scales"]), list(attrs["zero_points"])
+    s_y, zp_y = float(attrs["scale"]), int(attrs["zero_point"])
+    if len(scales) != len(inputs) or len(zps) != len(inputs):
+        raise InvalidInputError(f"QConcat: {len(inputs)} inputs but {len(scales)} scales and "
+                                f"{len(zps)} zero points")
+    parts = []
+    for x, s, zp in zip(inputs, scales, zps):
+        if x.dtype != np.uint8:
+            raise InvalidInputError(f"QConcat: inputs must be uint8, got {x.dtype}")
+        if np.float32(s) == np.float32(s_y) and int(zp) == zp_y:
+            parts.append(x)
+        else:
+            parts.append(quantize_u8(dequantize_u8(x, s, zp), s_y, zp_y))
+    try:
+        return [np.concatenate(parts, axis=axis)]
+    except (ValueError, np.exceptions.AxisError) as e:
+        raise InvalidInputError(f"QConcat: {e}") from None
 
 
 @register("QAdd")

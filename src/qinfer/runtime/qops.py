@@ -1,6 +1,6 @@
 """Fast implementations of the quantized IR ops (see reference/qops.py for their definitions).
 
-Design: QConv / QGemm / DynQGemm call the int8 kernels with the packed weights stored in the graph
+Design: QConv / QGemm / DynQGemm / QConvTranspose call the int8 kernels with the packed weights stored in the graph
 (packed once at quantize time; loading is a memory map). QConv / QGemm weights packed sparse (SB4W,
 reference/sparse.py: the quantizer chose it for a layer pruned below the break-even density) run
 on the sparse int8 kernels (qspconv2d_u8s8_nhwc / qspmm_u8s8), same arguments, same result. Quantize / Dequantize / QAdd / QMaxPool /
@@ -18,7 +18,8 @@ from ..reference import sparse as refsp
 from .cpu import _kernels as _k
 
 QOPS = ("QConv", "QGemm", "DynQGemm", "QuantizeU8", "DequantizeU8", "QAdd", "QMaxPool",
-        "QGlobalAveragePool", "QMulChannel", "Q4Gemm", "Q4Conv", "DynQ4Gemm")
+        "QGlobalAveragePool", "QMulChannel", "Q4Gemm", "Q4Conv", "DynQ4Gemm", "QConvTranspose",
+        "QResize", "QConcat")
 
 
 def _epilogue(attrs):
@@ -61,6 +62,39 @@ def make_qop(node, consts, nt):
             y = kern(np.ascontiguousarray(x), packed, scale, **geo, **ep, num_threads=nt)
             return [np.ascontiguousarray(y.transpose(0, 3, 1, 2)) if to_nchw else y]
         return qconv
+    if node.op == "QResize":
+        params = [consts.get(i) if i else None for i in node.inputs[1:]]
+        if any(i and p is None for i, p in zip(node.inputs[1:], params)):
+            return None      # computed scales / sizes: the reference op, per call
+        maps = {}
+
+        def qresize(inputs, _a, _n):
+            x = inputs[0]
+            if x.dtype != np.uint8 or x.ndim != 4:
+                return None
+            src = maps.get(x.shape)
+            if src is None:
+                if len(maps) >= 64:     # bounded for a service fed ever-new shapes
+                    maps.clear()
+                src = maps[x.shape] = ref.resize_source_map(x.shape, params, a)
+            return [ref.nearest_gather(x, src)]
+        return qresize
+    if node.op == "QConvTranspose":
+        packed, scale = consts.get(node.inputs[1]), consts.get(node.inputs[2])
+        kernel = [int(k) for k in a.get("kernel_shape", ())]
+        if packed is None or scale is None or len(kernel) != 2:
+            return None
+        ep = _epilogue(a)
+        to_nchw = a.get("out_layout") == "nchw"
+
+        def qdeconv(inputs, _a, _n):
+            x = inputs[0]
+            if x.dtype != np.uint8 or x.ndim != 4:
+                return None
+            y = _k.qgemm_u8s8(np.ascontiguousarray(x).reshape(-1, x.shape[3]), packed, scale, **ep,
+                              num_threads=nt)
+            return [ref.deconv_arrange(y.reshape(x.shape[:3] + (-1,)), *kernel, to_nchw)]
+        return qdeconv
     if node.op in ("QGemm", "DynQGemm"):
         packed, scale = consts.get(node.inputs[1]), consts.get(node.inputs[2])
         if packed is None or scale is None:

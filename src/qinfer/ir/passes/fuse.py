@@ -18,6 +18,25 @@ def _bn_params(g, n):
     return s, bias - mean * s
 
 
+def _out_channels(conv, w):
+    """Output channels of a Conv (weights [Cout, Cin/group, k...]) or a ConvTranspose (weights
+    [Cin, Cout/group, k...]); None for weights the op itself will refuse."""
+    group = int(conv.attrs.get("group", 1))
+    if w.ndim < 3 or group < 1 or w.shape[0] % group:
+        return None
+    return w.shape[0] if conv.op == "Conv" else w.shape[1] * group
+
+
+def _scale_out_channels(conv, w, s):
+    """``w`` (float64) with each output channel's weights multiplied by ``s[channel]``."""
+    if conv.op == "Conv":
+        return w * s.reshape((-1,) + (1,) * (w.ndim - 1))
+    group = int(conv.attrs.get("group", 1))
+    cin, cog = w.shape[0], w.shape[1]
+    wg = w.reshape((group, cin // group, cog) + w.shape[2:])
+    return (wg * s.reshape((group, 1, cog) + (1,) * (w.ndim - 2))).reshape(w.shape)
+
+
 def fold_batchnorm(graph):
     g = graph.copy()
     producers = g.producers()
@@ -44,18 +63,10 @@ def fold_batchnorm(graph):
         if params is None:
             continue
         s, shift = params
-        group = int(conv.attrs.get("group", 1))
-        if conv.op == "Conv":
-            cout = w.shape[0]
-            w2 = w.astype(np.float64) * s.reshape((-1,) + (1,) * (w.ndim - 1))
-        else:  # ConvTranspose weights: [Cin, Cout/group, k...]
-            cin, cog = w.shape[0], w.shape[1]
-            cout = cog * group
-            wg = w.astype(np.float64).reshape((group, cin // group, cog) + w.shape[2:])
-            wg = wg * s.reshape((group, 1, cog) + (1,) * (w.ndim - 2))
-            w2 = wg.reshape(w.shape)
-        if s.shape[0] != cout:
+        cout = _out_channels(conv, w)
+        if cout is None or s.shape[0] != cout:
             continue
+        w2 = _scale_out_channels(conv, w.astype(np.float64), s)
         b = (g.initializers[conv.inputs[2]].astype(np.float64)
              if len(conv.inputs) > 2 and conv.inputs[2] else np.zeros(cout))
         b2 = b * s + shift
@@ -86,7 +97,8 @@ def _scalar_or_channel(arr, cout, rank):
 
 
 def fold_affine_into_conv(graph):
-    """Conv followed by Mul / Div / Add / Sub with a per-channel or scalar constant -> one Conv.
+    """Conv / ConvTranspose followed by Mul / Div / Add / Sub with a per-channel or scalar constant
+    -> one Conv / ConvTranspose.
 
     Exports often spell BatchNorm or a learnable affine as separate Mul and Add nodes (Paddle's
     PP-LCNet, TF's fused BN split by converters); folding them removes full passes over the output.
@@ -109,7 +121,8 @@ def fold_affine_into_conv(graph):
                 continue
             x = n.inputs[1 - k]
             conv = producers.get(x)
-            if conv is None or conv.op != "Conv" or x in outputs or len(consumers.get(x, [])) != 1:
+            if (conv is None or conv.op not in ("Conv", "ConvTranspose") or x in outputs
+                    or len(consumers.get(x, [])) != 1):
                 continue
             wname = conv.inputs[1]
             w = g.initializers.get(wname)
@@ -119,19 +132,22 @@ def fold_affine_into_conv(graph):
             c = g.initializers[n.inputs[k]]
             if c.dtype != np.float32:
                 continue
-            vec = _scalar_or_channel(c, w.shape[0], w.ndim)
+            cout = _out_channels(conv, w)
+            if cout is None:
+                continue
+            vec = _scalar_or_channel(c, cout, w.ndim)
             if vec is None:
                 continue
             # the result must keep the conv output's shape (a constant of higher rank would broadcast)
             if c.ndim > w.ndim:
                 continue
-            b = g.initializers[bname].astype(np.float64) if bname else np.zeros(w.shape[0])
+            b = g.initializers[bname].astype(np.float64) if bname else np.zeros(cout)
             w64 = w.astype(np.float64)
             if n.op in ("Mul", "Div"):
                 s = vec if n.op == "Mul" else 1.0 / vec
                 if not np.all(np.isfinite(s)):
                     continue
-                w64 = w64 * s.reshape((-1,) + (1,) * (w.ndim - 1))
+                w64 = _scale_out_channels(conv, w64, s)
                 b = b * s
             else:
                 b = b + (vec if n.op == "Add" else -vec)
