@@ -179,3 +179,29 @@ def test_ppocr_rec_int8_keeps_the_read_text(ppocr_rec_onnx, method):
     print(f"PP-OCRv4 rec int8 ({method}): {same:.2%} of sequences identical to float")
     assert same >= 0.90
     assert q.graph.op_counts().get("QConv", 0) >= 15   # most of the backbone runs int8
+
+
+@pytest.mark.slow
+def test_ppocr_det_int8_keeps_the_text_map(ppocr_det_onnx):
+    """PP-OCRv4 detection in int8 (default settings), on pictures and page scans with text drawn
+    on them: per image, probability-map cosine >= 0.99 and binarized (0.3) map IoU >= 0.95
+    against float; calibrated on other images (the shipped page, text and photos, and other
+    text scenes)."""
+    m = qinfer.convert(ppocr_det_onnx)
+    calib = np.concatenate([models.det_input(4, 320, 320), models.text_scenes(4, 320, 320, seed=1)])
+    q = qinfer.quantize(m, [calib[i:i + 1] for i in range(len(calib))], progress=False)
+    x = models.text_scenes(6, 320, 320, seed=100)
+    name = m.graph.input_names[0]
+    sf, sq = qinfer.InferenceSession(m, num_threads=2), qinfer.InferenceSession(q, num_threads=2)
+    cosines, ious = [], []
+    for i in range(len(x)):
+        f = sf.run(None, {name: x[i:i + 1]})[0].astype(np.float64).ravel()
+        g = sq.run(None, {name: x[i:i + 1]})[0].astype(np.float64).ravel()
+        assert (f > 0.3).any()                          # every image has text
+        cosines.append(f @ g / np.linalg.norm(f) / np.linalg.norm(g))
+        a, b = f > 0.3, g > 0.3
+        ious.append((a & b).sum() / (a | b).sum())
+    print(f"PP-OCRv4 det int8: map cosine min {min(cosines):.4f}, binarized IoU min {min(ious):.4f} "
+          f"mean {np.mean(ious):.4f} over {len(x)} text images")
+    assert min(cosines) >= 0.99 and min(ious) >= 0.95
+    assert q.graph.op_counts().get("QConv", 0) >= 20    # most of the network runs int8
