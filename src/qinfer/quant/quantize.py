@@ -806,14 +806,11 @@ def quantize_graph(graph, calibration, weights="int8", activations="int8", metho
         if best is None:          # only k = all layers is left, which never needs measuring twice
             best = attempt(lo)
         # the error is not monotonic in k (a float layer changes which values its neighbours
-        # round): give each float unit another try at int8 and keep it there if the budget still
-        # holds -- the costliest first (multiply-adds per sample), so what is left of the budget
-        # buys the most speed, then the least sensitive
+        # round): give each float unit, least sensitive first, another try at int8 and keep it
+        # there if the budget still holds
         float_units = list(order[:lo])
         chosen_units = list(order[lo:])
-        macs = _unit_macs(graph, candidates, units, feeds[0])
-        tries = sorted(float_units, key=lambda n: (-macs.get(n, 0), sens[n]))
-        for name in _progress(tries[:REFINE_TRIES], progress,
+        for name in _progress(float_units[::-1][:REFINE_TRIES], progress,
                               min(len(float_units), REFINE_TRIES), "refine"):
             trial = set().union(*(members.get(n, {n}) for n in chosen_units + [name]))
             g_t, rep_t = build_quantized(graph, candidates, observers, trial)
@@ -999,30 +996,6 @@ def _int4_weights(c, stats, block, rounding, pruned=False):
         q = q.reshape(cout, kh, kw, cin_g).transpose(0, 3, 1, 2)
     sq = [None] * 3 if stats is None else [gptq.to_db(energy[0], e) for e in energy[1:]]
     return Int4Weights(np.ascontiguousarray(q, np.int8), np.concatenate(ss), block, rounding, *sq)
-
-
-def _unit_macs(graph, candidates, units, feed):
-    """{unit: multiply-adds its layers do on one calibration sample} (0 for units without weights):
-    weights times output pixels (rows of a Gemm), output shapes from one float run."""
-    from ..reference import executor
-    by_name = {c.name: c for c in candidates}
-    want = {c.y: c for c in candidates}
-    sizes = {}
-
-    def observe(name, v):
-        c = want.get(name)
-        if c is not None:
-            v = np.asarray(v)
-            sizes[c.name] = int(np.prod(v.shape[2:])) if c.kind in NHWC_KINDS else int(
-                np.prod(v.shape[:-1]))
-    executor.run_graph(graph, feed, observer=observe)
-    per_layer = {name: by_name[name].weight.size * sizes.get(name, 0) for name in by_name}
-    # (a deconv's GEMM weights hold every kernel tap: its input pixels are its rows)
-    for c in candidates:
-        if c.kind == "deconv":
-            kh, kw = graph.initializers[c.node.inputs[1]].shape[2:]
-            per_layer[c.name] //= kh * kw
-    return {u: sum(per_layer.get(m, 0) for m in ms) for u, ms in units.items()}
 
 
 def _fewest(n, ok):
