@@ -353,11 +353,11 @@ def build_quantized(graph, candidates, observers, quantize_set):
     # producers requantize to it; the union range holds each input's), and so does what a
     # nearest Resize feeding it reads (a Resize keeps its input's)
     producers = graph.producers()
-    for name, pt in active_pt.items():
-        if pt[0] != "concat":
+    for n in graph.nodes:
+        pt = active_pt.get(n.name)
+        if pt is None or pt[0] != "concat":
             continue
-        y = next(n for n in graph.nodes if n.name == name).outputs[0]
-        common = qp_of(y)
+        common = qp_of(n.outputs[0])
         for x in pt[1]:
             while x not in qparams:
                 qparams[x] = common

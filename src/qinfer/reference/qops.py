@@ -184,7 +184,8 @@ def qresize(inputs, attrs, n):
 
 
 def resize_source_map(nhwc_shape, params, attrs):
-    """int64 [OH, OW]: the flat H*W index each output pixel of a nearest Resize reads."""
+    """(src, factors) of a nearest Resize: src int64 [OH, OW], the flat H*W index each output
+    pixel reads; factors (fy, fx) when that is a whole-number replication, else None."""
     from .shape import resize
     n, h, w, c = nhwc_shape
     params = list(params) + [None] * (3 - len(params))
@@ -201,18 +202,22 @@ def resize_source_map(nhwc_shape, params, attrs):
             raise UnsupportedOperatorError(f"QResize: scales {scales.tolist()} must keep batch "
                                            "and channels")
     probe = np.arange(h * w, dtype=np.int64).reshape(1, 1, h, w)
-    return resize([probe, roi, scales, sizes], attrs, 1)[0][0, 0]
-
-
-def nearest_gather(x, src):
-    """x uint8 NHWC [N, H, W, C] -> [N, OH, OW, C], output pixel (i, j) = input pixel src[i, j]
-    (flat H*W index)."""
-    n, h, w, c = x.shape
+    src = resize([probe, roi, scales, sizes], attrs, 1)[0][0, 0]
     oh, ow = src.shape
     fy, fx = (oh // h if h else 0), (ow // w if w else 0)
-    if (fy >= 1 and fx >= 1 and oh == fy * h and ow == fx * w and np.array_equal(
-            src, (np.arange(oh) // fy)[:, None] * w + (np.arange(ow) // fx)[None, :])):
-        # whole-number up-sampling by replication: one broadcast copy
+    whole = (fy >= 1 and fx >= 1 and oh == fy * h and ow == fx * w and np.array_equal(
+        src, (np.arange(oh) // fy)[:, None] * w + (np.arange(ow) // fx)[None, :]))
+    return src, ((fy, fx) if whole else None)
+
+
+def nearest_gather(x, source_map):
+    """x uint8 NHWC [N, H, W, C] -> [N, OH, OW, C], output pixel (i, j) = input pixel src[i, j]
+    (flat H*W index), for ``source_map`` = resize_source_map(...)."""
+    src, factors = source_map
+    n, h, w, c = x.shape
+    oh, ow = src.shape
+    if factors is not None:   # whole-number up-sampling by replication: one broadcast copy
+        fy, fx = factors
         y = np.empty((n, h, fy, w, fx, c), np.uint8)
         y[...] = x[:, :, None, :, None, :]
         return y.reshape(n, oh, ow, c)

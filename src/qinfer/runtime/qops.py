@@ -72,34 +72,14 @@ def make_qop(node, consts, nt):
             x = inputs[0]
             if x.dtype != np.uint8 or x.ndim != 4:
                 return None
-            src = maps.get(x.shape)
-            if src is None:
-                if len(maps) >= 64:     # bounded for a service fed ever-new shapes
-                    maps.clear()
-                src = maps[x.shape] = ref.resize_source_map(x.shape, params, a)
+            src = _per_shape(maps, x.shape, lambda: ref.resize_source_map(x.shape, params, a))
             return [ref.nearest_gather(x, src)]
         return qresize
-    if node.op == "QConvTranspose":
-        packed, scale = consts.get(node.inputs[1]), consts.get(node.inputs[2])
-        kernel = [int(k) for k in a.get("kernel_shape", ())]
-        if packed is None or scale is None or len(kernel) != 2:
-            return None
-        ep = _epilogue(a)
-        to_nchw = a.get("out_layout") == "nchw"
-
-        def qdeconv(inputs, _a, _n):
-            x = inputs[0]
-            if x.dtype != np.uint8 or x.ndim != 4:
-                return None
-            y = _k.qgemm_u8s8(np.ascontiguousarray(x).reshape(-1, x.shape[3]), packed, scale, **ep,
-                              num_threads=nt)
-            return [ref.deconv_arrange(y.reshape(x.shape[:3] + (-1,)), *kernel, to_nchw)]
-        return qdeconv
-    if node.op in ("QGemm", "DynQGemm"):
+    if node.op in ("QGemm", "DynQGemm", "QConvTranspose"):
         packed, scale = consts.get(node.inputs[1]), consts.get(node.inputs[2])
         if packed is None or scale is None:
             return None
-        if node.op == "QGemm":
+        if node.op != "DynQGemm":
             ep = _epilogue(a)
             gemm = _k.qspmm_u8s8 if refsp.is_sparse(packed) else _k.qgemm_u8s8
 
@@ -111,7 +91,20 @@ def make_qop(node, consts, nt):
                 y = gemm(np.ascontiguousarray(x).reshape(-1, x.shape[-1]), packed, scale, **ep,
                          num_threads=nt)
                 return [y.reshape(lead + (y.shape[-1],))]
-            return qgemm
+            if node.op == "QGemm":
+                return qgemm
+            # QConvTranspose: the same GEMM over the input pixels, rows written as output blocks
+            kernel = [int(k) for k in a.get("kernel_shape", ())]
+            if len(kernel) != 2:
+                return None
+            to_nchw = a.get("out_layout") == "nchw"
+
+            def qdeconv(inputs, _a, _n):
+                if inputs[0].ndim != 4:
+                    return None
+                y = qgemm(inputs, _a, _n)
+                return None if y is None else [ref.deconv_arrange(y[0], *kernel, to_nchw)]
+            return qdeconv
         bias = consts.get(node.inputs[3]) if len(node.inputs) > 3 and node.inputs[3] else None
         act = (int(a.get("activation", 0)), float(a.get("alpha", 0.0)), float(a.get("beta", 0.0)))
         fuse_act = bias is None
@@ -255,6 +248,17 @@ def _maxpool_geometry(attrs, nchw_shape):
     return tuple(kernel), tuple(strides), pads, tuple(dilations)
 
 
+def _per_shape(cache, shape, make):
+    """``cache[shape]``, made by ``make()`` on first use; the cache is emptied when it holds 64
+    shapes (bounded for a service fed ever-new shapes)."""
+    v = cache.get(shape, cache)
+    if v is cache:
+        if len(cache) >= 64:
+            cache.clear()
+        v = cache[shape] = make()
+    return v
+
+
 def _make_maxpool(attrs, nt, dtype, kern, nhwc):
     """A 2-D MaxPool (one output) on the C kernel, its geometry cached per input shape."""
     if len(attrs.get("kernel_shape", ())) != 2:
@@ -265,12 +269,8 @@ def _make_maxpool(attrs, nt, dtype, kern, nhwc):
         x = inputs[0]
         if x.dtype != dtype or x.ndim != 4 or n_out != 1:
             return None
-        geo = geos.get(x.shape, False)
-        if geo is False:
-            if len(geos) >= 64:     # bounded for a service fed ever-new shapes
-                geos.clear()
-            nchw = (x.shape[0], x.shape[3], x.shape[1], x.shape[2]) if nhwc else x.shape
-            geo = geos[x.shape] = _maxpool_geometry(attrs, nchw)
+        nchw = (x.shape[0], x.shape[3], x.shape[1], x.shape[2]) if nhwc else x.shape
+        geo = _per_shape(geos, x.shape, lambda: _maxpool_geometry(attrs, nchw))
         if geo is None:
             return None
         return [kern(np.ascontiguousarray(x), *geo, num_threads=nt)]
