@@ -165,6 +165,11 @@ def test_layers_that_lose_too_much_keep_int8_and_say_why(digits_cnn):
     assert ops.get("QConv", 0) + ops.get("QGemm", 0) == len(kept)
     text = q.summary()
     assert "kept int8" in text and "int4" in text and "SQNR" in text
+    # an int4 layer's epilogue scale is s_x alone (its block scales are in the packed weights):
+    # stored once and broadcast, where the int8 layers keep one per channel
+    for n in q.graph.nodes:
+        if n.op in ("Q4Conv", "Q4Gemm", "QConv", "QGemm"):
+            assert (q.graph.initializers[n.inputs[2]].size == 1) == n.op.startswith("Q4"), n.name
     # int8 and int4 convs in one graph: the kernels give the reference's bits at 1 and 2 threads
     x = digits_cnn.x_test[:21]
     ref = run_graph(q.graph, {"input": x})["logits"]
@@ -226,10 +231,12 @@ def test_damaged_int4_weights_in_a_graph_raise_qinfer_errors(digits_cnn):
     i = next(k for k, n in enumerate(q.graph.nodes) if n.op == "Q4Conv")
     node = q.graph.nodes[i]
     packed = q.graph.initializers[node.inputs[1]]
-    for damage in ("cut", "magic", "block", "no inputs"):
+    for damage in ("cut", "magic", "block", "no inputs", "scales"):
         g = q.graph.copy()
         if damage == "no inputs":
             g.nodes[i] = node.replace(inputs=node.inputs[:1])
+        elif damage == "scales":    # neither one shared value nor one per channel
+            g.initializers = {**g.initializers, node.inputs[2]: np.ones(2, np.float32)}
         else:
             bad = np.array(packed[:-64] if damage == "cut" else packed)
             if damage == "magic":

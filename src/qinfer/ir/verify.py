@@ -359,10 +359,11 @@ def _q4_packed_problems(n, label, inits):
 
 
 def _scale_problems(n, label, scale, channels):
-    if not (isinstance(scale, np.ndarray) and scale.dtype == np.float32 and scale.size == channels
-            and np.all(np.abs(scale) <= _Q_PARAM_MAX)):
+    if not (isinstance(scale, np.ndarray) and scale.dtype == np.float32
+            and scale.size in (1, channels) and np.all(np.abs(scale) <= _Q_PARAM_MAX)):
         return [f"{label}: scales {n.inputs[2]!r} must be an initializer of {channels} float32 "
-                f"values with |scale| <= {_Q_PARAM_MAX:g} (one per output channel)"]
+                f"values (one per output channel) or of 1 (shared) with |scale| <= "
+                f"{_Q_PARAM_MAX:g}"]
     return []
 
 

@@ -411,7 +411,9 @@ def build_quantized(graph, candidates, observers, quantize_set):
             packed, scale, s_w = _pack(c, s_x, zp_x)
             pname, sname = f"{c.name}__packed_w", f"{c.name}__scale"
             g.initializers[pname] = packed
-            g.initializers[sname] = scale
+            # one value when every channel shares it (int4 layers: the block scales are in the
+            # packed weights, this is s_x alone; per-tensor int8 weights): the runtime broadcasts
+            g.initializers[sname] = scale[:1] if scale.size > 1 and np.all(scale == scale[0]) else scale
             attrs = {"activation": c.act[0], "alpha": c.act[1], "beta": c.act[2]}
             if c.kind == "deconv":
                 attrs["kernel_shape"] = [int(d) for d in graph.initializers[n.inputs[1]].shape[2:]]

@@ -14,6 +14,7 @@ import numpy as np
 
 from ..reference import int4 as ref4
 from ..reference import qops as ref
+from ..reference import quantized as ref8
 from ..reference import sparse as refsp
 from .cpu import _kernels as _k
 
@@ -36,10 +37,33 @@ def _native(arr):
     return None if arr is None else arr.view(arr.dtype.newbyteorder("="))
 
 
+#: layer ops whose third input is the per-channel epilogue scale (DynQ4Gemm's is its bias)
+_LAYER_OPS = ("QConv", "QGemm", "DynQGemm", "QConvTranspose", "Q4Gemm", "Q4Conv")
+
+
+def _channel_scales(packed, scale):
+    """``scale`` with one value per output channel: a stored single value (every channel shares
+    it) repeated to the channel count of the packed weights' header, which the kernels take."""
+    if scale is None or packed is None or scale.size != 1:
+        return scale
+    try:
+        if packed.size >= 4 and int(packed[:4].view("<u4")[0]) == ref4.MAGIC:
+            h = ref4.read_header(packed)
+        elif refsp.is_sparse(packed):
+            h = refsp.read_header(packed)
+        else:
+            h = ref8.read_header(packed)
+    except Exception:  # noqa: BLE001 - a malformed header: the kernel's own check says what
+        return scale
+    return np.full(int(h["groups"]) * int(h["n"]), scale.reshape(-1)[0], np.float32)
+
+
 def make_qop(node, consts, nt):
     """A fast function for a quantized node, or None (the planner then runs the reference op)."""
     a = node.attrs
     consts = {name: _native(consts.get(name)) for name in node.inputs[1:] if name}
+    if node.op in _LAYER_OPS and len(node.inputs) > 2:
+        consts[node.inputs[2]] = _channel_scales(consts.get(node.inputs[1]), consts.get(node.inputs[2]))
     if node.op in ("Q4Gemm", "Q4Conv", "DynQ4Gemm"):
         return _make_q4op(node, consts, nt)
     if node.op == "QConv":
