@@ -1,5 +1,6 @@
-"""Big float constants of quantized models stored int8 per row (quant/constants.py), and the
-ONNX DequantizeLinear op that puts them back."""
+"""Big float constants of quantized models stored int8 per row or int4 per block of a row
+(quant/constants.py), and the ops that put them back (ONNX DequantizeLinear, qinfer's
+DequantizeInt4)."""
 import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper
@@ -108,7 +109,9 @@ def test_quantize_stores_the_transformers_position_table_int8(transformer_onnx, 
     for kw in ({"weights": "int4"}, {"weights": "int4", "activations": "dynamic"}, {}):
         q = qinfer.quantize(m, calib, progress=False, **kw)
         info = q.graph.metadata["quantization"]
-        assert "int8 per row" in info["constants"], (kw, info)
+        # int4 weights: the table takes int4 blocks too where the budget allows it (it does here)
+        stored = "1 stored int4 per block of 64" if kw else "1 stored int8 per row"
+        assert stored in info["constants"], (kw, info)
         assert not big & set(q.graph.initializers), kw
         assert info["output_error"] <= info["max_error"]
         p = tmp_path / "q.qinf"
@@ -181,6 +184,74 @@ def test_weights_of_layers_kept_float_are_stored_smaller_and_decoded_once(resnet
     a = qinfer.InferenceSession(q).run(None, {"input": x[0]})[0]
     b = qinfer.InferenceSession(str(p), num_threads=2).run(None, {"input": x[0]})[0]
     np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("cols", [1, 2, 3, 7, 17, 63, 64, 65, 130])
+def test_nibbles_round_trip_every_code(rng, cols):
+    from qinfer.reference import qops
+    q = rng.integers(-8, 8, (5, cols)).astype(np.int8)
+    q[0, :] = -8
+    q[1, :] = 7
+    p = qops.pack_nibbles(q)
+    assert p.dtype == np.uint8 and p.shape == (5, (cols + 1) // 2)
+    np.testing.assert_array_equal(qops.unpack_nibbles(p, cols), q)
+    assert p[0, 0] == (0x88 if cols > 1 else 0x08) and p[1, 0] == (0x77 if cols > 1 else 0x07)
+
+
+@pytest.mark.parametrize("shape, block", [((64, 64), 64), ((1, 128, 64), 32), ((3, 7, 17, 65), 64),
+                                          ((96, 48, 3, 3), 128), ((5000,), 64), ((33, 130), 32)])
+def test_int4_rows_decode_to_their_blocks(rng, shape, block):
+    """DequantizeInt4 puts back q * scale of the block each value falls in; every value is within
+    half a step of its block's scale, or clipped at the block's extreme (the shrunk scale)."""
+    a = (rng.standard_normal(shape) * 3).astype(np.float32)
+    packed, scale = constants.quantize_rows4(a, block)
+    rows = a.reshape(constants.rows_shape(shape))
+    cols = rows.shape[1]
+    assert scale.shape == (rows.shape[0], -(-cols // block)) and packed.shape[1] == (cols + 1) // 2
+    got = registry.get("DequantizeInt4")([packed, scale], {"cols": cols, "block": block}, 1)[0]
+    q = np.clip(np.rint(rows / np.repeat(scale, block, axis=1)[:, :cols]), -8, 7)
+    np.testing.assert_array_equal(got, (q * np.repeat(scale, block, axis=1)[:, :cols]).astype(np.float32))
+    # 4 bits: a block keeps its values to within a sixteenth of its range (rms), not a 255th
+    err = np.sqrt(np.mean((got - rows) ** 2)) / np.abs(rows).max()
+    assert 0 < err < 1 / 16
+
+
+def test_dequantize_int4_refuses_what_does_not_fit():
+    op = registry.get("DequantizeInt4")
+    p, s = np.zeros((4, 3), np.uint8), np.ones((4, 1), np.float32)
+    assert op([p, s], {"cols": 6, "block": 64}, 1)[0].shape == (4, 6)
+    with pytest.raises(InvalidInputError, match="cols 7"):
+        op([p, s], {"cols": 7, "block": 64}, 1)
+    with pytest.raises(InvalidInputError, match="scales must be float32"):
+        op([p, s], {"cols": 6, "block": 2}, 1)
+    with pytest.raises(InvalidInputError, match="packed must be uint8"):
+        op([p.astype(np.int8), s], {"cols": 6, "block": 64}, 1)
+
+
+def test_int4_tables_are_decoded_once_and_checked(rng, tmp_path):
+    table = rng.standard_normal((1, 128, 64)).astype(np.float32)
+    g = _graph_with_table(table)
+    g2, rep = constants.compress_constants(g, {"table": "int4"}, block=32)
+    assert rep[0]["storage"] == "int4" and rep[0]["stored_bytes"] == 128 * 32 + 128 * 2 * 4
+    assert [(n.op, n.domain) for n in g2.nodes][:2] == [("DequantizeInt4", "qinfer"), ("Reshape", "")]
+    from qinfer.runtime.planner import Program
+    prog = Program(g2, 1)
+    assert [s.node.op for s in prog.steps] == ["Add", "MatMul"]
+    packed, scale = constants.quantize_rows4(table, 32)
+    want = registry.get("DequantizeInt4")([packed, scale], {"cols": 64, "block": 32}, 1)[0]
+    np.testing.assert_array_equal(prog.graph.initializers["table"], want.reshape(table.shape))
+    p = tmp_path / "t.qinf"
+    qinfer.Model(g2).save(p)
+    x = rng.standard_normal(table.shape).astype(np.float32)
+    np.testing.assert_array_equal(qinfer.InferenceSession(str(p)).run(None, {"x": x})[0],
+                                  qinfer.InferenceSession(qinfer.Model(g2)).run(None, {"x": x})[0])
+    bad = g2.copy()
+    bad.initializers = {**g2.initializers, "table__block_scale": np.ones((128, 3), np.float32)}
+    with pytest.raises(InvalidInputError, match="table__dequantize"):
+        qinfer.InferenceSession(bad)
+    bad.nodes = [g2.nodes[0].replace(attrs={"cols": 64})] + list(g2.nodes[1:])
+    with pytest.raises(qinfer.QinferError, match="block"):
+        qinfer.InferenceSession(bad)
 
 
 def test_bad_stored_constants_are_refused_when_the_session_is_built(rng):

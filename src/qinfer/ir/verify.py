@@ -144,7 +144,7 @@ ATTR_KINDS = {
                      "antialias", "hidden_size", "linear_before_reset", "input_forget", "k", "p",
                      "num_outputs", "num_groups", "start", "end", "coerce_2d", "value_int",
                      "activation", "zero_point", "a_zp", "b_zp", "x_zp", "center_point_box",
-                     "new_axis"], "int"),
+                     "new_axis", "cols", "block"], "int"),
     **dict.fromkeys(["alpha", "beta", "gamma", "epsilon", "momentum", "bias", "lambd", "clip",
                      "cubic_coeff_a", "extrapolation_value", "value_float", "min", "max", "scale",
                      "a_scale", "b_scale", "x_scale", "y_inv_scale", "zp_y", "spatial"], "number"),
@@ -169,7 +169,7 @@ REQUIRED_ATTRS = {
     "QGlobalAveragePool": ("scale", "zero_point"),
     "QAdd": ("a_scale", "a_zp", "b_scale", "b_zp", "y_inv_scale", "zp_y"),
     "QMulChannel": ("x_scale", "x_zp", "y_inv_scale", "zp_y"),
-    "QConvTranspose": ("kernel_shape",),
+    "QConvTranspose": ("kernel_shape",), "DequantizeInt4": ("cols", "block"),
     "QConcat": ("axis", "scales", "zero_points", "scale", "zero_point"),
 }
 #: how many leading inputs must be present (named, not ""): 1 for every other op of the default
@@ -181,7 +181,7 @@ REQUIRED_INPUTS = {
                      "BitShift", "BitwiseAnd", "BitwiseOr", "BitwiseXor", "Conv", "ConvTranspose",
                      "MatMul", "MatMulInteger", "Gemm", "Reshape", "Expand", "Tile", "Gather",
                      "GatherElements", "GatherND", "LayerNormalization", "CumSum", "CastLike",
-                     "QAdd", "QMulChannel", "DequantizeLinear", "DynQ4Gemm"], 2),
+                     "QAdd", "QMulChannel", "DequantizeLinear", "DynQ4Gemm", "DequantizeInt4"], 2),
     **dict.fromkeys(["Where", "Range", "OneHot", "ScatterND", "ScatterElements", "Scatter",
                      "InstanceNormalization", "GroupNormalization", "LSTM", "GRU", "RNN", "QConv",
                      "QGemm", "DynQGemm", "Q4Gemm", "Q4Conv", "QConvTranspose"], 3),

@@ -19,6 +19,11 @@ weights and take their usual fast paths: the file holds 1 byte a value (plus 4 a
 time is unchanged. Each row keeps its largest value exactly and every other to within half a
 step of ``max|row| / 127``.
 
+In a model quantized with int4 weights, tables take int4 instead: the int4 layers' blocks (a
+float32 scale per ``group_size`` values of a row, codes in [-8, 7] two to a byte, rounded as those
+layers' weights), put back by qinfer's ``DequantizeInt4`` -- 4.5 bits a value at blocks of 64. A
+table that int4 would move too far takes int8 rows (the budget decides, below).
+
 A layer kept float because it is sensitive is often sensitive to its weights too: in PP-OCR
 recognition, int8 weights in those layers kept the output cosine within budget but changed the
 text read on 4 lines in 100. Their weights are stored float16 instead (half the bytes for a
@@ -29,6 +34,7 @@ else constant by constant, largest first, what keeps the error within budget (qu
 import numpy as np
 
 from ..ir.graph import Graph, Node
+from ..reference import qops
 
 #: initializers with fewer values stay float32 (the scale and the nodes would cost more than int8
 #: saves)
@@ -85,6 +91,17 @@ def quantize_rows(a):
     return q, scale
 
 
+def quantize_rows4(a, block):
+    """(uint8 [rows, ceil(per row / 2)] nibbles, float32 scale [rows, blocks]) of ``a``: int4
+    rows, one symmetric scale per ``block`` values of a row, rounded as the int4 layers' weights
+    (quant/gptq.quantize_rtn: each block's extreme value at -8, the scale shrunk where that lowers
+    the block's squared error)."""
+    from .gptq import quantize_rtn
+    rows = np.ascontiguousarray(a, dtype=np.float32).reshape(rows_shape(a.shape))
+    q, scale = quantize_rtn(rows, block)
+    return qops.pack_nibbles(q), scale
+
+
 def fits_float16(a):
     """True when float16 keeps ``a`` to float16's own precision: finite, and within 2**-10 of it
     relative to its norm (a tensor of tiny values, such as a weight with a folded normalization,
@@ -99,11 +116,12 @@ def fits_float16(a):
     return norm == 0 or float(np.linalg.norm(h.astype(np.float64) - a)) <= norm * 2.0 ** -10
 
 
-def compress_constants(graph, names):
+def compress_constants(graph, names, block=64):
     """A new graph in which each initializer of ``names`` (a list: all int8; or a dict name ->
-    "int8" | "float16") is stored smaller: int8 rows + scales, put back by ``DequantizeLinear`` (+
-    ``Reshape``), or float16, put back by ``Cast``, into its original name. Returns (graph, report):
-    per constant its storage and bytes before and after."""
+    "int8" | "int4" | "float16") is stored smaller: int8 rows + scales, put back by
+    ``DequantizeLinear``, int4 rows + a scale per ``block`` values of a row, put back by qinfer's
+    ``DequantizeInt4`` (either + ``Reshape``), or float16, put back by ``Cast``, into its original
+    name. Returns (graph, report): per constant its storage and bytes before and after."""
     kinds = dict(names) if isinstance(names, dict) else dict.fromkeys(names, "int8")
     g = graph.copy()
     g.initializers = dict(g.initializers)
@@ -124,19 +142,23 @@ def compress_constants(graph, names):
             g.initializers[hn] = a.astype(np.float16)
             nodes.append(Node("Cast", (hn,), (name,), {"to": 1}, fresh(name + "__cast")))
             stored = a.size * 2
-        elif kind == "int8":
-            q, scale = quantize_rows(a)
-            qn, sn = fresh(name + "__int8"), fresh(name + "__row_scale")
-            g.initializers[qn], g.initializers[sn] = q, scale
-            if a.ndim == 2:
-                nodes.append(Node("DequantizeLinear", (qn, sn), (name,), {"axis": 0},
-                                  fresh(name + "__dequantize")))
+        elif kind in ("int8", "int4"):
+            if kind == "int8":
+                q, scale = quantize_rows(a)
+                qn, sn = fresh(name + "__int8"), fresh(name + "__row_scale")
+                op, attrs, domain = "DequantizeLinear", {"axis": 0}, ""
             else:
-                flat, shape = fresh(name + "__rows"), fresh(name + "__shape")
+                q, scale = quantize_rows4(a, block)
+                qn, sn = fresh(name + "__int4"), fresh(name + "__block_scale")
+                op, domain = "DequantizeInt4", "qinfer"
+                attrs = {"cols": rows_shape(a.shape)[1], "block": int(block)}
+            g.initializers[qn], g.initializers[sn] = q, scale
+            rows = name if a.ndim == 2 else fresh(name + "__rows")
+            nodes.append(Node(op, (qn, sn), (rows,), attrs, fresh(name + "__dequantize"), domain))
+            if a.ndim != 2:
+                shape = fresh(name + "__shape")
                 g.initializers[shape] = np.asarray(a.shape, np.int64)
-                nodes.append(Node("DequantizeLinear", (qn, sn), (flat,), {"axis": 0},
-                                  fresh(name + "__dequantize")))
-                nodes.append(Node("Reshape", (flat, shape), (name,), {}, fresh(name + "__reshape")))
+                nodes.append(Node("Reshape", (rows, shape), (name,), {}, fresh(name + "__reshape")))
             stored = q.nbytes + scale.nbytes
         else:
             raise ValueError(f"unknown storage {kind!r} for {name!r}")
@@ -146,4 +168,5 @@ def compress_constants(graph, names):
     return g, report
 
 
-__all__ = ["MIN_ELEMENTS", "candidates", "layer_weights", "compress_constants", "fits_float16", "quantize_rows", "rows_shape"]
+__all__ = ["MIN_ELEMENTS", "candidates", "layer_weights", "compress_constants", "fits_float16",
+           "quantize_rows", "quantize_rows4", "rows_shape"]

@@ -651,30 +651,32 @@ def output_error(ref_outs, got_outs):
 CONSTANT_TRIES = 24
 
 
-def _small_constants(qg, ref, eval_feeds, budget, err):
+def _small_constants(qg, ref, eval_feeds, budget, err, tables="int8", block=64):
     """``qg`` with its big float constants stored smaller (quant/constants.py) as far as the output
-    error stays within ``budget``: tables (positional, embeddings) as int8 rows, the weights of the
-    layers kept float as float16. All at once if that holds, else each, largest first, as planned
-    (a table float16 if int8 does not hold), two passes. Returns (graph, error);
+    error stays within ``budget``: tables (positional, embeddings) as ``tables`` rows ("int8", or
+    "int4" in blocks of ``block`` for a model with int4 weights), the weights of the layers kept
+    float as float16. All at once if that holds, else each, largest first, as planned (a table
+    int8 if int4 does not hold, float16 if int8 does not), two passes. Returns (graph, error);
     ``metadata["quantization"]["constants"]`` says what was done."""
     names = sorted(constants.candidates(qg), key=lambda k: -qg.initializers[k].nbytes)
     layers = constants.layer_weights(qg)
     half = {k for k in names if constants.fits_float16(qg.initializers[k])}
-    plan = {k: "float16" if k in layers else "int8" for k in names if k not in layers or k in half}
+    plan = {k: "float16" if k in layers else tables for k in names if k not in layers or k in half}
     if not plan:
         return qg, err
-    g, rep = constants.compress_constants(qg, plan)
+    g, rep = constants.compress_constants(qg, plan, block)
     e = output_error(ref, _outputs(g, eval_feeds))
     if e > budget:
         chosen, g, rep, e = {}, qg, [], err
+        wider = {"int4": ("int4", "int8", "float16"), "int8": ("int8", "float16")}
         tries = [(k, kind) for k in names[:CONSTANT_TRIES] if k in plan
-                 for kind in ((plan[k], "float16") if plan[k] == "int8" and k in half else (plan[k],))]
+                 for kind in wider.get(plan[k], (plan[k],)) if kind != "float16" or k in half]
         for _ in range(2):     # the error is not monotonic: a second pass may take what the first left
             changed = False
             for name, kind in tries:
                 if name in chosen:
                     continue
-                g_t, rep_t = constants.compress_constants(qg, {**chosen, name: kind})
+                g_t, rep_t = constants.compress_constants(qg, {**chosen, name: kind}, block)
                 e_t = output_error(ref, _outputs(g_t, eval_feeds))
                 if e_t <= budget:
                     chosen[name] = kind
@@ -683,8 +685,9 @@ def _small_constants(qg, ref, eval_feeds, budget, err):
                 break
     info = dict(qg.metadata["quantization"])
     before = sum(qg.initializers[k].nbytes for k in names)
-    counts = {k: sum(r["storage"] == k for r in rep) for k in ("int8", "float16")}
-    info["constants"] = (f"{len(names)} float32 of {before:,} B outside the int8 layers: "
+    counts = {k: sum(r["storage"] == k for r in rep) for k in ("int4", "int8", "float16")}
+    four = f"{counts['int4']} stored int4 per block of {block}, " if tables == "int4" else ""
+    info["constants"] = (f"{len(names)} float32 of {before:,} B outside the int8 layers: {four}"
                          f"{counts['int8']} stored int8 per row, {counts['float16']} float16, "
                          f"{len(names) - len(rep)} kept float32 "
                          f"({before:,} -> {before - sum(r['float_bytes'] - r['stored_bytes'] for r in rep):,} B)")
@@ -836,7 +839,8 @@ def quantize_graph(graph, calibration, weights="int8", activations="int8", metho
     for e in exclude:
         node = next(n for n in graph.nodes if n.name == e)
         report.append({"layer": e, "op": node.op, "precision": "float32", "reason": "excluded by the user"})
-    qg, err = _small_constants(qg, ref, eval_feeds, budget, err)
+    qg, err = _small_constants(qg, ref, eval_feeds, budget, err,
+                               "int4" if weights == "int4" else "int8", group_size)
     qg.metadata["precision_report"] = report
     qg.metadata["quantization"].update({"method": method, "max_error": budget, "output_error": err,
                                         "calibration_samples": len(feeds)})
@@ -1078,7 +1082,7 @@ def _quantize_dynamic_int4(graph, calibration, block, rounding, max_error, exclu
     info.update(_int4_summary(g.metadata["precision_report"], block, rounding))
     if eval_feeds:
         g, err = _small_constants(g, ref, eval_feeds, budget,
-                                 output_error(ref, _outputs(g, eval_feeds)))
+                                 output_error(ref, _outputs(g, eval_feeds)), "int4", block)
         g.metadata["quantization"].update(max_error=budget, output_error=err,
                                           calibration_samples=len(feeds))
     return g

@@ -57,20 +57,24 @@ class Step:
         self.checked = () if node.op in WINDOWED else None
 
 
-#: ops that decode stored constants (int8 rows, quant/constants.py); run once when a program is
-#: built, so the layers they feed see plain float32 constants (and take their fast paths)
+#: ops that decode stored constants (int8 / int4 rows, quant/constants.py); run once when a program
+#: is built, so the layers they feed see plain float32 constants (and take their fast paths)
 DECODE_OPS = frozenset({"DequantizeLinear", "Reshape", "Cast"})
+#: the qinfer-domain decode op (int4 rows)
+_DECODE_INT4 = "DequantizeInt4"
 
 
 def _decoded(graph):
     """``graph``, or a copy in which the decode nodes fed only by constants, starting from a stored
-    form (DequantizeLinear of int8 rows, Cast of float16; then Reshape / Cast), became
-    initializers."""
+    form (DequantizeLinear of int8 rows, DequantizeInt4 of int4 rows, Cast of float16; then
+    Reshape / Cast), became initializers."""
     consts, done, keep = dict(graph.initializers), set(), []
     for n in graph.nodes:
         ins = [i for i in n.inputs if i]
-        if (n.op in DECODE_OPS and n.domain in ("", "ai.onnx") and ins and all(i in consts for i in ins)
-                and (n.op == "DequantizeLinear" or ins[0] in done
+        int4 = n.op == _DECODE_INT4 and n.domain == "qinfer"
+        if ((int4 or (n.op in DECODE_OPS and n.domain in ("", "ai.onnx")))
+                and ins and all(i in consts for i in ins)
+                and (int4 or n.op == "DequantizeLinear" or ins[0] in done
                      or (n.op == "Cast" and consts[ins[0]].dtype == np.float16))):
             try:
                 outs = reference.get(n.op)([consts[i] if i else None for i in n.inputs], n.attrs,
