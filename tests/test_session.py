@@ -67,6 +67,31 @@ def test_batchnorm_is_folded_and_shape_chain_precomputed(rng):
     assert "Relu" not in ran   # fused into the conv epilogue
 
 
+def test_equal_integer_constants_are_shared(rng):
+    """Exporters write an axes / starts vector once per node: the importer keeps one of each
+    value (int64 [0] and [0] merge; int32 [0], int64 [1], float [0] and a graph output stay)."""
+    inits = [helper.make_tensor(n, t, [1], [v]) for n, t, v in [
+        ("a0", TensorProto.INT64, 0), ("b0", TensorProto.INT64, 0), ("c0", TensorProto.INT32, 0),
+        ("d1", TensorProto.INT64, 1), ("f0", TensorProto.FLOAT, 0.0), ("out0", TensorProto.INT64, 0)]]
+    nodes = [helper.make_node("Unsqueeze", ["x", "a0"], ["u"], name="u"),
+             helper.make_node("Unsqueeze", ["u", "b0"], ["v"], name="v"),
+             helper.make_node("Unsqueeze", ["v", "d1"], ["w"], name="w"),
+             helper.make_node("Add", ["w", "f0"], ["y"], name="add"),
+             helper.make_node("Gather", ["x", "c0"], ["z"], name="gather")]
+    g = helper.make_graph(nodes, "share", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N"])],
+                          [helper.make_tensor_value_info(k, t, None) for k, t in
+                           [("y", TensorProto.FLOAT), ("z", TensorProto.FLOAT), ("out0", TensorProto.INT64)]],
+                          inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    model = qinfer.convert(m)
+    assert sorted(model.graph.initializers) == ["a0", "c0", "d1", "f0", "out0"]
+    assert [n.inputs for n in model.graph.nodes if n.op == "Unsqueeze"][:2] == [("x", "a0"), ("u", "a0")]
+    x = rng.standard_normal(5).astype(np.float32)
+    got = qinfer.InferenceSession(model).run(None, {"x": x})
+    for a, b in zip(got, _ort(m, {"x": x})):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_session_api_surface():
     m = _conv_model()
     sess = qinfer.InferenceSession(m.SerializeToString())

@@ -364,5 +364,6 @@ def convert(src, fold_constants=True):
         graph = fuse.fold_batchnorm(graph)     # a BN after a bias Add the affine fold just took
         graph = fuse.fuse_hardswish(graph)
         graph = fold.remove_identity(graph)
+        graph = fold.share_constants(graph)
     graph = graph.remove_unused()
     return graph

@@ -104,4 +104,34 @@ def remove_identity(graph):
     return g
 
 
-__all__ = ["constants_to_initializers", "fold_constants", "remove_identity"]
+#: integer constants of at most this many bytes are shared by value (``share_constants``)
+SHARE_MAX_BYTES = 256
+
+
+def share_constants(graph):
+    """One initializer for each run of equal small integer constants (the axes, starts and shape
+    vectors an exporter writes once per node: a 2-layer transformer holds 62 of 22 distinct
+    values): every reader of a duplicate reads the first. Float constants are left alone (the
+    weight passes rewrite those in place of their one reader), as are graph inputs and outputs."""
+    keep_names = set(graph.input_names) | set(graph.output_names)
+    first, rename = {}, {}
+    for name, a in graph.initializers.items():
+        if (name in keep_names or not isinstance(a, np.ndarray) or a.dtype.kind not in "iub"
+                or a.nbytes > SHARE_MAX_BYTES):
+            continue
+        key = (a.dtype.str, a.shape, a.tobytes())
+        if key in first:
+            rename[name] = first[key]
+        else:
+            first[key] = name
+    if not rename:
+        return graph
+    g = graph.copy()
+    g.nodes = [n.replace(inputs=tuple(rename.get(i, i) for i in n.inputs))
+               if any(i in rename for i in n.inputs) else n for n in g.nodes]
+    g.initializers = {k: v for k, v in g.initializers.items() if k not in rename}
+    g.value_info = {k: v for k, v in g.value_info.items() if k not in rename}
+    return g
+
+
+__all__ = ["constants_to_initializers", "fold_constants", "remove_identity", "share_constants"]
