@@ -215,8 +215,11 @@ def split_qinf(data):
     return version, flags, json.loads(head), data[start:]
 
 
-def pack_qinf(header, blob, version=1, flags=0):
-    """A file around ``header`` with a correct header checksum (deflated if ``flags`` says so)."""
+def pack_qinf(header, blob, version=None, flags=0):
+    """A file around ``header`` with a correct header checksum (deflated if ``flags`` says so),
+    of format ``version`` (default: the version qinfer writes)."""
+    if version is None:
+        from qinfer.ir.serialize import FORMAT_VERSION as version
     head = json.dumps(header, separators=(",", ":")).encode()
     if flags & 1:
         head = struct.pack("<Q", len(head)) + zlib.compress(head)
@@ -248,15 +251,21 @@ def _blob_put(header, blob, name, index, dtype, value):
     """Write ``value`` as ``dtype`` at element ``index`` of tensor ``name``; fix its crc32."""
     t = _tensor_record(header, name)
     size = np.dtype(_BLOB_TYPES[dtype]).itemsize
-    count = t["nbytes"] // size
+    inline = bytearray.fromhex(t["data"]) if "data" in t else None   # a tensor in the header
+    count = (len(inline) if inline is not None else t["nbytes"]) // size
     if count == 0:
         return
-    pos = t["offset"] + (index % count) * size
+    pos = (index % count) * size
     if isinstance(value, float):
         raw = np.array(value, _BLOB_TYPES[dtype] if dtype == "float32" else "<f4").tobytes()
     else:
         info = np.iinfo(_BLOB_TYPES[dtype])
         raw = np.array(min(max(value, info.min), info.max), _BLOB_TYPES[dtype]).tobytes()
+    if inline is not None:
+        inline[pos:pos + len(raw)] = raw
+        t["data"] = inline.hex()
+        return
+    pos += t["offset"]
     blob[pos:pos + len(raw)] = raw
     t["crc32"] = zlib.crc32(bytes(blob[t["offset"]:t["offset"] + t["nbytes"]]))
 
@@ -287,7 +296,7 @@ def apply_qinf(data, edits, byte_edits):
                 version = e[1]
             elif op == "flags":
                 flags = e[1]
-        except (KeyError, IndexError, TypeError, AttributeError, StopIteration):
+        except (KeyError, IndexError, TypeError, AttributeError, StopIteration, ValueError):
             pass
     return apply_bytes(pack_qinf(header, blob, version % 2 ** 32, flags % 2 ** 32), byte_edits)
 
@@ -479,7 +488,8 @@ def _qinf_model_plans(st, entry):
             "values" if p[0] in ("inputs", "outputs", "value_info") else "other"
         groups[key].append(p)
     names = sorted({x for p in every for x in [_get(header, p)] if isinstance(x, str)})
-    tensors = [(t["name"], t["dtype"], t["nbytes"]) for t in header["tensors"]]
+    tensors = [(t["name"], t["dtype"], t["nbytes"] if "nbytes" in t else len(t["data"]) // 2)
+               for t in header["tensors"]]
     lists = [p for p in every if isinstance(_get(header, p[:-1]), list)]
 
     weights = {"nodes": 6, "values": 3, "tensors": 1, "other": 2}

@@ -105,6 +105,27 @@ def test_mlp_int4_file_is_under_0_17_of_the_onnx(digits_mlp, tmp_path):
     assert qinfer.load(p).graph.metadata["quantization"]["weights"] == "int4"
 
 
+def test_transformer_int4_file_is_under_0_17_of_the_onnx(transformer_onnx, tmp_path):
+    """The small transformer (64 wide: its fixed costs weigh) at the defaults, static int8
+    activations as bench/bench_int4.py builds it: int4 layers, the positional table in int4
+    blocks, shared scales and small constants in the header; outputs still near float."""
+    rng = np.random.default_rng(0)
+    calib = [models.transformer_input(rng, 1, 16) for _ in range(32)]
+    q = qinfer.quantize(qinfer.convert(transformer_onnx), calib, weights="int4", progress=False)
+    info = q.graph.metadata["quantization"]
+    assert info["int4_layers"] == 14 and "1 stored int4" in info["constants"], info
+    p = tmp_path / "t4.qinf"
+    q.save(p)
+    ratio = os.path.getsize(p) / os.path.getsize(transformer_onnx)
+    print(f"transformer int4 .qinf: {os.path.getsize(p):,} bytes, {ratio:.3f}x the ONNX")
+    assert ratio <= 0.17
+    x = models.transformer_input(rng, 2, 11)
+    got = qinfer.InferenceSession(str(p)).run(None, {"x": x})
+    want = qinfer.InferenceSession(transformer_onnx).run(None, {"x": x})
+    for a, b in zip(got, want):
+        assert float(a.ravel() @ b.ravel() / np.linalg.norm(a) / np.linalg.norm(b)) > 0.99
+
+
 def _held_out_sqnr(m, q, feeds):
     """Per int4 layer: output SQNR of its dequantized weights on the inputs of ``feeds``."""
     cands = {c.name: c for c in QZ.find_candidates(m.graph)}

@@ -22,13 +22,13 @@ from qinfer.ir.graph import Graph, Node, QuantParams, Value
 # ------------------------------------------------------------------------------------ helpers
 def make_graph():
     rng = np.random.default_rng(0)
-    w = rng.standard_normal((4, 3)).astype(np.float32)
+    w = rng.standard_normal((4, 13)).astype(np.float32)      # 208 bytes: a blob, then padding
     inits = {
         "w": w,
         "b16": rng.standard_normal(4).astype(np.float16),
         "shape": np.array([-1, 4], dtype=np.int64),
         "q8": rng.integers(-128, 128, (4, 3), dtype=np.int8),
-        "u8": rng.integers(0, 256, (2, 3, 5), dtype=np.uint8),
+        "u8": rng.integers(0, 256, (2, 3, 16), dtype=np.uint8),  # 96 bytes: a blob
         "mask": np.array([True, False, True]),
         "scalar": np.array(2.5, dtype=np.float64),
         "empty": np.zeros((0, 7), dtype=np.float32),
@@ -58,7 +58,7 @@ def make_graph():
         outputs=[Value("z", "float32", None, QuantParams(0.05, 128, bits=8)),
                  Value("y", "float32", ("batch", 4))],
         initializers=inits,
-        value_info={"mm": Value("mm", "float32", ("batch", 3)),
+        value_info={"mm": Value("mm", "float32", ("batch", 13)),
                     "q8": Value("q8", "int8", (4, 3), qp),
                     "clip": Value("clip", None, None)},
         metadata={"producer_name": "pytorch", "opset": 17, "doc_string": "d",
@@ -168,12 +168,22 @@ def test_layout(good):
     assert header["producer"] == "qinfer"
     start = (28 + hlen + 63) // 64 * 64
     assert len(good) == start + header["data_nbytes"]
+    g = make_graph()
     for t in header["tensors"]:
+        a = g.initializers.get(t["name"])
+        if "data" in t:            # fewer than 64 bytes: in the header, as hex
+            assert set(t) == {"name", "dtype", "shape", "data"} and len(t["data"]) < 128
+            if a is not None:
+                assert bytes.fromhex(t["data"]) == a.astype(a.dtype.newbyteorder("<")).tobytes()
+            continue
+        assert t["nbytes"] >= 64
         assert t["offset"] % 64 == 0 and (start + t["offset"]) % 64 == 0
         blob = good[start + t["offset"]:start + t["offset"] + t["nbytes"]]
         assert zlib.crc32(blob) == t["crc32"]
+    blobs = sorted(t["name"] for t in header["tensors"] if "data" not in t)
+    assert blobs == ["u8", "w"], blobs
     u16 = next(t for t in header["tensors"] if t["name"] == "u16")
-    assert good[start + u16["offset"]:start + u16["offset"] + 6] == b"\0\0\1\0\2\0"  # little-endian
+    assert u16["data"] == "000001000200"                      # little-endian
 
 
 def test_empty_graph_round_trip():
@@ -203,6 +213,9 @@ def test_load_is_memory_mapped_and_read_only(tmp_path):
         with pytest.raises(ValueError):
             a[...] = 0
         mm = [b for b in base_chain(a) if isinstance(b, mmap.mmap)]
+        if a.nbytes < S.INLINE_BELOW:     # stored in the header: a small array of its own
+            assert not mm, name
+            continue
         assert len(mm) == 1, name
         maps.add(id(mm[0]))
         if a.size:
@@ -395,6 +408,34 @@ def test_newer_and_older_version(good):
     assert "0" in msg and str(S.FORMAT_VERSION) in msg
 
 
+def _as_version_1(good):
+    """``good`` as format version 1 wrote it: every tensor a blob (version 2 put those of fewer
+    than 64 bytes in the header)."""
+    header, blob = split(good)
+    blob = bytearray(blob)
+    for t in header["tensors"]:
+        if "data" in t:
+            raw = bytes.fromhex(t.pop("data"))
+            blob += b"\0" * (-len(blob) % 64)
+            t.update(offset=len(blob), nbytes=len(raw), crc32=zlib.crc32(raw))
+            blob += raw
+    header["data_nbytes"] = len(blob)
+    return header, bytes(blob)
+
+
+def test_version_1_files_still_load(good):
+    header, blob = _as_version_1(good)
+    old = repack(header, blob, version=1)
+    assert struct.unpack_from("<I", old, 8)[0] == 1
+    g = S.from_bytes(old)
+    assert_same_graph(make_graph(), g)
+    assert S.to_bytes(g) == good                   # saved again: the current version
+    tensor(header, "shape").update(data="ffffffffffffffff0400000000000000")
+    for k in ("offset", "nbytes", "crc32"):
+        tensor(header, "shape").pop(k)
+    refused(repack(header, blob, version=1), "version 1 file with a tensor stored in the header")
+
+
 def test_unknown_flags(good):
     for bit in (2, 1 << 31):
         refused(good[:12] + struct.pack("<I", S.FLAG_ZLIB_HEADER | bit) + good[16:], "flags")
@@ -474,7 +515,7 @@ def test_blob_crc_and_verify_checksums_flag(good, tmp_path):
     with pytest.raises(ModelFormatError, match="checksum"):
         S.load(p)
     g = S.load(p, verify_checksums=False)        # the caller opted out of tensor checksums
-    assert g.initializers["w"].shape == (4, 3)
+    assert g.initializers["w"].shape == (4, 13)
 
 
 def mutate(good, fn):
@@ -508,9 +549,23 @@ CRAFTED = {
     "bfloat16": (lambda h, b: tensor(h, "b16").update(dtype="bfloat16"), "dtype"),
     "crc out of range": (lambda h, b: tensor(h, "w").update(crc32=-1), "crc32"),
     "duplicate tensor": (lambda h, b: h["tensors"].append(dict(tensor(h, "w"))), "duplicate"),
-    "overlap": (lambda h, b: tensor(h, "b16").update(offset=tensor(h, "w")["offset"],
-                                                    crc32=tensor(h, "w")["crc32"] and 0),
+    "overlap": (lambda h, b: tensor(h, "u8").update(offset=tensor(h, "w")["offset"],
+                                                   crc32=tensor(h, "w")["crc32"] and 0),
                 "overlap|checksum"),
+    # tensors stored in the header (fewer than 64 bytes)
+    "inline bad hex": (lambda h, b: tensor(h, "shape").update(data="zz" * 16), "hex"),
+    "inline uppercase": (lambda h, b: tensor(h, "shape").update(data=tensor(h, "shape")["data"].upper()),
+                         "hex"),
+    "inline spaces": (lambda h, b: tensor(h, "u16").update(data="00 0 1000200"), "hex"),
+    "inline short": (lambda h, b: tensor(h, "shape").update(data=tensor(h, "shape")["data"][:-2]),
+                     "hex digits"),
+    "inline shape mismatch": (lambda h, b: tensor(h, "shape").update(shape=[3]), "hex digits"),
+    "inline not str": (lambda h, b: tensor(h, "shape").update(data=[1, 2]), "must be a string"),
+    "inline too big": (lambda h, b: tensor(h, "shape").update(shape=[8], data="00" * 64),
+                       "fewer than 64"),
+    "inline and blob keys": (lambda h, b: tensor(h, "shape").update(offset=0), "unknown key"),
+    "inline duplicate": (lambda h, b: h["tensors"].append(dict(tensor(h, "shape"))), "duplicate"),
+    "inline bool not 0/1": (lambda h, b: tensor(h, "mask").update(data="010201"), "bool"),
     "missing key": (lambda h, b: h.pop("nodes"), "lacks"),
     "unknown key": (lambda h, b: h.update(extra=1), "unknown key"),
     "tensor lacks key": (lambda h, b: tensor(h, "w").pop("crc32"), "lacks"),
@@ -566,11 +621,15 @@ CRAFTED = {
 
 
 def _bool_two(h, b):
+    """A bool blob (the mask stored as one, 64 bytes) holding a 2, its crc32 right."""
     t = tensor(h, "mask")
-    b = bytearray(b)
-    b[t["offset"]] = 2
-    t["crc32"] = zlib.crc32(bytes(b[t["offset"]:t["offset"] + t["nbytes"]]))
-    return h, bytes(b)
+    raw = bytearray(64)
+    raw[0] = 2
+    t.pop("data")
+    t.update(shape=[64], offset=(len(b) + 63) // 64 * 64, nbytes=64, crc32=zlib.crc32(bytes(raw)))
+    b = bytes(b) + b"\0" * (-len(b) % 64) + bytes(raw)
+    h["data_nbytes"] = len(b)
+    return h, b
 
 
 CRAFTED["bool not 0/1"] = (_bool_two, "bool")
@@ -584,7 +643,8 @@ def test_crafted_headers(good, case):
 
 def test_nonzero_padding(good):
     header, blob = split(good)
-    ends = sorted(t["offset"] + t["nbytes"] for t in header["tensors"] if t["nbytes"] % 64)
+    ends = sorted(t["offset"] + t["nbytes"] for t in header["tensors"]
+                  if "data" not in t and t["nbytes"] % 64)
     bad = bytearray(blob)
     bad[ends[0]] = 1                                   # the first byte of padding after a blob
     refused(repack(header, bytes(bad)), "padding")
