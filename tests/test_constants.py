@@ -188,13 +188,13 @@ def test_weights_of_layers_kept_float_are_stored_smaller_and_decoded_once(resnet
 
 @pytest.mark.parametrize("cols", [1, 2, 3, 7, 17, 63, 64, 65, 130])
 def test_nibbles_round_trip_every_code(rng, cols):
-    from qinfer.reference import qops
+    from qinfer.reference import int4
     q = rng.integers(-8, 8, (5, cols)).astype(np.int8)
     q[0, :] = -8
     q[1, :] = 7
-    p = qops.pack_nibbles(q)
+    p = int4.pack_rows(q)
     assert p.dtype == np.uint8 and p.shape == (5, (cols + 1) // 2)
-    np.testing.assert_array_equal(qops.unpack_nibbles(p, cols), q)
+    np.testing.assert_array_equal(int4.unpack_rows(p, cols), q)
     assert p[0, 0] == (0x88 if cols > 1 else 0x08) and p[1, 0] == (0x77 if cols > 1 else 0x07)
 
 

@@ -468,6 +468,12 @@ def _parse_prefix(u8):
     return version, header, data_start
 
 
+def _check_bools(where, dtype, raw):
+    """A bool tensor's bytes ``raw`` (uint8) are 0 or 1."""
+    if dtype.kind == "b" and raw.size and raw.max() > 1:
+        _bad(f"{where}: bool tensor holds bytes other than 0 and 1")
+
+
 class _Reader:
     def __init__(self, u8, verify_checksums):
         self.u8 = u8
@@ -540,8 +546,7 @@ class _Reader:
             raw = self.u8[data_start + off:data_start + off + nbytes]
             if self.verify_checksums and zlib.crc32(raw) & 0xFFFFFFFF != crc:
                 _bad(f"tensor {name!r}: checksum mismatch (its bytes are corrupted)")
-            if dtype.kind == "b" and nbytes and raw.max() > 1:
-                _bad(f"tensor {name!r}: bool tensor holds bytes other than 0 and 1")
+            _check_bools(f"tensor {name!r}", dtype, raw)
             self.arrays[name] = raw.view(dtype).reshape(shape)
         self.arrays.update(inline)
 
@@ -555,10 +560,9 @@ class _Reader:
         if len(data) != 2 * nbytes or not _HEX.issuperset(data):
             _bad(f"{where}: data must be {2 * nbytes} lowercase hex digits ({nbytes} bytes of "
                  f"shape {list(shape)}), got {len(data)} characters")
-        raw = bytes.fromhex(data)
-        if dtype.kind == "b" and nbytes and max(raw) > 1:
-            _bad(f"{where}: bool tensor holds bytes other than 0 and 1")
-        return np.frombuffer(raw, dtype).reshape(shape)
+        raw = np.frombuffer(bytes.fromhex(data), np.uint8)
+        _check_bools(where, dtype, raw)
+        return raw.view(dtype).reshape(shape)
 
     # --------------------------------------------------------------------------- values
     def dec(self, j, where, depth=0):

@@ -34,7 +34,7 @@ else constant by constant, largest first, what keeps the error within budget (qu
 import numpy as np
 
 from ..ir.graph import Graph, Node
-from ..reference import qops
+from ..reference import int4
 
 #: initializers with fewer values stay float32 (the scale and the nodes would cost more than int8
 #: saves)
@@ -99,7 +99,7 @@ def quantize_rows4(a, block):
     from .gptq import quantize_rtn
     rows = np.ascontiguousarray(a, dtype=np.float32).reshape(rows_shape(a.shape))
     q, scale = quantize_rtn(rows, block)
-    return qops.pack_nibbles(q), scale
+    return int4.pack_rows(q), scale
 
 
 def fits_float16(a):

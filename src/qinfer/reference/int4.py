@@ -36,6 +36,34 @@ assert HEADER.itemsize == 64
 _f = np.float32
 
 
+def to_nibbles(lo, hi):
+    """uint8 bytes holding ``lo`` in the low nibble and ``hi`` in the high one (integers in
+    [-8, 7], 4-bit two's complement)."""
+    return (np.asarray(lo).astype(np.uint8) & 0x0F) | ((np.asarray(hi).astype(np.uint8) & 0x0F) << 4)
+
+
+def from_nibbles(byte):
+    """(low, high) int8 nibbles of uint8 ``byte``, sign-extended: ``to_nibbles``' inverse."""
+    byte = np.asarray(byte, np.uint8)
+    return (byte << 4).astype(np.int8) >> 4, byte.astype(np.int8) >> 4
+
+
+def pack_rows(q):
+    """int [rows, cols] in [-8, 7] -> uint8 [rows, ceil(cols / 2)]: column 2j in the low nibble of
+    byte j, 2j + 1 in the high one (a missing last column is 0). The stored form of int4 tables
+    (docs/formats.md 2.4)."""
+    q = np.asarray(q)
+    if q.shape[1] % 2:
+        q = np.concatenate([q, np.zeros((q.shape[0], 1), q.dtype)], axis=1)
+    return np.ascontiguousarray(to_nibbles(q[:, 0::2], q[:, 1::2]))
+
+
+def unpack_rows(packed, cols):
+    """uint8 [rows, ceil(cols / 2)] -> int8 [rows, cols] (``pack_rows``' inverse)."""
+    lo, hi = from_nibbles(packed)
+    return np.stack([lo, hi], axis=2).reshape(lo.shape[0], -1)[:, :cols]
+
+
 def _round_up(v, m):
     return (v + m - 1) // m * m
 
@@ -173,8 +201,7 @@ def _pack(qg, sg, block, offset, zp_x, kh, kw, cin):
         len4 = min(block, k4 - k0)
         # [G, len4/4 steps, 4 k, n_pad/32 panels, 2 halves, 16 channels] -> [G, panel, step, 16, 4]
         blk = qp[:, k0:k0 + len4].reshape(G, len4 // KR, KR, n_pad // NR, 2, 16)
-        nib = (blk.astype(np.uint8) & 0x0F)
-        byte = nib[:, :, :, :, 0] | (nib[:, :, :, :, 1] << 4)           # [G, steps, 4, P, 16]
+        byte = to_nibbles(blk[:, :, :, :, 0], blk[:, :, :, :, 1])       # [G, steps, 4, P, 16]
         byte = byte.transpose(0, 3, 1, 4, 2).reshape(G, n_pad // NR, len4 * 16)
         at = b * (block * 16 + 128)
         panels[:, :, at:at + len4 * 16] = byte
@@ -244,9 +271,7 @@ def unpack_qb4w(packed):
         k0, at = b * block, b * (block * 16 + 128)
         len4 = min(block, k4 - k0)
         byte = panels[:, :, at:at + len4 * 16].reshape(G, n_pad // NR, len4 // KR, 16, KR)
-        lo = ((byte << 4).astype(np.int8) >> 4)
-        hi = (byte.astype(np.int8) >> 4)
-        both = np.stack([lo, hi], axis=3)                                  # [G, P, steps, 2, 16, 4]
+        both = np.stack(from_nibbles(byte), axis=3)                                  # [G, P, steps, 2, 16, 4]
         qg[:, k0:k0 + len4] = both.transpose(0, 2, 5, 1, 3, 4).reshape(G, len4, n_pad)
         sc = panels[:, :, at + len4 * 16:at + len4 * 16 + 128].copy().view("<f4")
         sg[:, :, b] = sc.reshape(G, n_pad)

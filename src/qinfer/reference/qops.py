@@ -107,29 +107,10 @@ def dequantize_linear(inputs, attrs, n):
     return [y * scale.reshape(shape if scale.ndim else ())]
 
 
-def pack_nibbles(q):
-    """int8 q [rows, cols] in [-8, 7] -> uint8 [rows, ceil(cols / 2)]: column 2j in the low nibble,
-    2j + 1 in the high one (4-bit two's complement; a missing last column is 0)."""
-    q = np.asarray(q, np.int8)
-    if q.shape[1] % 2:
-        q = np.concatenate([q, np.zeros((q.shape[0], 1), np.int8)], axis=1)
-    u = q.view(np.uint8) & 0x0F
-    return np.ascontiguousarray(u[:, 0::2] | (u[:, 1::2] << 4))
-
-
-def unpack_nibbles(packed, cols):
-    """uint8 [rows, ceil(cols / 2)] -> int8 [rows, cols] (pack_nibbles' inverse)."""
-    p = np.asarray(packed, np.uint8)
-    q = np.empty((p.shape[0], 2 * p.shape[1]), np.int8)
-    q[:, 0::2] = ((p & 0x0F) << 4).view(np.int8) >> 4
-    q[:, 1::2] = (p & 0xF0).view(np.int8) >> 4
-    return q[:, :cols]
-
-
 @register("DequantizeInt4")
 def dequantize_int4(inputs, attrs, n):
     """Rows of int4 values in blocks (quant/constants.py): ``packed`` uint8 [rows, ceil(cols / 2)]
-    (pack_nibbles), ``scales`` float32 [rows, ceil(cols / block)] -> float32 [rows, cols],
+    (int4.pack_rows), ``scales`` float32 [rows, ceil(cols / block)] -> float32 [rows, cols],
     ``q * scales[row, col // block]``."""
     packed, scales = inputs[0], inputs[1]
     cols, block = attrs.get("cols"), attrs.get("block")
@@ -149,7 +130,7 @@ def dequantize_int4(inputs, attrs, n):
             and scales.shape == (packed.shape[0], nblk)):
         raise InvalidInputError(f"DequantizeInt4: scales must be float32 {[packed.shape[0], nblk]}, "
                                 f"got {getattr(scales, 'dtype', None)} {list(np.shape(scales))}")
-    q = unpack_nibbles(packed, cols).astype(np.float32)
+    q = q4.unpack_rows(packed, cols).astype(np.float32)
     return [q * np.repeat(scales, block, axis=1)[:, :cols]]
 
 

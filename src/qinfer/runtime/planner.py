@@ -57,11 +57,25 @@ class Step:
         self.checked = () if node.op in WINDOWED else None
 
 
-#: ops that decode stored constants (int8 / int4 rows, quant/constants.py); run once when a program
-#: is built, so the layers they feed see plain float32 constants (and take their fast paths)
-DECODE_OPS = frozenset({"DequantizeLinear", "Reshape", "Cast"})
-#: the qinfer-domain decode op (int4 rows)
-_DECODE_INT4 = "DequantizeInt4"
+#: (domain, op) of the ops that decode a stored constant (int8 / int4 rows, quant/constants.py;
+#: float16 is a Cast of a float16 constant); run once when a program is built, so the layers they
+#: feed see plain float32 constants (and take their fast paths)
+_DECODE_FROM_STORED = frozenset({("", "DequantizeLinear"), ("qinfer", "DequantizeInt4")})
+#: ops that go on from a decoded value (the original shape, dtype)
+_DECODE_THEN = frozenset({"Reshape", "Cast"})
+
+
+def _decodes(n, consts, done):
+    """Whether ``n``, fed only by constants, decodes a stored form or goes on from one that was
+    decoded (``done``)."""
+    ins = [i for i in n.inputs if i]
+    if not ins or not all(i in consts for i in ins):
+        return False
+    domain = "" if n.domain == "ai.onnx" else n.domain
+    if (domain, n.op) in _DECODE_FROM_STORED:
+        return True
+    return domain == "" and n.op in _DECODE_THEN and (
+        ins[0] in done or (n.op == "Cast" and consts[ins[0]].dtype == np.float16))
 
 
 def _decoded(graph):
@@ -70,12 +84,7 @@ def _decoded(graph):
     Reshape / Cast), became initializers."""
     consts, done, keep = dict(graph.initializers), set(), []
     for n in graph.nodes:
-        ins = [i for i in n.inputs if i]
-        int4 = n.op == _DECODE_INT4 and n.domain == "qinfer"
-        if ((int4 or (n.op in DECODE_OPS and n.domain in ("", "ai.onnx")))
-                and ins and all(i in consts for i in ins)
-                and (int4 or n.op == "DequantizeLinear" or ins[0] in done
-                     or (n.op == "Cast" and consts[ins[0]].dtype == np.float16))):
+        if _decodes(n, consts, done):
             try:
                 outs = reference.get(n.op)([consts[i] if i else None for i in n.inputs], n.attrs,
                                            len(n.outputs))

@@ -14,7 +14,6 @@ import numpy as np
 
 from ..reference import int4 as ref4
 from ..reference import qops as ref
-from ..reference import quantized as ref8
 from ..reference import sparse as refsp
 from .cpu import _kernels as _k
 
@@ -42,20 +41,17 @@ _LAYER_OPS = ("QConv", "QGemm", "DynQGemm", "QConvTranspose", "Q4Gemm", "Q4Conv"
 
 
 def _channel_scales(packed, scale):
-    """``scale`` with one value per output channel: a stored single value (every channel shares
-    it) repeated to the channel count of the packed weights' header, which the kernels take."""
-    if scale is None or packed is None or scale.size != 1:
+    """``scale`` with one value per output channel, which the kernels take: a stored single value
+    (every channel shares it) repeated groups x n times. Every packed layout (QC8W, QDW8, QB4W,
+    SB4W: docs/formats.md 2.1-2.3) holds u32 ``groups`` and ``n`` at bytes 8 and 12, and at least
+    4 bytes per channel; weights that break this are left to the kernel's own check."""
+    if (scale is None or scale.size != 1 or not isinstance(packed, np.ndarray)
+            or packed.dtype != np.uint8 or packed.ndim != 1 or packed.size < 16):
         return scale
-    try:
-        if packed.size >= 4 and int(packed[:4].view("<u4")[0]) == ref4.MAGIC:
-            h = ref4.read_header(packed)
-        elif refsp.is_sparse(packed):
-            h = refsp.read_header(packed)
-        else:
-            h = ref8.read_header(packed)
-    except Exception:  # noqa: BLE001 - a malformed header: the kernel's own check says what
+    groups, n = (int(v) for v in packed[8:16].view("<u4"))
+    if not 0 < groups * n <= packed.size // 4:
         return scale
-    return np.full(int(h["groups"]) * int(h["n"]), scale.reshape(-1)[0], np.float32)
+    return np.full(groups * n, scale.reshape(-1)[0], np.float32)
 
 
 def make_qop(node, consts, nt):
