@@ -237,12 +237,16 @@ def main(argv=None):
                 kept2 = sum(r["precision"] == "float32" for r in q2.graph.metadata["precision_report"])
                 print(f"  qinfer int8 at max_error={err_ort:.2e}: {kept2} layer(s) float, output error "
                       f"{q2.graph.metadata['quantization']['output_error']:.2e}")
-        sizes = {"onnx": os.path.getsize(path), "qinfer int8": os.path.getsize(qpath)}
+        small = os.path.join(tmp, f"{name}-compressed.qinf")
+        q.save(small, compress=True)
+        sizes = {"onnx": os.path.getsize(path), "qinfer int8": os.path.getsize(qpath),
+                 "qinfer int8 --compress": os.path.getsize(small)}
         if ort_q:
             sizes["onnxruntime int8"] = os.path.getsize(ort_q[0])
         print(f"\n{name}: qinfer int8 (method={method}) keeps {kept} layer(s) float; sizes: "
-              + ", ".join(f"{k} {v / 1e6:.2f} MB" for k, v in sizes.items())
-              + f" (qinfer int8 / onnx = {sizes['qinfer int8'] / sizes['onnx']:.2f}x)")
+              + ", ".join(f"{k} {v / 1e6:.3f} MB" for k, v in sizes.items())
+              + f" (qinfer int8 / onnx = {sizes['qinfer int8'] / sizes['onnx']:.3f}x, memory-mapped; "
+              f"{sizes['qinfer int8 --compress'] / sizes['onnx']:.3f}x compressed)")
         for T in args.threads:
             so = ort.SessionOptions()
             so.intra_op_num_threads = T

@@ -149,6 +149,8 @@ def build_corpus(digits_cnn=None, digits_mlp=None, transformer=None, seed=0):
         else:
             q = qinfer.quantize(m, calib, progress=False)
         add(name + "-int8", "qinf", serialize.to_bytes(q.graph), feeds)
+        if name == "smallnet":   # blobs stored deflated (version 3): the reader's inflate path too
+            add(name + "-int8-deflated", "qinf", serialize.to_bytes(q.graph, deflate=True), feeds)
 
     x = rng.standard_normal((2, 3, 12, 12)).astype(np.float32)
     small = _smallnet_onnx(rng)
@@ -265,6 +267,17 @@ def _blob_put(header, blob, name, index, dtype, value):
         inline[pos:pos + len(raw)] = raw
         t["data"] = inline.hex()
         return
+    if "deflated" in t:   # a zlib stream: edit its bytes, deflate them again, put it after the data
+        stored = blob[t["offset"]:t["offset"] + t["deflated"]]
+        plain = bytearray(zlib.decompress(bytes(stored)))
+        plain[pos:pos + len(raw)] = raw
+        z = zlib.compress(bytes(plain), 9)
+        blob[t["offset"]:t["offset"] + t["deflated"]] = bytes(t["deflated"])
+        blob.extend(b"\0" * (-len(blob) % 64))
+        t.update(offset=len(blob), deflated=len(z), crc32=zlib.crc32(z))
+        blob.extend(z)
+        header["data_nbytes"] = len(blob)
+        return
     pos += t["offset"]
     blob[pos:pos + len(raw)] = raw
     t["crc32"] = zlib.crc32(bytes(blob[t["offset"]:t["offset"] + t["nbytes"]]))
@@ -296,7 +309,7 @@ def apply_qinf(data, edits, byte_edits):
                 version = e[1]
             elif op == "flags":
                 flags = e[1]
-        except (KeyError, IndexError, TypeError, AttributeError, StopIteration, ValueError):
+        except (KeyError, IndexError, TypeError, AttributeError, StopIteration, ValueError, zlib.error):
             pass
     return apply_bytes(pack_qinf(header, blob, version % 2 ** 32, flags % 2 ** 32), byte_edits)
 

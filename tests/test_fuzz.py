@@ -113,6 +113,9 @@ def _session(data, tmp_path):
     ("smallnet-int8", [["blob", "conv1__packed_w", 3, "int32", 4096]], "inconsistent header"),
     ("smallnet-int8", [["blob", "conv1__packed_w", 0, "int32", 7]], "magic"),
     ("smallnet-int8", [["blob", "conv1__packed_w", 16, "int32", 2 ** 31 - 1]], "overflow"),
+    # the same weights stored deflated: inflated, then checked as strictly
+    ("smallnet-int8-deflated", [["blob", "conv1__packed_w", 3, "int32", 4096]], "inconsistent header"),
+    ("smallnet-int8-deflated", [["blob", "conv1__packed_w", 0, "int32", 7]], "magic"),
     ("smallnet-int8", [["blob", "conv1__scale", 0, "float32", float("inf")]], "scales"),
 ])
 def test_hostile_fields_are_refused_at_load(corpus, tmp_path, model, edits, match):

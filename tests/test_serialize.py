@@ -20,6 +20,14 @@ from qinfer.ir.graph import Graph, Node, QuantParams, Value
 
 
 # ------------------------------------------------------------------------------------ helpers
+def _panel(rng):
+    """512 bytes shaped like a packed int8 weight panel of 8 output channels in 32 columns: a
+    quarter random, the rest zero padding (deflates to well under 7/8)."""
+    p = np.zeros((4, 32, 4), np.int8)
+    p[:, :8] = rng.integers(-127, 128, (4, 8, 4))
+    return p.reshape(-1).view(np.uint8)
+
+
 def make_graph():
     rng = np.random.default_rng(0)
     w = rng.standard_normal((4, 13)).astype(np.float32)      # 208 bytes: a blob, then padding
@@ -34,6 +42,7 @@ def make_graph():
         "empty": np.zeros((0, 7), dtype=np.float32),
         "i32": np.arange(6, dtype=np.int32)[::2],          # not contiguous
         "u16": np.arange(3, dtype=">u2"),                   # big-endian on input
+        "panel": _panel(rng),                               # 512 bytes: a deflated blob
     }
     nodes = [
         Node("MatMul", ("x", "w"), ("mm",), {}, "matmul0"),
@@ -129,7 +138,7 @@ def repack(header, blob, version=S.FORMAT_VERSION, flags=0, raw_header=None):
 
 @pytest.fixture(scope="module")
 def good():
-    return S.to_bytes(make_graph())
+    return S.to_bytes(make_graph(), deflate=True)   # (its "panel" deflated: see test_layout)
 
 
 def refused(data, match=None):
@@ -144,13 +153,15 @@ def test_round_trip_bytes(good):
     g2 = S.from_bytes(good)
     assert_same_graph(g, g2)
     assert g2.nodes[4].attrs["shared"] is g2.initializers["w"]   # stored once, shared on load
-    assert S.to_bytes(g2) == good                                # deterministic, idempotent
+    assert S.to_bytes(g2, deflate=True) == good                  # deterministic, idempotent
+    assert S.to_bytes(S.from_bytes(S.to_bytes(g2))) == S.to_bytes(g)
 
 
-def test_round_trip_file(tmp_path):
+@pytest.mark.parametrize("deflate", [False, True])
+def test_round_trip_file(tmp_path, deflate):
     g = make_graph()
     p = tmp_path / "m.qinf"
-    S.save(g, p)
+    S.save(g, p, deflate=deflate)
     assert_same_graph(g, S.load(p))
     assert_same_graph(g, S.load(str(p), verify_checksums=False))
 
@@ -178,12 +189,26 @@ def test_layout(good):
             continue
         assert t["nbytes"] >= 64
         assert t["offset"] % 64 == 0 and (start + t["offset"]) % 64 == 0
-        blob = good[start + t["offset"]:start + t["offset"] + t["nbytes"]]
+        stored = t.get("deflated", t["nbytes"])
+        blob = good[start + t["offset"]:start + t["offset"] + stored]
         assert zlib.crc32(blob) == t["crc32"]
+        if "deflated" in t:         # a zlib stream of the tensor's bytes, at most 7/8 of them
+            assert stored <= 7 / 8 * t["nbytes"]
+            assert zlib.decompress(blob) == a.tobytes()
     blobs = sorted(t["name"] for t in header["tensors"] if "data" not in t)
-    assert blobs == ["u8", "w"], blobs
+    assert blobs == ["panel", "u8", "w"], blobs
+    # random floats and random bytes do not deflate: stored as they are
+    assert [t["name"] for t in header["tensors"] if "deflated" in t] == ["panel"]
     u16 = next(t for t in header["tensors"] if t["name"] == "u16")
     assert u16["data"] == "000001000200"                      # little-endian
+
+
+def test_blobs_are_stored_as_they_are_by_default(good):
+    data = S.to_bytes(make_graph())
+    header, _ = split(data)
+    assert not [t for t in header["tensors"] if "deflated" in t]
+    assert len(data) > len(good)
+    assert_same_graph(make_graph(), S.from_bytes(data))
 
 
 def test_empty_graph_round_trip():
@@ -203,18 +228,24 @@ def base_chain(a):
     return out
 
 
-def test_load_is_memory_mapped_and_read_only(tmp_path):
+@pytest.mark.parametrize("deflate", [False, True])
+def test_load_is_memory_mapped_and_read_only(tmp_path, deflate):
+    """By default every blob is a view of one mapping; with deflate=True, so is every blob that
+    was not deflated ("panel" is), and the deflated ones are aligned arrays of their own."""
     p = tmp_path / "m.qinf"
-    S.save(make_graph(), p)
+    S.save(make_graph(), p, deflate=deflate)
     g = S.load(p)
+    deflated = {t["name"] for t in S.read_header(p)["tensors"] if "deflated" in t}
+    assert deflated == ({"panel"} if deflate else set())
     maps = set()
     for name, a in g.initializers.items():
         assert not a.flags.writeable, name
         with pytest.raises(ValueError):
             a[...] = 0
         mm = [b for b in base_chain(a) if isinstance(b, mmap.mmap)]
-        if a.nbytes < S.INLINE_BELOW:     # stored in the header: a small array of its own
+        if a.nbytes < S.INLINE_BELOW or name in deflated:   # arrays of their own
             assert not mm, name
+            assert name not in deflated or a.ctypes.data % 64 == 0, name
             continue
         assert len(mm) == 1, name
         maps.add(id(mm[0]))
@@ -408,18 +439,42 @@ def test_newer_and_older_version(good):
     assert "0" in msg and str(S.FORMAT_VERSION) in msg
 
 
+def _as_version_2(good):
+    """``good`` as format version 2 wrote it: every blob as it is (version 3 deflated some)."""
+    header, data = split(good)
+    blob = bytearray()
+    for t in sorted((t for t in header["tensors"] if "data" not in t), key=lambda t: t["offset"]):
+        raw = data[t["offset"]:t["offset"] + t.pop("deflated", t["nbytes"])]
+        _append_blob(header, blob, t, zlib.decompress(raw) if len(raw) != t["nbytes"] else raw)
+    return header, bytes(blob)
+
+
+def _append_blob(header, blob, t, raw):
+    """Store ``raw`` as tensor record ``t``'s blob at the end of ``blob`` (a bytearray)."""
+    blob += b"\0" * (-len(blob) % 64)
+    t.update(offset=len(blob), nbytes=len(raw), crc32=zlib.crc32(raw))
+    blob += raw
+    header["data_nbytes"] = len(blob)
+
+
+def test_version_2_files_still_load(good):
+    header, blob = _as_version_2(good)
+    old = repack(header, blob, version=2)
+    g = S.from_bytes(old)
+    assert_same_graph(make_graph(), g)
+    assert S.to_bytes(g, deflate=True) == good     # saved again: the current version
+    tensor(header, "panel")["deflated"] = 64
+    refused(repack(header, blob, version=2), "version 2 file with a deflated tensor")
+
+
 def _as_version_1(good):
     """``good`` as format version 1 wrote it: every tensor a blob (version 2 put those of fewer
     than 64 bytes in the header)."""
-    header, blob = split(good)
+    header, blob = _as_version_2(good)
     blob = bytearray(blob)
     for t in header["tensors"]:
         if "data" in t:
-            raw = bytes.fromhex(t.pop("data"))
-            blob += b"\0" * (-len(blob) % 64)
-            t.update(offset=len(blob), nbytes=len(raw), crc32=zlib.crc32(raw))
-            blob += raw
-    header["data_nbytes"] = len(blob)
+            _append_blob(header, blob, t, bytes.fromhex(t.pop("data")))
     return header, bytes(blob)
 
 
@@ -429,7 +484,7 @@ def test_version_1_files_still_load(good):
     assert struct.unpack_from("<I", old, 8)[0] == 1
     g = S.from_bytes(old)
     assert_same_graph(make_graph(), g)
-    assert S.to_bytes(g) == good                   # saved again: the current version
+    assert S.to_bytes(g, deflate=True) == good     # saved again: the current version
     tensor(header, "shape").update(data="ffffffffffffffff0400000000000000")
     for k in ("offset", "nbytes", "crc32"):
         tensor(header, "shape").pop(k)
@@ -635,6 +690,52 @@ def _bool_two(h, b):
 CRAFTED["bool not 0/1"] = (_bool_two, "bool")
 
 
+def _restream(stream_of, **rec):
+    """A mutation giving the deflated tensor 'panel' the zlib stream ``stream_of(its bytes)``
+    (its old bytes zeroed, the new ones after the data section, crc32 right) and the record
+    fields ``rec``."""
+    def fn(h, b):
+        t = tensor(h, "panel")
+        b = bytearray(b)
+        old = zlib.decompress(bytes(b[t["offset"]:t["offset"] + t["deflated"]]))
+        b[t["offset"]:t["offset"] + t["deflated"]] = bytes(t["deflated"])
+        z = stream_of(old)
+        b += b"\0" * (-len(b) % 64)
+        t.update(offset=len(b), deflated=len(z), crc32=zlib.crc32(z))
+        t.update(rec)
+        b += z
+        h["data_nbytes"] = len(b)
+        return h, bytes(b)
+    return fn
+
+
+def _flip_middle(z):
+    z = bytearray(z)
+    z[len(z) // 2] ^= 0x55
+    return bytes(z)
+
+
+CRAFTED.update({
+    "deflated damaged": (_restream(lambda r: _flip_middle(zlib.compress(r, 9))),
+                         "do not inflate|other than the declared"),
+    "deflated short": (_restream(lambda r: zlib.compress(r[:-1], 9)), "other than the declared"),
+    "deflated long": (_restream(lambda r: zlib.compress(r + b"\1", 9)), "other than the declared"),
+    "deflated trailing bytes": (_restream(lambda r: zlib.compress(r, 9) + b"\1\2\3"),
+                                "other than the declared"),
+    "deflated cut": (_restream(lambda r: zlib.compress(r, 9)[:-4]), "other than the declared"),
+    "deflated raw bytes": (_restream(lambda r: r), "do not inflate"),
+    # (1 MiB of zeros deflates to about 1 KiB, which no stream inflates to 16 MiB)
+    "deflated bomb": (_restream(lambda r: zlib.compress(bytes(1 << 20), 9), shape=[1 << 24],
+                                nbytes=1 << 24), "cannot hold"),
+    "deflated empty": (_restream(lambda r: zlib.compress(b"", 9), shape=[0], nbytes=0),
+                       "cannot hold"),
+    "deflated tiny": (_restream(lambda r: zlib.compress(r, 9), deflated=4), "cannot hold"),
+    "deflated beyond file": (lambda h, b: tensor(h, "panel").update(deflated=len(b)), "outside"),
+    "deflated not int": (lambda h, b: tensor(h, "panel").update(deflated="60"), "integer"),
+    "deflated in header": (lambda h, b: tensor(h, "shape").update(deflated=8), "unknown key"),
+})
+
+
 @pytest.mark.parametrize("case", sorted(CRAFTED))
 def test_crafted_headers(good, case):
     fn, match = CRAFTED[case]
@@ -643,8 +744,8 @@ def test_crafted_headers(good, case):
 
 def test_nonzero_padding(good):
     header, blob = split(good)
-    ends = sorted(t["offset"] + t["nbytes"] for t in header["tensors"]
-                  if "data" not in t and t["nbytes"] % 64)
+    ends = sorted(t["offset"] + t.get("deflated", t["nbytes"]) for t in header["tensors"]
+                  if "data" not in t and t.get("deflated", t["nbytes"]) % 64)
     bad = bytearray(blob)
     bad[ends[0]] = 1                                   # the first byte of padding after a blob
     refused(repack(header, bytes(bad)), "padding")

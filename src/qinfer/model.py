@@ -24,9 +24,12 @@ class Model:
     def outputs(self):
         return list(self.graph.outputs)
 
-    def save(self, path):
-        """Write the model as a ``.qinf`` file (atomically: a crash mid-save keeps the old file)."""
-        serialize.save(self.graph, os.fspath(path))
+    def save(self, path, compress=False):
+        """Write the model as a ``.qinf`` file (atomically: a crash mid-save keeps the old file).
+        ``compress=True`` stores the weights that deflate well (packed int8 weights of narrow
+        layers) as zlib streams: a smaller file, whose deflated weights are inflated (copied) at
+        load rather than memory-mapped."""
+        serialize.save(self.graph, os.fspath(path), deflate=compress)
 
     def summary(self) -> str:
         g = self.graph

@@ -12,6 +12,14 @@ hex, since a blob of theirs would cost more in alignment padding than in data (a
 2-layer transformer holds 30 of them: 1.9 KB as blobs, 3% of its file); they are read into small
 read-only arrays.
 
+On request (``save(..., deflate=True)``, format version 3), blobs that deflate well are stored as
+zlib streams: packed int8 weights of narrow layers, whose panels are padded with zero columns,
+shrink by a quarter or more; float32 and random-looking bytes do not and stay as they are. The
+stream is kept when it is at most 7/8 of the bytes, and ``load`` inflates it into an array of its
+own (read-only, 64-byte aligned) after checking the stream's size against the declared one and
+the zlib format's own limit. This trades the zero-copy load of those tensors for a smaller file,
+so it is not the default: by default every blob is a view of the mapping.
+
 Hostile input: every length, offset and count is checked against the size of the file before
 anything is sliced or allocated, every byte of the file is covered by a checksum or must be zero
 padding, and nothing named in the file is imported, evaluated or unpickled. Every problem raises
@@ -44,11 +52,20 @@ from .graph import Graph, Node, QuantParams, Value
 MAGIC = b"\x89QINF\r\n\x1a"
 #: The version this code writes. Versions MIN_READ_VERSION..FORMAT_VERSION are read (older ones
 #: through ``_UPGRADES``).
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 MIN_READ_VERSION = 1
 ALIGN = 64
 #: tensors of fewer bytes are stored in the header (version 2 on), not as blobs
 INLINE_BELOW = ALIGN
+#: blobs of at least this many bytes are stored deflated (version 3 on) when the zlib stream is at
+#: most DEFLATE_KEEP of them; a probe of the first DEFLATE_PROBE bytes at level 1 skips blobs
+#: that will not shrink (float32 weights, random bytes) without compressing them whole
+DEFLATE_FROM = 256
+DEFLATE_KEEP = 7 / 8
+DEFLATE_PROBE = 1 << 16
+#: zlib's deflate format cannot expand a stream more than 1032 times; a record claiming more is
+#: corrupted or hostile, refused before anything is allocated
+MAX_BLOB_EXPANSION = 1032
 #: magic, u32 format version, u32 flags, u64 header length, u32 crc32 of the header
 _PREFIX = struct.Struct("<8sIIQI")
 PREFIX_SIZE = _PREFIX.size  # 28
@@ -79,9 +96,18 @@ def _upgrade_1(header):
 
 #: version -> function(header dict) -> header dict of version + 1; a reader of version N keeps
 #: every step from MIN_READ_VERSION on.
-_UPGRADES: dict = {1: _upgrade_1}
+def _upgrade_2(header):
+    """Version 2 -> 3: version 3 added deflated blobs; a version 2 file has none."""
+    recs = header.get("tensors") if isinstance(header, dict) else None
+    if isinstance(recs, list) and any(isinstance(t, dict) and "deflated" in t for t in recs):
+        _bad("a version 2 file with a deflated tensor (version 3 added those): corrupted")
+    return header
+
+
+_UPGRADES: dict = {1: _upgrade_1, 2: _upgrade_2}
 
 _TENSOR_KEYS = frozenset({"name", "dtype", "shape", "offset", "nbytes", "crc32"})
+_DEFLATED_KEYS = _TENSOR_KEYS | {"deflated"}
 _INLINE_KEYS = frozenset({"name", "dtype", "shape", "data"})
 _HEX = frozenset("0123456789abcdef")
 _VALUE_KEYS = frozenset({"name", "dtype", "shape", "qparams"})
@@ -111,7 +137,8 @@ class _Writer:
     """Turns a Graph into (header dict, list of blobs). Blob offsets are relative to the data
     section, so the header's length does not depend on them."""
 
-    def __init__(self):
+    def __init__(self, deflate=False):
+        self.deflate = deflate
         self.tensors = []          # header records
         self.blobs = []            # (record, contiguous little-endian bytes) of the blob records
         self.names = set()
@@ -144,10 +171,15 @@ class _Writer:
             rec["data"] = flat.tobytes().hex()
         else:
             self.offset = _align(self.offset)
-            rec.update(offset=self.offset, nbytes=int(flat.nbytes),
-                       crc32=zlib.crc32(flat) & 0xFFFFFFFF)
-            self.blobs.append((rec, flat))
-            self.offset += flat.nbytes
+            stored = _deflated(flat) if self.deflate else None
+            rec.update(offset=self.offset, nbytes=int(flat.nbytes))
+            if stored is None:
+                stored = flat
+            else:
+                rec["deflated"] = int(stored.nbytes)
+            rec["crc32"] = zlib.crc32(stored) & 0xFFFFFFFF
+            self.blobs.append((rec, stored))
+            self.offset += stored.nbytes
         self.tensors.append(rec)
         self.names.add(name)
         self.by_id[id(arr)] = name
@@ -257,16 +289,30 @@ class _Writer:
         }
 
 
+def _deflated(flat):
+    """The zlib stream of the bytes ``flat`` (a 1-D uint8 array) as a uint8 array, or None where
+    deflating does not pay (see DEFLATE_FROM)."""
+    if flat.nbytes < DEFLATE_FROM:
+        return None
+    probe = flat[:DEFLATE_PROBE]
+    if len(zlib.compress(probe, 1)) > DEFLATE_KEEP * probe.nbytes:
+        return None
+    z = zlib.compress(flat, 9)
+    if len(z) > DEFLATE_KEEP * flat.nbytes:
+        return None
+    return np.frombuffer(z, np.uint8)
+
+
 def _write_blob(f, flat):
     """Write one blob (a 1-D uint8 view). A function of its own so tests can interrupt a save."""
     if flat.nbytes:
         f.write(memoryview(flat))
 
 
-def _write(graph, f):
+def _write(graph, f, deflate=False):
     from .verify import verify
     verify(graph)
-    w = _Writer()
+    w = _Writer(deflate)
     head = json.dumps(w.header(graph), ensure_ascii=True, allow_nan=False,
                       separators=(",", ":")).encode("ascii")
     head, flags = _deflate_header(head)
@@ -280,7 +326,7 @@ def _write(graph, f):
     for rec, flat in w.blobs:
         f.write(b"\0" * (rec["offset"] - pos))
         _write_blob(f, flat)
-        pos = rec["offset"] + rec["nbytes"]
+        pos = rec["offset"] + flat.nbytes
 
 
 def _deflate_header(head):
@@ -317,10 +363,10 @@ def _inflate_header(head):
     return out
 
 
-def to_bytes(graph: Graph) -> bytes:
+def to_bytes(graph: Graph, deflate=False) -> bytes:
     """The ``.qinf`` bytes of ``graph`` (what ``save`` writes)."""
     buf = io.BytesIO()
-    _write(graph, buf)
+    _write(graph, buf, deflate)
     return buf.getvalue()
 
 
@@ -337,9 +383,11 @@ def _umask():
     return old
 
 
-def save(graph: Graph, path) -> None:
+def save(graph: Graph, path, deflate=False) -> None:
     """Write ``graph`` to ``path`` atomically: a temporary file in the same directory is written,
-    fsynced and renamed over ``path``, so a crash mid-save leaves any old file intact."""
+    fsynced and renamed over ``path``, so a crash mid-save leaves any old file intact.
+    ``deflate=True`` stores the blobs that deflate well as zlib streams (a smaller file; at load
+    those are inflated into arrays of their own instead of being views of the mapping)."""
     path = os.fspath(path)
     if os.path.islink(path):
         path = os.path.realpath(path)   # replace the file the link points to, not the link
@@ -351,7 +399,7 @@ def save(graph: Graph, path) -> None:
     fd, tmp = tempfile.mkstemp(dir=d, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            _write(graph, f)
+            _write(graph, f, deflate)
             f.flush()
             if hasattr(os, "fchmod"):
                 os.fchmod(f.fileno(), mode)
@@ -468,6 +516,34 @@ def _parse_prefix(u8):
     return version, header, data_start
 
 
+def _memory_bytes():
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 1 << 40
+
+
+def _inflate_blob(stream, nbytes, where):
+    """The ``nbytes`` bytes the zlib ``stream`` (uint8 array) holds, as a read-only uint8 array of
+    its own, 64-byte aligned (the kernels read packed weights with aligned loads where they can);
+    a stream that is damaged, or holds more or fewer bytes, is refused."""
+    d = zlib.decompressobj()
+    try:
+        out = d.decompress(stream, nbytes)
+    except zlib.error as e:
+        _bad(f"{where}: its deflated bytes do not inflate ({e}): corrupted")
+    if len(out) != nbytes or not d.eof or d.unconsumed_tail or d.unused_data:
+        _bad(f"{where}: its deflated bytes inflate to other than the declared {nbytes} bytes "
+             f"({len(out)}{'' if d.eof else '+'}, {'complete' if d.eof else 'incomplete'} stream): "
+             "corrupted")
+    buf = np.empty(nbytes + ALIGN, np.uint8)
+    start = -buf.ctypes.data % ALIGN
+    arr = buf[start:start + nbytes]
+    arr[:] = np.frombuffer(out, np.uint8)
+    arr.flags.writeable = False
+    return arr
+
+
 def _check_bools(where, dtype, raw):
     """A bool tensor's bytes ``raw`` (uint8) are 0 or 1."""
     if dtype.kind == "b" and raw.size and raw.max() > 1:
@@ -488,10 +564,12 @@ class _Reader:
             _bad(f"file is {size} bytes but its header describes {data_start} + {data_nbytes} "
                  f"= {data_start + data_nbytes} bytes: truncated, or bytes appended")
         recs = _want(header["tensors"], list, "header 'tensors'")
-        spans, inline = [], {}
+        spans, inline, inflated = [], {}, 0
         for i, rec in enumerate(recs):
             in_header = isinstance(rec, dict) and "data" in rec
-            _keys(rec, _INLINE_KEYS if in_header else _TENSOR_KEYS, f"tensor record #{i}")
+            deflated = isinstance(rec, dict) and "deflated" in rec and not in_header
+            _keys(rec, _INLINE_KEYS if in_header else _DEFLATED_KEYS if deflated else _TENSOR_KEYS,
+                  f"tensor record #{i}")
             name = _want(rec["name"], str, f"name of tensor #{i}")
             where = f"tensor {name!r}"
             if name in self.arrays or name in inline:
@@ -519,8 +597,9 @@ class _Reader:
             off = _want(rec["offset"], int, f"offset of {where}")
             nbytes = _want(rec["nbytes"], int, f"nbytes of {where}")
             crc = _want(rec["crc32"], int, f"crc32 of {where}")
-            if off < 0 or nbytes < 0 or off + nbytes > data_nbytes:
-                _bad(f"{where}: bytes [{off}, {off + nbytes}) of the data section lie outside it "
+            stored = _want(rec["deflated"], int, f"deflated size of {where}") if deflated else nbytes
+            if off < 0 or stored < 0 or off + stored > data_nbytes:
+                _bad(f"{where}: bytes [{off}, {off + stored}) of the data section lie outside it "
                      f"(it is {data_nbytes} bytes long, from file offset {data_start})")
             if off % ALIGN:
                 _bad(f"{where}: offset {off} is not a multiple of {ALIGN}")
@@ -529,8 +608,14 @@ class _Reader:
                      f"{dtype.itemsize} bytes ({dt})")
             if not 0 <= crc <= 0xFFFFFFFF:
                 _bad(f"{where}: crc32 {crc} is not a 32-bit value")
-            spans.append((off, nbytes, name))
-            self.arrays[name] = (dtype, tuple(shape), off, nbytes, crc)
+            if deflated:
+                # (the smallest zlib stream is 8 bytes; none inflates more than 1032 times)
+                if stored < 8 or nbytes == 0 or nbytes > stored * MAX_BLOB_EXPANSION:
+                    _bad(f"{where}: a {stored}-byte zlib stream cannot hold {nbytes} bytes "
+                         f"(deflate expands at most {MAX_BLOB_EXPANSION}x): corrupted or hostile")
+                inflated += nbytes
+            spans.append((off, stored, name))
+            self.arrays[name] = (dtype, tuple(shape), off, nbytes, crc, stored if deflated else None)
         # blobs may come in any order but must not overlap, and every byte between them is zero
         spans.sort()
         pos = 0
@@ -542,10 +627,15 @@ class _Reader:
             pos = off + nbytes
         if pos < data_nbytes and self.u8[data_start + pos:].any():
             _bad("non-zero bytes after the last tensor: corrupted")
-        for name, (dtype, shape, off, nbytes, crc) in list(self.arrays.items()):
-            raw = self.u8[data_start + off:data_start + off + nbytes]
+        if inflated > _memory_bytes() // 2:
+            _bad(f"deflated tensors inflate to {inflated} bytes, more than half of this machine's "
+                 "memory: corrupted or hostile")
+        for name, (dtype, shape, off, nbytes, crc, stored) in list(self.arrays.items()):
+            raw = self.u8[data_start + off:data_start + off + (nbytes if stored is None else stored)]
             if self.verify_checksums and zlib.crc32(raw) & 0xFFFFFFFF != crc:
                 _bad(f"tensor {name!r}: checksum mismatch (its bytes are corrupted)")
+            if stored is not None:
+                raw = _inflate_blob(raw, nbytes, f"tensor {name!r}")
             _check_bools(f"tensor {name!r}", dtype, raw)
             self.arrays[name] = raw.view(dtype).reshape(shape)
         self.arrays.update(inline)
