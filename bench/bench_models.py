@@ -19,11 +19,14 @@ the done-when targets (2 threads: >= 2x qinfer dense int8, >= 4x onnxruntime fp3
     python bench/bench_models.py --models resnet18 --threads 1 --iterations 50
     python bench/bench_models.py --models --sparse-models resnet18 --iterations 40   # the sparse rows only
     python bench/bench_models.py --models ppocr_cls ppocr_rec --method ppocr_cls=mse ppocr_rec=percentile
+    python bench/bench_models.py --models mobilenetv2 --method mobilenetv2=mse   # all int8 at ort's error
 
 ``--method`` picks qinfer's activation observer (default minmax, qinfer.quantize's default), for
 every model or per model. The observer that leaves the fewest layers float under the same error
 budget differs between models (PP-OCR classifier: minmax 10 float layers, mse 1; recognition:
-minmax 18, percentile 9); the accuracy tests cover the observers the figures use.
+minmax 18, percentile 9; MobileNetV2-shaped at onnxruntime's error: minmax 1, mse 0); the accuracy
+tests cover the observers the figures use. Sizes are printed for the default file (memory-mapped)
+and for the same model saved with ``compress=True`` (deflated packed weights, copied at load).
 """
 import argparse
 import os
