@@ -94,8 +94,6 @@ def _upgrade_1(header):
     return header
 
 
-#: version -> function(header dict) -> header dict of version + 1; a reader of version N keeps
-#: every step from MIN_READ_VERSION on.
 def _upgrade_2(header):
     """Version 2 -> 3: version 3 added deflated blobs; a version 2 file has none."""
     recs = header.get("tensors") if isinstance(header, dict) else None
@@ -104,6 +102,8 @@ def _upgrade_2(header):
     return header
 
 
+#: version -> function(header dict) -> header dict of version + 1; a reader of version N keeps
+#: every step from MIN_READ_VERSION on.
 _UPGRADES: dict = {1: _upgrade_1, 2: _upgrade_2}
 
 _TENSOR_KEYS = frozenset({"name", "dtype", "shape", "offset", "nbytes", "crc32"})
