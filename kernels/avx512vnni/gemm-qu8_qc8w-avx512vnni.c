@@ -10,10 +10,8 @@
  * streams over it and the A block (<= 256 x 512 B) stays in L2 with the B block and the parked
  * sums (512 KiB in all; 256 rows let a 196-row layer read its weights once). Between K blocks
  * the tile parks its int32 sums in `acc`; the first block starts from the folded bias, the last
- * hands them to the epilogue (qepi-avx512vnni.h), instantiated per activation and output type so
- * its per-vector code is straight-line: a full 8-row tile straight from its registers (on small-K
- * layers, MobileNetV2's K = 16..32 expands, a stack round trip was a sixth of the work), shorter
- * tiles through a 1 KiB stack tile. Row tiles below 8 rows are
+ * hands them straight from the registers to the epilogue (qepi-avx512vnni.h), instantiated per
+ * activation, output type and full panel so its per-vector code is straight-line. Row tiles below 8 rows are
  * separate instantiations (no wasted rows at M = 1; a single row uses 4 chains and prefetches
  * its weight stream, and a single row tile skips K blocking); a K tail of k % 4 bytes is read
  * byte-wise, never past a row. Column edges: masked scale loads and stores.
@@ -35,51 +33,25 @@ typedef struct qi_qpanel {
   __m512 s0, s1;
 } qi_qpanel;
 
-/* The epilogue of one tile, sums in tile[r][0:32] for rows r < mr, instantiated per case */
-QI_INLINE void qi_qepi_rows(const int code, const int u8, int32_t (*tile)[QI_NR], int mr,
-                            const qi_qpanel *P, char *o, size_t ldo, const qi_qe16v v) {
-  const size_t es = u8 ? 1 : 4;
-  const int full0 = P->m0 == 0xFFFF, full1 = P->m1 == 0xFFFF;
-  for (int r = 0; r < mr; r++, o += ldo) {
-    const __m512i a0 = _mm512_load_si512(tile[r]), a1 = _mm512_load_si512(tile[r] + 16);
-    if (full0)
-      qi_qe16_store_k(a0, P->s0, v, o, 0xFFFF, code, u8, 1);
-    else
-      qi_qe16_store_k(a0, P->s0, v, o, P->m0, code, u8, 0);
-    if (full1)
-      qi_qe16_store_k(a1, P->s1, v, o + 16 * es, 0xFFFF, code, u8, 1);
-    else if (P->m1)
-      qi_qe16_store_k(a1, P->s1, v, o + 16 * es, P->m1, code, u8, 0);
-  }
-}
-
-static void qi_qepi_tile(int32_t (*tile)[QI_NR], int mr, const qi_qpanel *P, const qi_qepi *ep,
-                         const qi_qe16 *E, size_t row0, size_t n0) {
-  const qi_qe16v v = qi_qe16v_of(E);
-  const size_t es = E->out_u8 ? 1 : 4;
-  char *o = (char *)ep->out + (row0 * ep->ldo + n0) * es;
-  const size_t ldo = ep->ldo * es;
-#define QI_EPI_CASE(CODE, U8, FULL) qi_qepi_rows(CODE, U8, tile, mr, P, o, ldo, v)
-  QI_QE16_DISPATCH(E, 0, QI_EPI_CASE)
-#undef QI_EPI_CASE
-}
-
-/* The epilogue of a full 8-row tile straight from its 16 accumulators (no stack tile), the
- * activation, output type and full-panel flag compile-time constants per instantiation */
+/* The epilogue of a tile straight from its accumulators (rows r < mr; `mr`, the activation, the
+ * output type and the full-panel flag are compile-time constants per instantiation) */
 #define QI_REG_ROW(r)                                                                     \
-  if (full) {                                                                             \
-    qi_qe16_store_k(c##r##0, P->s0, v, o + r * ldo, 0xFFFF, code, u8, 1);                 \
-    qi_qe16_store_k(c##r##1, P->s1, v, o + r * ldo + 16 * es, 0xFFFF, code, u8, 1);       \
-  } else {                                                                                \
-    qi_qe16_store_k(c##r##0, P->s0, v, o + r * ldo, P->m0, code, u8, P->m0 == 0xFFFF);    \
-    if (P->m1)                                                                            \
-      qi_qe16_store_k(c##r##1, P->s1, v, o + r * ldo + 16 * es, P->m1, code, u8, 0);      \
+  if (mr > r) {                                                                           \
+    if (full) {                                                                           \
+      qi_qe16_store_k(c##r##0, P->s0, v, o + r * ldo, 0xFFFF, code, u8, 1);               \
+      qi_qe16_store_k(c##r##1, P->s1, v, o + r * ldo + 16 * es, 0xFFFF, code, u8, 1);     \
+    } else {                                                                              \
+      qi_qe16_store_k(c##r##0, P->s0, v, o + r * ldo, P->m0, code, u8, P->m0 == 0xFFFF);  \
+      if (P->m1)                                                                          \
+        qi_qe16_store_k(c##r##1, P->s1, v, o + r * ldo + 16 * es, P->m1, code, u8, 0);    \
+    }                                                                                     \
   }
-QI_INLINE void qi_qepi_regs8(const int code, const int u8, const int full, __m512i c00,
-                             __m512i c01, __m512i c10, __m512i c11, __m512i c20, __m512i c21,
-                             __m512i c30, __m512i c31, __m512i c40, __m512i c41, __m512i c50,
-                             __m512i c51, __m512i c60, __m512i c61, __m512i c70, __m512i c71,
-                             const qi_qpanel *P, char *o, size_t ldo, const qi_qe16v v) {
+QI_INLINE void qi_qepi_regs(const int mr, const int code, const int u8, const int full,
+                            __m512i c00, __m512i c01, __m512i c10, __m512i c11, __m512i c20,
+                            __m512i c21, __m512i c30, __m512i c31, __m512i c40, __m512i c41,
+                            __m512i c50, __m512i c51, __m512i c60, __m512i c61, __m512i c70,
+                            __m512i c71, const qi_qpanel *P, char *o, size_t ldo,
+                            const qi_qe16v v) {
   const size_t es = u8 ? 1 : 4;
   QI_REG_ROW(0) QI_REG_ROW(1) QI_REG_ROW(2) QI_REG_ROW(3)
   QI_REG_ROW(4) QI_REG_ROW(5) QI_REG_ROW(6) QI_REG_ROW(7)
@@ -166,29 +138,17 @@ QI_INLINE void qi_qtile(const int mr, size_t g0, size_t g1, size_t kg_full, size
 #undef QI_PARK
     return;
   }
-  if (mr == QI_MR) {
-    const qi_qe16v v = qi_qe16v_of(E);
-    const size_t es = E->out_u8 ? 1 : 4;
-    char *o = (char *)ep->out + (row0 * ep->ldo + n0) * es;
-    const size_t ldo = ep->ldo * es;
-#define QI_REG_CASE(CODE, U8, FULL)                                                        \
-  qi_qepi_regs8(CODE, U8, FULL, c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51, \
-                c60, c61, c70, c71, P, o, ldo, v)
-    QI_QE16_DISPATCH(E, P->m0 == 0xFFFF && P->m1 == 0xFFFF, QI_REG_CASE)
+  /* epilogue from the registers (a stack round trip was a sixth of the work of MobileNetV2's
+   * K = 16..32 expand layers) */
+  const qi_qe16v v = qi_qe16v_of(E);
+  const size_t es = E->out_u8 ? 1 : 4;
+  char *o = (char *)ep->out + (row0 * ep->ldo + n0) * es;
+  const size_t ldo = ep->ldo * es;
+#define QI_REG_CASE(CODE, U8, FULL)                                                          \
+  qi_qepi_regs(mr, CODE, U8, FULL, c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51, \
+               c60, c61, c70, c71, P, o, ldo, v)
+  QI_QE16_DISPATCH(E, P->m0 == 0xFFFF && P->m1 == 0xFFFF, QI_REG_CASE)
 #undef QI_REG_CASE
-    return;
-  }
-  /* epilogue: the sums go through a 1 KiB stack tile to one routine instantiated per
-   * (activation, output type), so the per-vector code has no switch and no reloaded flags */
-  int32_t tile[QI_MR][QI_NR] __attribute__((aligned(64)));
-#define QI_PUT(r)                                                    \
-  if (mr > r) {                                                      \
-    _mm512_store_si512(tile[r], c##r##0);                            \
-    _mm512_store_si512(tile[r] + 16, c##r##1);                       \
-  }
-  QI_FOR_ROWS(QI_PUT)
-#undef QI_PUT
-  qi_qepi_tile(tile, mr, P, ep, E, row0, n0);
 }
 
 #define QI_QTILE_CASE(R)                                                                     \
