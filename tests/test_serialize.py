@@ -699,12 +699,9 @@ def _restream(stream_of, **rec):
         b = bytearray(b)
         old = zlib.decompress(bytes(b[t["offset"]:t["offset"] + t["deflated"]]))
         b[t["offset"]:t["offset"] + t["deflated"]] = bytes(t["deflated"])
-        z = stream_of(old)
-        b += b"\0" * (-len(b) % 64)
-        t.update(offset=len(b), deflated=len(z), crc32=zlib.crc32(z))
+        _append_blob(h, b, t, stream_of(old))
+        t.update(deflated=t["nbytes"], nbytes=len(old))
         t.update(rec)
-        b += z
-        h["data_nbytes"] = len(b)
         return h, bytes(b)
     return fn
 

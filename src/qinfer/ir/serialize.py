@@ -46,6 +46,7 @@ import numpy as np
 from ..errors import ModelFormatError
 from . import dtypes
 from .graph import Graph, Node, QuantParams, Value
+from .verify import MAX_TENSOR_BYTES
 
 #: PNG-style magic: the high byte catches 7-bit transfers, CR LF and LF catch newline conversion,
 #: ^Z stops ``type`` on DOS.
@@ -516,13 +517,6 @@ def _parse_prefix(u8):
     return version, header, data_start
 
 
-def _memory_bytes():
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return 1 << 40
-
-
 def _inflate_blob(stream, nbytes, where):
     """The ``nbytes`` bytes the zlib ``stream`` (uint8 array) holds, as a read-only uint8 array of
     its own, 64-byte aligned (the kernels read packed weights with aligned loads where they can);
@@ -627,7 +621,7 @@ class _Reader:
             pos = off + nbytes
         if pos < data_nbytes and self.u8[data_start + pos:].any():
             _bad("non-zero bytes after the last tensor: corrupted")
-        if inflated > _memory_bytes() // 2:
+        if inflated > MAX_TENSOR_BYTES:
             _bad(f"deflated tensors inflate to {inflated} bytes, more than half of this machine's "
                  "memory: corrupted or hostile")
         for name, (dtype, shape, off, nbytes, crc, stored) in list(self.arrays.items()):

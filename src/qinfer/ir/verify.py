@@ -17,6 +17,8 @@ import math
 
 import numpy as np
 
+import os
+
 from ..errors import ModelFormatError
 from . import dtypes
 from .graph import Graph, Node, QuantParams, Value
@@ -495,6 +497,20 @@ def _resize_elements(x, ins):
         return float("inf")
     return _prod([int(v) + 1 for v in f] + list(x.shape[f.size:]))
 
+
+def memory_bytes():
+    """This machine's physical memory in bytes (16 GiB where the system does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):   # pragma: no cover - not POSIX
+        return 1 << 34
+
+
+#: the most bytes one value may take: half of this machine's memory. Ops whose output size comes
+#: from attributes or input values (pads, repeats, a shape, scales) are checked before they run
+#: (runtime/planner.py), and so are the tensors a file inflates at load (serialize.py), so a
+#: hostile model or feed gets an error instead of the memory.
+MAX_TENSOR_BYTES = memory_bytes() // 2
 
 #: the ops ``output_bytes`` bounds
 SIZED_OPS = WINDOWED | frozenset({"ConstantOfShape", "Expand", "Tile", "Pad", "Range", "OneHot",

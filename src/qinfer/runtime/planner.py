@@ -12,7 +12,6 @@ Design:
   ``Concat`` -> ``Reshape`` chains); the plan keeps them as constants and drops their steps, so a
   shape-computing subgraph costs nothing after the first call.
 """
-import os
 import threading
 
 import numpy as np
@@ -22,6 +21,7 @@ from ..errors import (CalibrationError, InvalidInputError, ModelFormatError, Qin
                       UnsupportedOperatorError)
 from ..ir.ops import SHAPE_ONLY
 from ..ir.passes.fuse import epilogue_chain
+from ..ir import verify
 from ..ir.verify import SIZED_OPS, WINDOWED, output_bytes
 from . import float_ops, qops
 
@@ -31,17 +31,8 @@ RUNNABLE_DOMAINS = ("", "ai.onnx", "qinfer")
 FAST_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 
-def _memory_bytes():
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):   # pragma: no cover - not POSIX
-        return 1 << 34
-
-
-#: the most bytes one value may take: half of this machine's memory. Ops whose output size comes
-#: from attributes or input values (pads, repeats, a shape, scales) are checked before they run,
-#: so a hostile model or feed gets an error instead of the memory.
-MAX_TENSOR_BYTES = _memory_bytes() // 2
+#: the most bytes one value may take (ir/verify.py; a name of its own here, which tests lower)
+MAX_TENSOR_BYTES = verify.MAX_TENSOR_BYTES
 
 
 class Step:

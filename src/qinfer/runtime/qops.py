@@ -22,12 +22,19 @@ QOPS = ("QConv", "QGemm", "DynQGemm", "QuantizeU8", "DequantizeU8", "QAdd", "QMa
         "QResize", "QConcat")
 
 
-def _epilogue(attrs):
+def _epilogue(attrs, nt, geometry=False):
+    """The keyword arguments of a layer kernel's call, built once per node (merging them per call
+    costs the run loop): the epilogue, the thread count and, for a conv, its geometry."""
     out_f32 = attrs.get("out_dtype", "uint8") == "float32"
-    return dict(out_dtype=np.float32 if out_f32 else np.uint8,
-                y_inv_scale=float(attrs.get("y_inv_scale", 1.0)), zp_y=float(attrs.get("zp_y", 0)),
-                activation=int(attrs.get("activation", 0)), alpha=float(attrs.get("alpha", 0.0)),
-                beta=float(attrs.get("beta", 0.0)))
+    kw = dict(out_dtype=np.float32 if out_f32 else np.uint8,
+              y_inv_scale=float(attrs.get("y_inv_scale", 1.0)), zp_y=float(attrs.get("zp_y", 0)),
+              activation=int(attrs.get("activation", 0)), alpha=float(attrs.get("alpha", 0.0)),
+              beta=float(attrs.get("beta", 0.0)), num_threads=nt)
+    if geometry:
+        kw.update(strides=tuple(attrs.get("strides", (1, 1))),
+                  pads=tuple(attrs.get("pads", (0, 0, 0, 0))),
+                  dilations=tuple(attrs.get("dilations", (1, 1))))
+    return kw
 
 
 def _native(arr):
@@ -66,20 +73,18 @@ def make_qop(node, consts, nt):
         packed, scale = consts.get(node.inputs[1]), consts.get(node.inputs[2])
         if packed is None or scale is None:
             return None
-        geo = dict(strides=tuple(a.get("strides", (1, 1))), pads=tuple(a.get("pads", (0, 0, 0, 0))),
-                   dilations=tuple(a.get("dilations", (1, 1))))
         if a.get("kind") == "dw":
             kern = _k.qdwconv2d_u8s8_nhwc
         else:
             kern = _k.qspconv2d_u8s8_nhwc if refsp.is_sparse(packed) else _k.qconv2d_u8s8_nhwc
-        ep = _epilogue(a)
+        kw = _epilogue(a, nt, geometry=True)
         to_nchw = a.get("out_layout") == "nchw"
 
         def qconv(inputs, _a, _n):
             x = inputs[0]
             if x.dtype != np.uint8 or x.ndim != 4:
                 return None
-            y = kern(np.ascontiguousarray(x), packed, scale, **geo, **ep, num_threads=nt)
+            y = kern(np.ascontiguousarray(x), packed, scale, **kw)
             return [np.ascontiguousarray(y.transpose(0, 3, 1, 2)) if to_nchw else y]
         return qconv
     if node.op == "QResize":
@@ -100,7 +105,7 @@ def make_qop(node, consts, nt):
         if packed is None or scale is None:
             return None
         if node.op != "DynQGemm":
-            ep = _epilogue(a)
+            kw = _epilogue(a, nt)
             gemm = _k.qspmm_u8s8 if refsp.is_sparse(packed) else _k.qgemm_u8s8
 
             def qgemm(inputs, _a, _n):
@@ -108,8 +113,7 @@ def make_qop(node, consts, nt):
                 if x.dtype != np.uint8:
                     return None
                 lead = x.shape[:-1]
-                y = gemm(np.ascontiguousarray(x).reshape(-1, x.shape[-1]), packed, scale, **ep,
-                         num_threads=nt)
+                y = gemm(np.ascontiguousarray(x).reshape(-1, x.shape[-1]), packed, scale, **kw)
                 return [y.reshape(lead + (y.shape[-1],))]
             if node.op == "QGemm":
                 return qgemm
@@ -177,25 +181,24 @@ def _make_q4op(node, consts, nt):
     scale = consts.get(node.inputs[2])
     if scale is None:
         return None
-    ep = _epilogue(a)
     if node.op == "Q4Gemm":
+        kw = _epilogue(a, nt)
+
         def q4gemm(inputs, _a, _n):
             x = inputs[0]
             if x.dtype != np.uint8:
                 return None
-            y = _k.qgemm_u8s4(np.ascontiguousarray(x).reshape(-1, x.shape[-1]), packed, scale, **ep,
-                              num_threads=nt)
+            y = _k.qgemm_u8s4(np.ascontiguousarray(x).reshape(-1, x.shape[-1]), packed, scale, **kw)
             return [y.reshape(x.shape[:-1] + (y.shape[-1],))]
         return q4gemm
-    geo = dict(strides=tuple(a.get("strides", (1, 1))), pads=tuple(a.get("pads", (0, 0, 0, 0))),
-               dilations=tuple(a.get("dilations", (1, 1))))
+    kw = _epilogue(a, nt, geometry=True)
     to_nchw = a.get("out_layout") == "nchw"
 
     def q4conv(inputs, _a, _n):
         x = inputs[0]
         if x.dtype != np.uint8 or x.ndim != 4:
             return None
-        y = _k.qconv2d_u8s4_nhwc(np.ascontiguousarray(x), packed, scale, **geo, **ep, num_threads=nt)
+        y = _k.qconv2d_u8s4_nhwc(np.ascontiguousarray(x), packed, scale, **kw)
         return [np.ascontiguousarray(y.transpose(0, 3, 1, 2)) if to_nchw else y]
     return q4conv
 
