@@ -134,14 +134,18 @@ cdef struct _SpSplit:
     size_t ru, cu
 
 
-cdef void _sp_split(_SpSplit *s, size_t M, size_t units, size_t work, int nt) noexcept nogil:
+cdef void _sp_split(_SpSplit *s, size_t M, size_t units, size_t work, double pack,
+                    int nt) noexcept nogil:
     """pr x pc grid of nt' <= nt threads over (M/16 row units) x (16-channel units) minimizing the
-    largest share's cost ct * (rt + 2.5 ceil(rt / 8)) + rt / 2: per channel, each row unit is one
-    vpdpbusd per block, and each row block (up to 8 units, the kernel's) costs about 2.5 more in
-    record loads and loop overhead; each row unit's re-packing costs about half a channel unit,
-    repeated by every thread that splits the channels. So a batch-1 layer of few rows (ResNet-18's
-    7x7 layers: 4 row units) splits its channels and keeps its 4-group row block (splitting its
-    rows would leave each thread two groups per block), a layer of many rows splits its rows."""
+    largest share's cost ct * (rt + 2.5 ceil(rt / 8)) + pack * rt: per channel, each row unit is
+    one vpdpbusd per block, and each row block (up to 8 units, the kernel's) costs about 2.5 more
+    in record loads and loop overhead; re-packing a row unit costs `pack` channel units, repeated
+    by every thread that splits the channels. The re-packing is a fixed cost per K byte while a
+    channel unit's work follows the block density d, so pack = 0.2 / d (measured on ResNet-18's
+    layers at d = 0.2, 2 threads: 784-row layers run 1.85x 1 thread with their rows split, 1.1-1.4x
+    with their channels split). So a batch-1 layer of few rows (ResNet-18's 7x7 layers: 4 row
+    units) splits its channels and keeps its 4-group row block (splitting its rows would leave each
+    thread two groups per block), a layer of many rows splits its rows."""
     cdef size_t ru = (M + 15) // 16
     cdef size_t by_work = work // _Q_MIN_MACS_PER_THREAD
     cdef int pr, best_pr = 1, best_pc = 1
@@ -156,7 +160,7 @@ cdef void _sp_split(_SpSplit *s, size_t M, size_t units, size_t work, int nt) no
             continue
         rt = (ru + pr - 1) // pr
         ct = (units + nt // pr - 1) // (nt // pr)
-        cost = <double>ct * (rt + 2.5 * ((rt + 7) // 8)) + 0.5 * rt
+        cost = <double>ct * (rt + 2.5 * ((rt + 7) // 8)) + pack * rt
         if cost < best:
             best, best_pr, best_pc = cost, pr, nt // pr
     s.nt, s.pr, s.pc, s.ru, s.cu = nt, best_pr, best_pc, ru, units
@@ -181,7 +185,9 @@ cdef object _sp_run(qi_spconv_problem *pb, object out, int nt_req):
     cdef _SpSplit s
     # work: the useful multiply-adds plus the re-packing (a byte per row per K per thread)
     cdef size_t work = pb.c.m * pb.nnzb * 4 + pb.c.m * pb.c.k * pb.c.groups
-    _sp_split(&s, pb.c.m, units, work, nt_req)
+    cdef size_t slots = units * QI_SB4W_NR * ((pb.c.k + 3) // 4)  # block slots: density's denominator
+    cdef double d = <double>pb.nnzb / <double>slots if slots else 1.0
+    _sp_split(&s, pb.c.m, units, work, 0.2 / (d if d > 0.01 else 0.01), nt_req)
     cdef size_t r0, r1, u0, u1, per = 0, need
     cdef int t
     cdef int failed = 0
