@@ -87,6 +87,11 @@ static void qi_qconv_im2col(const qi_qconv_problem *p, size_t g, size_t r0, size
    * as much as a small row's copies) */
   size_t img = r0 / ohw, oy = (r0 - img * ohw) / ge->out_w, ox = r0 - img * ohw - oy * ge->out_w;
   const size_t a_stride = qi_qconv_a_stride(p->k_pad);
+  /* the interior fast path: a kernel row's taps are run = kw*cin consecutive bytes of x (<= 32:
+   * one or two moves), kernel rows step * ky apart */
+  const size_t run = ge->k_w * cin, step = ge->dil_h * ge->in_w * ct, moves = (run + 15) / 16;
+  const size_t span_h = (ge->k_h - 1) * ge->dil_h;
+  const int contig = small && run <= 32 && ct == cin && (ge->dil_w == 1 || ge->k_w == 1);
   for (size_t i = 0; i < m; i++) {
     if (i && ++ox == ge->out_w) {
       ox = 0;
@@ -96,6 +101,19 @@ static void qi_qconv_im2col(const qi_qconv_problem *p, size_t g, size_t r0, size
     uint8_t *dst = buf + i * a_stride;
     const ptrdiff_t ix0 = (ptrdiff_t)(ox * ge->stride_w) - (ptrdiff_t)ge->pad_left;
     const int row_inside = ix0 >= 0 && ix0 + (ptrdiff_t)((ge->k_w - 1) * ge->dil_w) < (ptrdiff_t)ge->in_w;
+    const ptrdiff_t iy0 = (ptrdiff_t)(oy * ge->stride_h) - (ptrdiff_t)ge->pad_top;
+    if (contig && row_inside && iy0 >= 0 && iy0 + (ptrdiff_t)span_h < (ptrdiff_t)ge->in_h) {
+      /* an interior pixel of a first layer: kh runs of kw*cin bytes, each one or two 16-byte
+       * moves with no per-tap test (most of such a layer's rows; its im2col cost as much as its
+       * GEMM) */
+      const uint8_t *src = xi + ((size_t)iy0 * ge->in_w + (size_t)ix0) * ct;
+      if (src + step * (ge->k_h - 1) + moves * 16 <= x_end) {
+        for (size_t ky = 0; ky < ge->k_h; ky++, src += step, dst += run)
+          for (size_t t = 0; t < moves; t++) __builtin_memcpy(dst + 16 * t, src + 16 * t, 16);
+        if (p->k_pad > p->k) qi_fill_short(dst, 0, p->k_pad - p->k);
+        continue;
+      }
+    }
     for (size_t ky = 0; ky < ge->k_h; ky++) {
       ptrdiff_t iy = (ptrdiff_t)(oy * ge->stride_h + ky * ge->dil_h) - (ptrdiff_t)ge->pad_top;
       int row_ok = iy >= 0 && iy < (ptrdiff_t)ge->in_h;
