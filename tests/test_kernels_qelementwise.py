@@ -17,7 +17,8 @@ def isa(request):
 
 
 SHAPES = [(1, 1, 1, 1), (1, 3, 7, 5), (2, 17, 3, 65), (1, 63, 9, 1), (3, 65, 2, 17), (1, 16, 64, 64),
-          (2, 48, 16, 8)]  # the last: whole 16-channel x 64-pixel layout tiles only
+          (2, 48, 16, 8), (2, 3, 13, 11)]  # (2, 48, 16, 8): whole 16-channel x 64-pixel layout
+# tiles only; (2, 3, 13, 11): an RGB image, whole 64-pixel tiles and a tail
 THREADS = [1, 2, 3]
 
 
