@@ -328,9 +328,9 @@ void qi_spmm_qu8_sb4w__avx512vnni(size_t m, size_t n_begin, size_t n_end, size_t
    * every row block when the call's records outgrow L2. Measured, 1 thread, caches flushed before
    * each call: ResNet-18's 7x7x512 convs 380-420 -> 290-310 us, its 14x14x256 ones 277 -> 237 us;
    * warm, the 196 x 1024 x 1024 GEMM at 80% sparsity pays about 2%. */
-  size_t rb0 = ptr[n_begin * nseg], rb1 = ptr[n_end * nseg]; /* n_end <= n: the table's bounds */
-  rb1 = rb1 < nnzb ? rb1 : nnzb;
-  rb0 = rb0 < rb1 ? rb0 : rb1;
+  size_t rb0, rb1; /* the records of channels [n_begin, n_end): entries n_begin * nseg and
+                    * n_end * nseg of the pointer table (n_end <= n: within it) */
+  qi_sb4w_range(ptr, nseg, n_begin, 0, (n_end - n_begin) * nseg, nnzb, &rb0, &rb1);
   const int pf_all = (rb1 - rb0) * sizeof(qi_sb4w_rec) > QI_SP_PF_L2;
   for (size_t b = 0, i0 = 0; b < nblk; b++) {
     const size_t zb = z * (b + 1) / nblk - z * b / nblk;

@@ -102,33 +102,31 @@ static void qi_qconv_im2col(const qi_qconv_problem *p, size_t g, size_t r0, size
     const ptrdiff_t ix0 = (ptrdiff_t)(ox * ge->stride_w) - (ptrdiff_t)ge->pad_left;
     const int row_inside = ix0 >= 0 && ix0 + (ptrdiff_t)((ge->k_w - 1) * ge->dil_w) < (ptrdiff_t)ge->in_w;
     const ptrdiff_t iy0 = (ptrdiff_t)(oy * ge->stride_h) - (ptrdiff_t)ge->pad_top;
-    if (contig && row_inside && iy0 >= 0 && iy0 + (ptrdiff_t)span_h < (ptrdiff_t)ge->in_h) {
+    const int interior = contig && row_inside && iy0 >= 0 && iy0 + (ptrdiff_t)span_h < (ptrdiff_t)ge->in_h;
+    const uint8_t *src = interior ? xi + ((size_t)iy0 * ge->in_w + (size_t)ix0) * ct : NULL;
+    if (interior && src + step * (ge->k_h - 1) + moves * 16 <= x_end) {
       /* an interior pixel of a first layer: kh runs of kw*cin bytes, each one or two 16-byte
        * moves with no per-tap test (most of such a layer's rows; its im2col cost as much as its
        * GEMM) */
-      const uint8_t *src = xi + ((size_t)iy0 * ge->in_w + (size_t)ix0) * ct;
-      if (src + step * (ge->k_h - 1) + moves * 16 <= x_end) {
-        for (size_t ky = 0; ky < ge->k_h; ky++, src += step, dst += run)
-          for (size_t t = 0; t < moves; t++) __builtin_memcpy(dst + 16 * t, src + 16 * t, 16);
-        if (p->k_pad > p->k) qi_fill_short(dst, 0, p->k_pad - p->k);
-        continue;
-      }
-    }
-    for (size_t ky = 0; ky < ge->k_h; ky++) {
-      ptrdiff_t iy = (ptrdiff_t)(oy * ge->stride_h + ky * ge->dil_h) - (ptrdiff_t)ge->pad_top;
-      int row_ok = iy >= 0 && iy < (ptrdiff_t)ge->in_h;
-      if (row_ok && row_inside && (ge->dil_w == 1 || ge->k_w == 1) && ct == cin) {
-        /* the kw taps of this row are kw*cin consecutive bytes of x, as in the patch */
-        QI_COPY(dst, xi + ((size_t)iy * ge->in_w + (size_t)ix0) * ct, ge->k_w * cin);
-        dst += ge->k_w * cin;
-        continue;
-      }
-      for (size_t kx = 0; kx < ge->k_w; kx++, dst += cin) {
-        ptrdiff_t ix = (ptrdiff_t)(ox * ge->stride_w + kx * ge->dil_w) - (ptrdiff_t)ge->pad_left;
-        if (row_ok && ix >= 0 && ix < (ptrdiff_t)ge->in_w)
-          QI_COPY(dst, xi + ((size_t)iy * ge->in_w + (size_t)ix) * ct, cin);
-        else
-          QI_FILL(dst, p->zp_x, cin);
+      for (size_t ky = 0; ky < ge->k_h; ky++, src += step, dst += run)
+        for (size_t t = 0; t < moves; t++) __builtin_memcpy(dst + 16 * t, src + 16 * t, 16);
+    } else {
+      for (size_t ky = 0; ky < ge->k_h; ky++) {
+        ptrdiff_t iy = (ptrdiff_t)(oy * ge->stride_h + ky * ge->dil_h) - (ptrdiff_t)ge->pad_top;
+        int row_ok = iy >= 0 && iy < (ptrdiff_t)ge->in_h;
+        if (row_ok && row_inside && (ge->dil_w == 1 || ge->k_w == 1) && ct == cin) {
+          /* the kw taps of this row are kw*cin consecutive bytes of x, as in the patch */
+          QI_COPY(dst, xi + ((size_t)iy * ge->in_w + (size_t)ix0) * ct, ge->k_w * cin);
+          dst += ge->k_w * cin;
+          continue;
+        }
+        for (size_t kx = 0; kx < ge->k_w; kx++, dst += cin) {
+          ptrdiff_t ix = (ptrdiff_t)(ox * ge->stride_w + kx * ge->dil_w) - (ptrdiff_t)ge->pad_left;
+          if (row_ok && ix >= 0 && ix < (ptrdiff_t)ge->in_w)
+            QI_COPY(dst, xi + ((size_t)iy * ge->in_w + (size_t)ix) * ct, cin);
+          else
+            QI_FILL(dst, p->zp_x, cin);
+        }
       }
     }
     if (p->k_pad > p->k) QI_FILL(dst, 0, p->k_pad - p->k);

@@ -14,10 +14,9 @@ than it means to.
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
-
-import os
 
 from ..errors import ModelFormatError
 from . import dtypes

@@ -292,8 +292,8 @@ def _make_maxpool(attrs, nt, dtype, kern, nhwc):
         x = inputs[0]
         if x.dtype != dtype or x.ndim != 4 or n_out != 1:
             return None
-        nchw = (x.shape[0], x.shape[3], x.shape[1], x.shape[2]) if nhwc else x.shape
-        geo = _per_shape(geos, x.shape, lambda: _maxpool_geometry(attrs, nchw))
+        geo = _per_shape(geos, x.shape, lambda: _maxpool_geometry(
+            attrs, (x.shape[0], x.shape[3], x.shape[1], x.shape[2]) if nhwc else x.shape))
         if geo is None:
             return None
         return [kern(np.ascontiguousarray(x), *geo, num_threads=nt)]
