@@ -106,3 +106,33 @@ def test_outputs_are_not_shared_between_calls(corpus, rng):
     a[...] = 0                       # a caller may write into what it got
     c, = sess.run(None, feeds)
     assert c.tobytes() == b.tobytes()
+
+
+def _conv_net_any_size(rng):
+    """A float ONNX conv net (3x3 conv, depthwise 3x3 stride 2, 1x1 conv; ReLUs) whose input height
+    and width are symbolic."""
+    from onnx import TensorProto, helper, numpy_helper
+    w = lambda *s: rng.standard_normal(s).astype(np.float32) * 0.3  # noqa: E731
+    inits = [numpy_helper.from_array(w(16, 3, 3, 3), "w0"), numpy_helper.from_array(w(16, 1, 3, 3), "w1"),
+             numpy_helper.from_array(w(8, 16, 1, 1), "w2"), numpy_helper.from_array(w(16), "b0")]
+    nodes = [helper.make_node("Conv", ["x", "w0", "b0"], ["c0"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c0"], ["r0"]),
+             helper.make_node("Conv", ["r0", "w1"], ["c1"], pads=[1, 1, 1, 1], strides=[2, 2], group=16),
+             helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("Conv", ["r1", "w2"], ["y"])]
+    g = helper.make_graph(nodes, "anysize", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, "h", "w"])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, None, None])], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+
+
+@pytest.mark.parametrize("num_threads", [1, 2])
+def test_shared_int8_session_with_many_image_sizes(rng, num_threads):
+    """The int8 layers keep their conv geometry per input size (_kernels.QLayerCall): threads
+    that run one session on images of different sizes at once each get their own size's answer."""
+    model = qinfer.convert(_conv_net_any_size(rng))
+    q = qinfer.quantize(model, [rng.random((1, 3, 12, 12), np.float32) for _ in range(4)], progress=False)
+    assert q.graph.op_counts().get("QConv", 0) == 3
+    feeds = [{"x": rng.random((1, 3, h, w), np.float32)} for h, w in ((12, 12), (7, 9), (16, 5), (1, 1),
+                                                                       (9, 7), (20, 13))]
+    _check(qinfer.InferenceSession(q, num_threads=num_threads),
+           qinfer.InferenceSession(q, num_threads=num_threads), feeds)

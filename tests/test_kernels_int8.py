@@ -93,6 +93,8 @@ def test_qgemm_shapes(isa, nt, out_u8, shape, rng):
     packed = Q.pack_gemm_qc8w(w, bias, zp)
     got = K.qgemm_u8s8(a, packed, scale, num_threads=nt, **kw)
     np.testing.assert_array_equal(got, Q.qgemm(a, w, scale, bias, zp, **rkw))
+    # the session's prepared call: the same bytes
+    np.testing.assert_array_equal(K.QLayerCall("gemm", packed, scale, num_threads=nt, **kw)([a])[0], got)
 
 
 @pytest.mark.parametrize("act", ACTS, ids=ACT_IDS)
@@ -211,6 +213,9 @@ def _conv(isa, nt, out_u8, case, rng, act=(0, 0.0, 0.0), x_fill=None, w_fill=Non
     got = K.qconv2d_u8s8_nhwc(x, packed, scale, st, pads, dil, num_threads=nt, **kw)
     ref = Q.qconv2d_nhwc(x, w, scale, bias, zp, st, pads, dil, G, **rkw)
     np.testing.assert_array_equal(got, ref)
+    call = K.QLayerCall("conv", packed, scale, strides=st, pads=pads, dilations=dil, num_threads=nt,
+                        **kw)
+    np.testing.assert_array_equal(call([x])[0], ref)
 
 
 @pytest.mark.parametrize("case", list(CONV_CASES.values()), ids=list(CONV_CASES))
@@ -266,6 +271,9 @@ def _dw(nt, out_u8, case, rng, act=(0, 0.0, 0.0), x_fill=None, w_fill=None, inv_
     got = K.qdwconv2d_u8s8_nhwc(x, packed, scale, st, pads, dil, num_threads=nt, **kw)
     ref = Q.qdwconv2d_nhwc(x, w, scale, bias, zp, st, pads, dil, **rkw)
     np.testing.assert_array_equal(got, ref)
+    call = K.QLayerCall("dw", packed, scale, strides=st, pads=pads, dilations=dil, num_threads=nt,
+                        **kw)
+    np.testing.assert_array_equal(call([x])[0], ref)
 
 
 @pytest.mark.parametrize("case", list(DW_CASES.values()), ids=list(DW_CASES))
@@ -401,3 +409,94 @@ def test_repeated_two_thread_calls_are_stable(kind, rng):
             np.testing.assert_array_equal(run(), ref)
     finally:
         K.qint8_set_min_work(prev)
+
+
+# ----------------------------------------------------------------------------- prepared calls
+
+def _layer(kind, rng, cin=13, cout=21, k=3):
+    """(QLayerCall, packed, scale, kw) for a small layer of ``kind`` with pads 1."""
+    bias, zp, scale = _qparams(rng, cout if kind != "dw" else cin, k * k * cin)
+    kw, _ = _out_kw(True, (Q.ACT_RELU, 0.0, 0.0))
+    if kind == "gemm":
+        packed = Q.pack_gemm_qc8w(_data(rng, (cin, cout), -127, 127, np.int8), bias, zp)
+        return K.QLayerCall(kind, packed, scale, num_threads=1, **kw), packed, scale, kw
+    if kind == "dw":
+        packed = Q.pack_dwconv_qc8w(_data(rng, (cin, 1, k, k), -127, 127, np.int8), bias, zp)
+    else:
+        packed = Q.pack_conv_qc8w(_data(rng, (cout, cin, k, k), -127, 127, np.int8), bias, zp)
+    geo = dict(strides=(1, 2), pads=(1, 1, 1, 1), dilations=(1, 1))
+    return K.QLayerCall(kind, packed, scale, num_threads=1, **geo, **kw), packed, scale, {**kw, **geo}
+
+
+@pytest.mark.parametrize("kind", ["conv", "dw"])
+def test_prepared_call_follows_the_input_size(kind, rng):
+    """The geometry kept per input size is remade when the size changes (and back again); each
+    answer equals the checked function's."""
+    call, packed, scale, kw = _layer(kind, rng)
+    fn = K.qconv2d_u8s8_nhwc if kind == "conv" else K.qdwconv2d_u8s8_nhwc
+    for shape in [(1, 7, 9, 13), (2, 5, 4, 13), (1, 7, 9, 13), (1, 1, 1, 13), (0, 3, 3, 13)]:
+        x = _data(rng, shape)
+        y = call([x], None, 1)[0]
+        np.testing.assert_array_equal(y, fn(x, packed, scale, num_threads=1, **kw))
+
+
+def test_prepared_call_takes_any_leading_shape_and_strided_inputs(rng):
+    call, packed, scale, kw = _layer("gemm", rng)
+    x = _data(rng, (2, 3, 5, 13))
+    want = K.qgemm_u8s8(x.reshape(-1, 13), packed, scale, num_threads=1, **kw).reshape(2, 3, 5, 21)
+    np.testing.assert_array_equal(call([x])[0], want)
+    wide = _data(rng, (30, 26))[:, ::2]           # not C-contiguous: copied, same answer
+    np.testing.assert_array_equal(call([wide])[0], K.qgemm_u8s8(np.ascontiguousarray(wide), packed,
+                                                                scale, num_threads=1, **kw))
+    conv, cpacked, cscale, ckw = _layer("conv", rng)
+    xt = _data(rng, (1, 13, 6, 5)).transpose(0, 2, 3, 1)
+    np.testing.assert_array_equal(conv([xt])[0], K.qconv2d_u8s8_nhwc(
+        np.ascontiguousarray(xt), cpacked, cscale, num_threads=1, **ckw))
+
+
+def test_prepared_call_nchw_output(rng):
+    bias, zp, scale = _qparams(rng, 9, 27)
+    kw, _ = _out_kw(False)
+    packed = Q.pack_conv_qc8w(_data(rng, (9, 3, 3, 3), -127, 127, np.int8), bias, zp)
+    x = _data(rng, (1, 6, 5, 3))
+    call = K.QLayerCall("conv", packed, scale, pads=(1, 1, 1, 1), out_layout="nchw", **kw)
+    y = call([x])[0]
+    assert y.flags.c_contiguous and y.shape == (1, 9, 6, 5)
+    np.testing.assert_array_equal(y, K.qconv2d_u8s8_nhwc(x, packed, scale, pads=(1, 1, 1, 1),
+                                                         **kw).transpose(0, 3, 1, 2))
+
+
+def test_prepared_call_declines_and_refuses(rng):
+    """Another dtype or rank: None (the planner's reference op takes it); a wrong size: the
+    function's ValueError; bad weights, scales or geometry: refused when the call is made."""
+    conv, packed, scale, kw = _layer("conv", rng)
+    assert conv([_data(rng, (1, 5, 5, 13)).astype(np.int8)]) is None
+    assert conv([_data(rng, (5, 5, 13))]) is None
+    assert conv([np.zeros((1, 5, 5, 13), np.float32)]) is None
+    assert conv([[1, 2, 3]]) is None
+    with pytest.raises(ValueError, match="13 channels"):
+        conv([_data(rng, (1, 5, 5, 12))])
+    with pytest.raises(ValueError, match="kernel"):
+        K.QLayerCall("conv", packed, scale, pads=(0, 0, 0, 0), **{k: v for k, v in kw.items()
+                                                                  if k != "pads"})([_data(rng, (1, 2, 2, 13))])
+    gemm, gpacked, gscale, gkw = _layer("gemm", rng)
+    with pytest.raises(ValueError, match="K = 13"):
+        gemm([_data(rng, (4, 12))])
+    with pytest.raises(ValueError, match="conv weights"):
+        K.QLayerCall("gemm", packed, scale)
+    with pytest.raises(ValueError, match="GEMM weights"):
+        K.QLayerCall("conv", gpacked, gscale)
+    with pytest.raises(ValueError, match="depthwise"):
+        K.QLayerCall("dw", packed, scale)
+    with pytest.raises(ValueError, match="scale must have 21"):
+        K.QLayerCall("conv", packed, scale[:5])
+    with pytest.raises(ValueError, match="strides|stride"):
+        K.QLayerCall("conv", packed, scale, strides=(0, 1))
+    with pytest.raises(ValueError, match="kind"):
+        K.QLayerCall("pool", packed, scale)
+    with pytest.raises(ValueError, match="out_layout"):
+        K.QLayerCall("gemm", gpacked, gscale, out_layout="nchw")
+    with pytest.raises(TypeError, match="once"):
+        conv.__init__("conv", packed, scale)
+    with pytest.raises(ValueError, match="not initialized"):
+        K.QLayerCall.__new__(K.QLayerCall)([_data(rng, (1, 5, 5, 13))])

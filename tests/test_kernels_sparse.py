@@ -82,6 +82,9 @@ def _gemm(nt, out_u8, M, Kd, N, density, rng, act=(0, 0.0, 0.0), x=None, w=None,
     # and the dense int8 kernel on the same weights
     dense = K.qgemm_u8s8(x, Q.pack_gemm_qc8w(w, bias, zp), scale, num_threads=nt, **kw)
     np.testing.assert_array_equal(got, dense)
+    # the session's prepared call: the same bytes
+    np.testing.assert_array_equal(K.QLayerCall("spgemm", packed, scale, num_threads=nt, **kw)([x])[0],
+                                  got)
     return got
 
 
@@ -189,6 +192,9 @@ def _conv(nt, out_u8, case, density, rng, act=(0, 0.0, 0.0), x_fill=None, w_fill
     dense = K.qconv2d_u8s8_nhwc(x, Q.pack_conv_qc8w(w, bias, zp, G), scale, st, pads, dil,
                                 num_threads=nt, **kw)
     np.testing.assert_array_equal(got, dense)
+    call = K.QLayerCall("spconv", packed, scale, strides=st, pads=pads, dilations=dil,
+                        num_threads=nt, **kw)
+    np.testing.assert_array_equal(call([x])[0], got)
 
 
 @pytest.mark.parametrize("density", [0.25, "one", "dense", "zero"], ids=["d0.25", "one", "dense",
@@ -292,6 +298,22 @@ def test_validation_errors(rng):
         K.qspmm_u8s8(a, p, s, num_threads=0)
     with pytest.raises(err, match="magic"):
         K.qspmm_u8s8(a, Q.pack_gemm_qc8w(w, None, 3), s)
+    # the session's prepared call raises the same class, at construction or per call
+    with pytest.raises(err, match="scale must have 6 elements"):
+        K.QLayerCall("spgemm", p, np.ones(5, np.float32))
+    with pytest.raises(err, match="magic"):
+        K.QLayerCall("spgemm", Q.pack_gemm_qc8w(w, None, 3), s)
+    with pytest.raises(err, match="GEMM weights"):
+        K.QLayerCall("spconv", p, s)
+    call = K.QLayerCall("spgemm", p, s)
+    with pytest.raises(err, match="K = 10 columns"):
+        call([a[:, :9].copy()])
+    assert call([a.astype(np.int8)]) is None
+    wc = prune_blocks(rng.integers(-127, 128, (18, 6)).astype(np.int8), 0.5, rng)
+    conv = K.QLayerCall("spconv", S.pack_conv_sb4w(wc.T.reshape(6, 2, 3, 3), None, 3), s,
+                        pads=(1, 1, 1, 1))
+    with pytest.raises(err, match="2 channels"):
+        conv([rng.integers(0, 256, (1, 4, 4, 3)).astype(np.uint8)])
     old = p.copy()
     old[4] = 2
     with pytest.raises(err, match="format version 2, this build reads 1"):

@@ -300,6 +300,52 @@ cdef object _q_run(qi_qconv_problem *pb, object out, int nt_req):
     return out
 
 
+cdef void _q_shape(qi_qconv_problem *pb, const qi_conv2d_geom *g, size_t M) noexcept:
+    """pb.geom = *g and pb.direct (a 1x1 stride-1 unpadded conv reads x in place), or with g NULL
+    a GEMM's: M output pixels of a 1x1 conv, direct."""
+    if g == NULL:
+        memset(&pb.geom, 0, sizeof(pb.geom))
+        pb.geom.in_h = pb.geom.out_h = M
+        pb.geom.in_w = pb.geom.out_w = 1
+        pb.geom.k_h = pb.geom.k_w = pb.geom.stride_h = pb.geom.stride_w = 1
+        pb.geom.dil_h = pb.geom.dil_w = 1
+        pb.direct = 1
+        return
+    if g != &pb.geom:
+        pb.geom = g[0]
+    pb.direct = (g.k_h == 1 and g.k_w == 1 and g.stride_h == 1 and g.stride_w == 1
+                 and g.pad_top == 0 and g.pad_left == 0 and g.pad_bottom == 0 and g.pad_right == 0)
+
+
+cdef void _qgemm_fill(qi_qconv_problem *pb, const qi_qc8w_header *h, const void *packed,
+                      const void *a, size_t M) noexcept:
+    """The problem of a checked GEMM call (pb.ep filled): a [M, K] as a 1x1 conv over M pixels."""
+    pb.ep.ldo = h.n
+    pb.x = <const uint8_t *>a
+    pb.batch, pb.cin_total = 1, h.k
+    _q_shape(pb, NULL, M)
+    pb.lda, pb.m, pb.zp_x = h.k, M, h.zp_x
+    pb.groups, pb.n, pb.k, pb.k_pad, pb.n_pad, pb.cin = 1, h.n, h.k, h.k_pad, h.n_pad, h.k
+    pb.bias = <const int32_t *>(<const char *>packed + 64)
+    pb.w = <const int8_t *>(<const char *>packed + 64 + 8 * h.n_pad)
+
+
+cdef void _qconv_fill(qi_qconv_problem *pb, const qi_qc8w_header *h, const void *packed,
+                      const void *x, size_t N) noexcept:
+    """The problem of a checked conv call (pb.geom and pb.ep filled): x [N, H, W, G * cin]."""
+    cdef size_t G = h.groups, C = h.groups * h.cin
+    pb.ep.ldo = G * h.n
+    pb.x = <const uint8_t *>x
+    pb.batch, pb.cin_total = N, C
+    _q_shape(pb, &pb.geom, 0)
+    pb.lda = C
+    pb.m = N * pb.geom.out_h * pb.geom.out_w
+    pb.zp_x = h.zp_x
+    pb.groups, pb.n, pb.k, pb.k_pad, pb.n_pad, pb.cin = G, h.n, h.k, h.k_pad, h.n_pad, h.cin
+    pb.bias = <const int32_t *>(<const char *>packed + 64)
+    pb.w = <const int8_t *>(<const char *>packed + 64 + 8 * G * h.n_pad)
+
+
 cdef inline void _qrelease(Py_buffer *a, Py_buffer *b, Py_buffer *c, Py_buffer *d) noexcept:
     PyBuffer_Release(a)
     PyBuffer_Release(b)
@@ -342,17 +388,7 @@ def qgemm_u8s8(a, packed_w, scale, out=None, out_dtype=np.uint8, y_inv_scale=1.0
         nt = _threads(num_threads)
         if M == 0:
             return out
-        pb.ep.ldo = h.n
-        pb.x = <const uint8_t *>av.buf
-        pb.batch, pb.cin_total = 1, h.k
-        pb.geom.in_h = pb.geom.out_h = M
-        pb.geom.in_w = pb.geom.out_w = 1
-        pb.geom.k_h = pb.geom.k_w = pb.geom.stride_h = pb.geom.stride_w = 1
-        pb.geom.dil_h = pb.geom.dil_w = 1
-        pb.direct, pb.lda, pb.m, pb.zp_x = 1, h.k, M, h.zp_x
-        pb.groups, pb.n, pb.k, pb.k_pad, pb.n_pad, pb.cin = 1, h.n, h.k, h.k_pad, h.n_pad, h.k
-        pb.bias = <const int32_t *>(<char *>pv.buf + 64)
-        pb.w = <const int8_t *>(<char *>pv.buf + 64 + 8 * h.n_pad)
+        _qgemm_fill(&pb, &h, pv.buf, av.buf, M)
         return _q_run(&pb, out, nt)
     finally:
         _qrelease(&pv, &av, &sv, &ov)
@@ -394,18 +430,7 @@ def qconv2d_u8s8_nhwc(x, packed_w, scale, strides=(1, 1), pads=(0, 0, 0, 0), dil
         nt = _threads(num_threads)
         if ov.len == 0:
             return out
-        pb.ep.ldo = G * h.n
-        pb.x = <const uint8_t *>xv.buf
-        pb.batch, pb.cin_total = N, C
-        pb.direct = (h.kh == 1 and h.kw == 1 and pb.geom.stride_h == 1 and pb.geom.stride_w == 1
-                     and pb.geom.pad_top == 0 and pb.geom.pad_left == 0
-                     and pb.geom.pad_bottom == 0 and pb.geom.pad_right == 0)
-        pb.lda = C
-        pb.m = N * pb.geom.out_h * pb.geom.out_w
-        pb.zp_x = h.zp_x
-        pb.groups, pb.n, pb.k, pb.k_pad, pb.n_pad, pb.cin = G, h.n, h.k, h.k_pad, h.n_pad, h.cin
-        pb.bias = <const int32_t *>(<char *>pv.buf + 64)
-        pb.w = <const int8_t *>(<char *>pv.buf + 64 + 8 * G * h.n_pad)
+        _qconv_fill(&pb, &h, pv.buf, xv.buf, N)
         return _q_run(&pb, out, nt)
     finally:
         _qrelease(&pv, &xv, &sv, &ov)
@@ -430,6 +455,51 @@ cdef void _qdw_chunk(qi_dwconv2d_qu8_qc8w_ptr fn, const qi_conv2d_geom *g, size_
         b = n * ohw + p1
 
 
+cdef int _qdw_exec(const qi_conv2d_geom *g, qi_qepi *ep, const qi_qc8w_header *h,
+                   const void *packed, const uint8_t *xp, size_t N, int nt) except -1:
+    """Run a checked depthwise call (ep filled but for ldo) over threads, GIL released."""
+    cdef size_t C = h.n, units, macs, per, b, e
+    cdef int t
+    cdef int failed = 0
+    cdef uint8_t *scratch
+    ep.ldo = C
+    units = N * g.out_h * g.out_w
+    # depthwise runs ~16x fewer multiply-adds per second than the GEMM (its epilogue and
+    # quad rows dominate): a thread's share is worth it from 1/16 of the GEMM's threshold
+    macs = units * C * h.k * 16
+    if macs // _Q_MIN_MACS_PER_THREAD < <size_t>nt:
+        nt = <int>(macs // _Q_MIN_MACS_PER_THREAD) if macs // _Q_MIN_MACS_PER_THREAD > 1 else 1
+    if units < <size_t>nt:
+        nt = <int>units
+    per = qi_qdw_scratch_bytes(g, h.n_pad)
+    cdef const int32_t *bp = <const int32_t *>(<const char *>packed + 64)
+    cdef const int8_t *wp = <const int8_t *>(<const char *>packed + 64 + 8 * h.n_pad)
+    cdef qi_dwconv2d_qu8_qc8w_ptr fn = qi_kernel_dwconv2d_qu8_qc8w()
+    # threads split output pixels (a channel split, tried for batch-1 14x14 and 7x7 layers,
+    # ran slower: the threads' output lines interleave within 128-byte prefetch pairs)
+    with nogil:
+        if nt <= 1:
+            scratch = <uint8_t *>qi_qint8_scratch(per)
+            if scratch == NULL:
+                failed = 1
+            else:
+                _qdw_chunk(fn, g, C, 0, C, 0, units, xp, bp, wp, h.n_pad, h.zp_x, ep,
+                           scratch)
+        else:
+            for t in prange(nt, num_threads=nt, schedule="static"):
+                scratch = <uint8_t *>qi_qint8_scratch(per)
+                if scratch == NULL:
+                    failed += 1  # (a reduction: a plain assignment would be lastprivate)
+                else:
+                    b = _chunk_start(units, nt, t)
+                    e = _chunk_start(units, nt, t + 1)
+                    _qdw_chunk(fn, g, C, 0, C, b, e, xp, bp, wp, h.n_pad, h.zp_x, ep,
+                               scratch)
+    if failed:
+        raise MemoryError(f"qdwconv2d_u8s8_nhwc: cannot allocate {per} bytes of scratch")
+    return 0
+
+
 def qdwconv2d_u8s8_nhwc(x, packed_w, scale, strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1, 1),
                         out=None, out_dtype=np.uint8, y_inv_scale=1.0, zp_y=0, activation=0,
                         alpha=0.0, beta=0.0, num_threads=None):
@@ -444,15 +514,8 @@ def qdwconv2d_u8s8_nhwc(x, packed_w, scale, strides=(1, 1), pads=(0, 0, 0, 0), d
     cdef qi_qc8w_header h
     cdef qi_conv2d_geom g
     cdef qi_qepi ep
-    cdef size_t N, C, units, macs, per
-    cdef int nt, t
-    cdef int failed = 0
-    cdef size_t b, e
-    cdef uint8_t *scratch
-    cdef const int32_t *bp
-    cdef const int8_t *wp
-    cdef const uint8_t *xp
-    cdef qi_dwconv2d_qu8_qc8w_ptr fn
+    cdef size_t N, C
+    cdef int nt
     try:
         _q_packed(packed_w, &pv, &h, QI_QC8W_MAGIC_DW)
         _qbuf(x, &xv, "x", "B", 4, False, "a C-contiguous uint8 array of rank 4 (NHWC)")
@@ -469,42 +532,7 @@ def qdwconv2d_u8s8_nhwc(x, packed_w, scale, strides=(1, 1), pads=(0, 0, 0, 0), d
         nt = _threads(num_threads)
         if ov.len == 0:
             return out
-        ep.ldo = C
-        units = N * g.out_h * g.out_w
-        # depthwise runs ~16x fewer multiply-adds per second than the GEMM (its epilogue and
-        # quad rows dominate): a thread's share is worth it from 1/16 of the GEMM's threshold
-        macs = units * C * h.k * 16
-        if macs // _Q_MIN_MACS_PER_THREAD < <size_t>nt:
-            nt = <int>(macs // _Q_MIN_MACS_PER_THREAD) if macs // _Q_MIN_MACS_PER_THREAD > 1 else 1
-        if units < <size_t>nt:
-            nt = <int>units
-        per = qi_qdw_scratch_bytes(&g, h.n_pad)
-        bp = <const int32_t *>(<char *>pv.buf + 64)
-        wp = <const int8_t *>(<char *>pv.buf + 64 + 8 * h.n_pad)
-        xp = <const uint8_t *>xv.buf
-        fn = qi_kernel_dwconv2d_qu8_qc8w()
-        # threads split output pixels (a channel split, tried for batch-1 14x14 and 7x7 layers,
-        # ran slower: the threads' output lines interleave within 128-byte prefetch pairs)
-        with nogil:
-            if nt <= 1:
-                scratch = <uint8_t *>qi_qint8_scratch(per)
-                if scratch == NULL:
-                    failed = 1
-                else:
-                    _qdw_chunk(fn, &g, C, 0, C, 0, units, xp, bp, wp, h.n_pad, h.zp_x, &ep,
-                               scratch)
-            else:
-                for t in prange(nt, num_threads=nt, schedule="static"):
-                    scratch = <uint8_t *>qi_qint8_scratch(per)
-                    if scratch == NULL:
-                        failed += 1  # (a reduction: a plain assignment would be lastprivate)
-                    else:
-                        b = _chunk_start(units, nt, t)
-                        e = _chunk_start(units, nt, t + 1)
-                        _qdw_chunk(fn, &g, C, 0, C, b, e, xp, bp, wp, h.n_pad, h.zp_x, &ep,
-                                   scratch)
-        if failed:
-            raise MemoryError(f"qdwconv2d_u8s8_nhwc: cannot allocate {per} bytes of scratch")
+        _qdw_exec(&g, &ep, &h, pv.buf, <const uint8_t *>xv.buf, N, nt)
         return out
     finally:
         _qrelease(&pv, &xv, &sv, &ov)

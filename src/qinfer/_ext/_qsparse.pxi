@@ -219,6 +219,24 @@ cdef object _sp_run(qi_spconv_problem *pb, object out, int nt_req):
     return out
 
 
+cdef void _sp_fill(qi_spconv_problem *pb, const qi_sb4w_header *h, const void *packed,
+                   const void *x, size_t N, size_t C) noexcept:
+    """The problem of a checked call (pb.c.geom, pb.c.direct and pb.c.ep filled): x [N, H, W, C],
+    or A [M, K] with N = 1, C = K as a 1x1 conv over M pixels."""
+    cdef qi_qconv_problem *c = &pb.c
+    cdef size_t G = h.groups
+    c.ep.ldo = G * h.n
+    c.x = <const uint8_t *>x
+    c.batch, c.cin_total, c.lda = N, C, C
+    c.m = N * c.geom.out_h * c.geom.out_w
+    c.zp_x = h.zp_x
+    c.groups, c.n, c.k, c.k_pad, c.n_pad, c.cin = G, h.n, h.k, (h.k + 3) // 4 * 4, h.n_pad, h.cin
+    pb.bias = <const int32_t *>(<const char *>packed + 64)
+    pb.ptr = <const uint32_t *>(<const char *>packed + 64 + 8 * G * h.n_pad)
+    pb.nseg, pb.seg, pb.nnzb = h.nseg, h.seg, h.nnzb
+    pb.rec = <const qi_sb4w_rec *>(<const char *>packed + h.rec_off)
+
+
 cdef object _sp_call(object x, object packed_w, object scale, bint conv, object strides,
                      object pads, object dilations, object out, object out_dtype,
                      object y_inv_scale, object zp_y, object activation, object alpha,
@@ -232,7 +250,7 @@ cdef object _sp_call(object x, object packed_w, object scale, bint conv, object 
     cdef qi_sb4w_header h
     cdef qi_spconv_problem pb
     cdef qi_qconv_problem *c = &pb.c
-    cdef size_t G, N, C, ptr_off
+    cdef size_t G, N, C
     cdef int nt
     try:
         _sp_packed(packed_w, &pv, &h)
@@ -249,9 +267,7 @@ cdef object _sp_call(object x, object packed_w, object scale, bint conv, object 
                                         f"per group, from packed_w), got x of shape {tuple(x.shape)}")
             _q_geom(&c.geom, xv.shape[1], xv.shape[2], h.kh, h.kw, strides, pads, dilations)
             shape = (N, c.geom.out_h, c.geom.out_w, G * h.n)
-            c.direct = (h.kh == 1 and h.kw == 1 and c.geom.stride_h == 1 and c.geom.stride_w == 1
-                        and c.geom.pad_top == 0 and c.geom.pad_left == 0
-                        and c.geom.pad_bottom == 0 and c.geom.pad_right == 0)
+            _q_shape(c, &c.geom, 0)
         else:
             if h.kh != 0:
                 raise SparseKernelError("packed_w holds conv weights; use qspconv2d_u8s8_nhwc (or "
@@ -261,11 +277,7 @@ cdef object _sp_call(object x, object packed_w, object scale, bint conv, object 
                 raise SparseKernelError(f"a must have K = {h.k} columns (the packed weights' K), "
                                         f"got a of shape {tuple(x.shape)}")
             N, C = 1, h.k
-            c.geom.in_h = c.geom.out_h = xv.shape[0]
-            c.geom.in_w = c.geom.out_w = 1
-            c.geom.k_h = c.geom.k_w = c.geom.stride_h = c.geom.stride_w = 1
-            c.geom.dil_h = c.geom.dil_w = 1
-            c.direct = 1
+            _q_shape(c, NULL, xv.shape[0])
             shape = (xv.shape[0], h.n)
         _q_epi(&c.ep, scale, &sv, G * h.n, out_dtype, y_inv_scale, zp_y, activation, alpha, beta)
         out = _q_out(out, &ov, shape, &c.ep, "N, OH, OW, Cout" if conv else "M, N")
@@ -274,17 +286,7 @@ cdef object _sp_call(object x, object packed_w, object scale, bint conv, object 
         nt = _threads(num_threads)
         if ov.len == 0:
             return out
-        c.ep.ldo = G * h.n
-        c.x = <const uint8_t *>xv.buf
-        c.batch, c.cin_total, c.lda = N, C, C
-        c.m = N * c.geom.out_h * c.geom.out_w
-        c.zp_x = h.zp_x
-        c.groups, c.n, c.k, c.k_pad, c.n_pad, c.cin = G, h.n, h.k, (h.k + 3) // 4 * 4, h.n_pad, h.cin
-        ptr_off = 64 + 8 * G * h.n_pad
-        pb.bias = <const int32_t *>(<char *>pv.buf + 64)
-        pb.ptr = <const uint32_t *>(<char *>pv.buf + ptr_off)
-        pb.nseg, pb.seg, pb.nnzb = h.nseg, h.seg, h.nnzb
-        pb.rec = <const qi_sb4w_rec *>(<char *>pv.buf + h.rec_off)
+        _sp_fill(&pb, &h, pv.buf, xv.buf, N, C)
         return _sp_run(&pb, out, nt)
     except SparseKernelError:
         raise

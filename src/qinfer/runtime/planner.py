@@ -24,6 +24,7 @@ from ..ir.passes.fuse import epilogue_chain
 from ..ir import verify
 from ..ir.verify import SIZED_OPS, WINDOWED, output_bytes
 from . import float_ops, qops
+from .cpu import _kernels
 
 #: the domains of the ops qinfer runs: ONNX's and its own quantized ops
 RUNNABLE_DOMAINS = ("", "ai.onnx", "qinfer")
@@ -274,31 +275,12 @@ class Executor:
         env = list(plan.env_template)
         for sl, arr in feeds_by_slot:
             env[sl] = arr
-        ndarray = np.ndarray
-        for step in plan.steps:
-            # the common case inline (a fast path that takes its inputs, sizes already checked):
-            # the bookkeeping of _execute_checked costs a small model about 10% of its run. A fast
-            # path that declines or raises goes the checked way (ops are pure: running one again
-            # gives the same outputs, or the error named with its node)
-            fn = step.fn
-            outs = None
-            if fn is not None:
-                args = [env[i] if i >= 0 else None for i in step.ins]
-                if not step.sized or (step.checked is not None and step.checked == _shapes(args)):
-                    try:
-                        outs = fn(args, step.node.attrs, len(step.outs))
-                        declined = outs is None
-                    except Exception:
-                        declined = False   # run it again the checked way, for the named error
-                    if outs is None:
-                        outs = _execute_checked(step, env, declined)
-            if outs is None:
-                outs = _execute_checked(step, env)
-            for o, val in zip(step.outs, outs):
-                if o >= 0:
-                    env[o] = val if type(val) is ndarray else np.asarray(val)
-            for f in step.free:
-                env[f] = None
+        # the common case (a fast path that takes its inputs, sizes already checked) runs in the
+        # compiled loop: the bookkeeping of _execute_checked, or even an interpreted loop, costs a
+        # small model about 10% of its run. A fast path that declines or raises goes the checked
+        # way (ops are pure: running one again gives the same outputs, or the error named with its
+        # node)
+        _kernels.run_steps(env, plan.steps, _execute_checked)
         return [env[o] for o in self.program.output_slots]
 
     def _first_run(self, feeds_by_slot, signature):

@@ -1,9 +1,11 @@
 """Fast implementations of the quantized IR ops (see reference/qops.py for their definitions).
 
-Design: QConv / QGemm / DynQGemm / QConvTranspose call the int8 kernels with the packed weights stored in the graph
-(packed once at quantize time; loading is a memory map). QConv / QGemm weights packed sparse (SB4W,
+Design: QConv / QGemm / DynQGemm / QConvTranspose call the int8 kernels with the packed weights
+stored in the graph (packed once at quantize time; loading is a memory map). QConv, QGemm and
+QConvTranspose steps are ``_kernels.QLayerCall`` objects, which check the weights, scales, epilogue
+and geometry when the session is built rather than on every call. Weights packed sparse (SB4W,
 reference/sparse.py: the quantizer chose it for a layer pruned below the break-even density) run
-on the sparse int8 kernels (qspconv2d_u8s8_nhwc / qspmm_u8s8), same arguments, same result. Quantize / Dequantize / QAdd / QMaxPool /
+on the sparse int8 kernels, same arguments, same result. Quantize / Dequantize / QAdd / QMaxPool /
 QGlobalAveragePool / QMulChannel call the streaming C kernels (bit-identical to their numpy
 reference); a case those kernels do not take (a broadcasting QAdd, another dtype) returns None and
 the planner runs the reference op.
@@ -61,6 +63,16 @@ def _channel_scales(packed, scale):
     return np.full(groups * n, scale.reshape(-1)[0], np.float32)
 
 
+def _prepared(kind, packed, scale, kw, out_layout="nhwc"):
+    """The layer's kernel call prepared once (_kernels.QLayerCall: the weights, scales, epilogue
+    and geometry checked at session build, not per call), or None when they do not pass those
+    checks (the planner then runs the reference op, which names what is wrong)."""
+    try:
+        return _k.QLayerCall(kind, packed, scale, out_layout=out_layout, **kw)
+    except (ValueError, TypeError):
+        return None
+
+
 def make_qop(node, consts, nt):
     """A fast function for a quantized node, or None (the planner then runs the reference op)."""
     a = node.attrs
@@ -73,20 +85,9 @@ def make_qop(node, consts, nt):
         packed, scale = consts.get(node.inputs[1]), consts.get(node.inputs[2])
         if packed is None or scale is None:
             return None
-        if a.get("kind") == "dw":
-            kern = _k.qdwconv2d_u8s8_nhwc
-        else:
-            kern = _k.qspconv2d_u8s8_nhwc if refsp.is_sparse(packed) else _k.qconv2d_u8s8_nhwc
-        kw = _epilogue(a, nt, geometry=True)
-        to_nchw = a.get("out_layout") == "nchw"
-
-        def qconv(inputs, _a, _n):
-            x = inputs[0]
-            if x.dtype != np.uint8 or x.ndim != 4:
-                return None
-            y = kern(np.ascontiguousarray(x), packed, scale, **kw)
-            return [np.ascontiguousarray(y.transpose(0, 3, 1, 2)) if to_nchw else y]
-        return qconv
+        kind = "spconv" if refsp.is_sparse(packed) else "dw" if a.get("kind") == "dw" else "conv"
+        return _prepared(kind, packed, scale, _epilogue(a, nt, geometry=True),
+                         "nchw" if a.get("out_layout") == "nchw" else "nhwc")
     if node.op == "QResize":
         params = [consts.get(i) if i else None for i in node.inputs[1:]]
         if any(i and p is None for i, p in zip(node.inputs[1:], params)):
@@ -105,17 +106,9 @@ def make_qop(node, consts, nt):
         if packed is None or scale is None:
             return None
         if node.op != "DynQGemm":
-            kw = _epilogue(a, nt)
-            gemm = _k.qspmm_u8s8 if refsp.is_sparse(packed) else _k.qgemm_u8s8
-
-            def qgemm(inputs, _a, _n):
-                x = inputs[0]
-                if x.dtype != np.uint8:
-                    return None
-                lead = x.shape[:-1]
-                y = gemm(np.ascontiguousarray(x).reshape(-1, x.shape[-1]), packed, scale, **kw)
-                return [y.reshape(lead + (y.shape[-1],))]
-            if node.op == "QGemm":
+            qgemm = _prepared("spgemm" if refsp.is_sparse(packed) else "gemm", packed, scale,
+                              _epilogue(a, nt))
+            if node.op == "QGemm" or qgemm is None:
                 return qgemm
             # QConvTranspose: the same GEMM over the input pixels, rows written as output blocks
             kernel = [int(k) for k in a.get("kernel_shape", ())]

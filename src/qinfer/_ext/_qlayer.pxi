@@ -1,0 +1,176 @@
+# A quantized layer's kernel call prepared once, ``include``d into _kernels.pyx after the int8 and
+# sparse drivers (it calls their checks and their runners).
+#
+# Design: qgemm_u8s8 / qconv2d_u8s8_nhwc / qdwconv2d_u8s8_nhwc / qspmm_u8s8 / qspconv2d_u8s8_nhwc
+# check every argument on every call -- keyword parsing, the packed header and its bias bound, the
+# scales, the geometry tuples: about 1.2 us, a sizeable share of a batch-1 layer of 20-50 us that a
+# small CNN runs 50 times. A session's layers have constant weights, so QLayerCall runs those checks
+# once, when the session is built, holds the buffers of the weights and scales (and the arrays), keeps
+# the conv geometry per input size, and per call checks only its input, allocates the output and runs
+# the same problem through the same runner: the same bytes as the functions. One object serves the
+# threads that share a session: a call reads the kept geometry into its own copy, and replaces it
+# only with a complete one, in C statements the GIL keeps whole.
+
+cdef object _NDARRAY = np.ndarray
+
+#: QLayerCall kinds: dense GEMM, dense conv, depthwise conv, sparse GEMM, sparse conv
+cdef enum:
+    _QL_GEMM, _QL_CONV, _QL_DW, _QL_SPGEMM, _QL_SPCONV
+
+
+cdef class QLayerCall:
+    """A quantized layer's int8 kernel call with its weights, scales and epilogue checked once.
+
+    ``kind``: "gemm" (x uint8 [..., K] -> [..., N], ``pack_gemm_qc8w``), "conv" (NHWC,
+    ``pack_conv_qc8w``), "dw" (NHWC, ``pack_dwconv_qc8w``), "spgemm" / "spconv" (the same on
+    ``pack_*_sb4w`` weights); the other arguments as the functions take them, ``out_layout="nchw"``
+    returning a conv's output NCHW. Called as a planner step: ``call(inputs, attrs, n_outputs)`` ->
+    [y], or None when ``inputs[0]`` is not uint8 of the kind's rank (the planner then runs the
+    reference op); a wrong size raises ValueError (SparseKernelError for the sparse kinds) as the
+    functions do. A failed check at construction raises the function's error."""
+    cdef object packed, scale, out_dtype, strides, pads, dilations
+    cdef Py_buffer pv, sv
+    cdef qi_qc8w_header h
+    cdef qi_sb4w_header sh
+    cdef qi_qepi ep
+    cdef int kind, nt
+    cdef bint nchw, ready
+    cdef size_t groups, n, k, kh, kw, cin, in_h, in_w
+    cdef qi_conv2d_geom g
+
+    def __cinit__(self):
+        memset(&self.pv, 0, sizeof(Py_buffer))
+        memset(&self.sv, 0, sizeof(Py_buffer))
+        self.in_h = self.in_w = <size_t>-1
+
+    def __init__(self, kind, packed_w, scale, out_dtype=np.uint8, y_inv_scale=1.0, zp_y=0,
+                 activation=0, alpha=0.0, beta=0.0, num_threads=None, strides=(1, 1),
+                 pads=(0, 0, 0, 0), dilations=(1, 1), out_layout="nhwc"):
+        if self.ready or self.packed is not None:
+            raise TypeError("QLayerCall is initialized once")
+        codes = {"gemm": _QL_GEMM, "conv": _QL_CONV, "dw": _QL_DW, "spgemm": _QL_SPGEMM,
+                 "spconv": _QL_SPCONV}
+        if kind not in codes:
+            raise ValueError(f"kind must be one of {', '.join(codes)}; got {kind!r}")
+        gemm = kind in ("gemm", "spgemm")
+        if out_layout not in ("nhwc", "nchw") or (out_layout == "nchw" and gemm):
+            raise ValueError(f"out_layout must be 'nhwc' or, for a conv, 'nchw'; got {out_layout!r}")
+        self.kind = codes[kind]
+        if self.kind >= _QL_SPGEMM:
+            _sp_packed(packed_w, &self.pv, &self.sh)
+            self.groups, self.n, self.k = self.sh.groups, self.sh.n, self.sh.k
+            self.kh, self.kw, self.cin = self.sh.kh, self.sh.kw, self.sh.cin
+        else:
+            _q_packed(packed_w, &self.pv, &self.h,
+                      QI_QC8W_MAGIC_DW if self.kind == _QL_DW else QI_QC8W_MAGIC_GEMM)
+            self.groups, self.n, self.k = self.h.groups, self.h.n, self.h.k
+            self.kh, self.kw, self.cin = self.h.kh, self.h.kw, self.h.cin
+        err = SparseKernelError if self.kind >= _QL_SPGEMM else ValueError
+        if gemm and self.kh != 0:
+            raise err("packed_w holds conv weights; pack GEMM weights with pack_gemm_*")
+        if not gemm and self.kh == 0:
+            raise err("packed_w holds GEMM weights; pack conv weights with pack_conv_*")
+        memset(&self.ep, 0, sizeof(self.ep))
+        try:
+            _q_epi(&self.ep, scale, &self.sv, self.groups * self.n, out_dtype, y_inv_scale, zp_y,
+                   activation, alpha, beta)
+            self.nt = _threads(num_threads)
+            self.strides, self.pads, self.dilations = tuple(strides), tuple(pads), tuple(dilations)
+            if not gemm:   # the geometry's own checks, on an input size its kernel fits
+                _q_geom(&self.g, (self.kh - 1) * 65536 + 1, (self.kw - 1) * 65536 + 1, self.kh,
+                        self.kw, self.strides, self.pads, self.dilations)
+        except ValueError as e:
+            raise err(str(e)) from None
+        self.out_dtype = np.uint8 if self.ep.out_u8 else np.float32
+        self.nchw = out_layout == "nchw"
+        self.packed, self.scale = packed_w, scale
+        self.ready = True
+
+    def __dealloc__(self):
+        PyBuffer_Release(&self.pv)
+        PyBuffer_Release(&self.sv)
+
+    def __call__(self, inputs, attrs=None, n_outputs=1):
+        if not self.ready:
+            raise ValueError("QLayerCall was not initialized")
+        cdef Py_buffer xv, ov
+        memset(&xv, 0, sizeof(Py_buffer))
+        memset(&ov, 0, sizeof(Py_buffer))
+        cdef qi_qconv_problem pb
+        cdef qi_spconv_problem spb
+        cdef qi_qepi ep
+        cdef qi_conv2d_geom g
+        cdef size_t N = 0, C = 0, M = 0, i, cout = self.groups * self.n
+        cdef size_t want_c = cout if self.kind == _QL_DW else self.groups * self.cin
+        cdef bint gemm = self.kind == _QL_GEMM or self.kind == _QL_SPGEMM
+        cdef int nd
+        cdef const char *f
+        x = inputs[0]
+        if type(x) is not _NDARRAY or not x.flags.c_contiguous:
+            if getattr(x, "dtype", None) != np.uint8:
+                return None
+            x = np.ascontiguousarray(x)
+        PyObject_GetBuffer(x, &xv, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT)
+        try:
+            f = xv.format
+            nd = xv.ndim
+            if f == NULL or f[0] != b'B' or f[1] != 0 or nd < 1 or (not gemm and nd != 4):
+                return None
+            err = SparseKernelError if self.kind >= _QL_SPGEMM else ValueError
+            if gemm:
+                if <size_t>xv.shape[nd - 1] != self.k:
+                    raise err(f"a must have K = {self.k} columns (the packed weights' K), got a "
+                              f"of shape {tuple(x.shape)}")
+                M = 1
+                for i in range(<size_t>(nd - 1)):
+                    M *= <size_t>xv.shape[i]
+                N, C = 1, self.k
+                out = np.empty(x.shape[:-1] + (self.n,), self.out_dtype)
+            else:
+                N, C = xv.shape[0], xv.shape[3]
+                if C != want_c:
+                    raise err(f"x must have {want_c} channels (from packed_w), got x of shape "
+                              f"{tuple(x.shape)}")
+                # the geometry kept for the last input size, copied while the GIL is held and no
+                # Python code runs (threads share this object: each call works on its own copy)
+                if <size_t>xv.shape[1] == self.in_h and <size_t>xv.shape[2] == self.in_w:
+                    g = self.g
+                else:
+                    try:
+                        _q_geom(&g, xv.shape[1], xv.shape[2], self.kh, self.kw, self.strides,
+                                self.pads, self.dilations)
+                    except ValueError as e:
+                        raise err(str(e)) from None
+                    self.g = g
+                    self.in_h, self.in_w = xv.shape[1], xv.shape[2]
+                out = np.empty((N, g.out_h, g.out_w, cout), self.out_dtype)
+            PyObject_GetBuffer(out, &ov, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE)
+            if ov.len:
+                if self.kind == _QL_DW:
+                    ep = self.ep
+                    ep.out = ov.buf
+                    _qdw_exec(&g, &ep, &self.h, self.pv.buf, <const uint8_t *>xv.buf, N,
+                              self.nt)
+                elif self.kind >= _QL_SPGEMM:
+                    memset(&spb, 0, sizeof(spb))
+                    _q_shape(&spb.c, NULL if gemm else &g, M)
+                    spb.c.ep = self.ep
+                    spb.c.ep.out = ov.buf
+                    _sp_fill(&spb, &self.sh, self.pv.buf, xv.buf, N, C)
+                    _sp_run(&spb, out, self.nt)
+                else:
+                    memset(&pb, 0, sizeof(pb))
+                    pb.ep = self.ep
+                    pb.ep.out = ov.buf
+                    if gemm:
+                        _qgemm_fill(&pb, &self.h, self.pv.buf, xv.buf, M)
+                    else:
+                        pb.geom = g
+                        _qconv_fill(&pb, &self.h, self.pv.buf, xv.buf, N)
+                    _q_run(&pb, out, self.nt)
+        finally:
+            PyBuffer_Release(&xv)
+            PyBuffer_Release(&ov)
+        if self.nchw:
+            return [np.ascontiguousarray(out.transpose(0, 3, 1, 2))]
+        return [out]
