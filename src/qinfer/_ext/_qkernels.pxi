@@ -7,7 +7,8 @@
 # the whole call. Threads: one OpenMP region, static; thread t owns a rectangle of the output,
 # rows (units of 8 output pixels) x panels (units of 32 output channels), from a pr x pc grid that
 # minimizes the largest share (a batch-1 layer splits its channels, so both threads get work);
-# the depthwise conv splits output pixels. Scratch: one buffer per OS thread kept between calls
+# the depthwise conv splits output pixels. A session's layers go through the same checks once and
+# the same runners per call (_qlayer.pxi). Scratch: one buffer per OS thread kept between calls
 # (qi_qint8_scratch; a per-call malloc cost batch-1 layers microseconds). Integer sums are
 # exact and the float epilogue is the same per element everywhere, so any split gives
 # bit-identical outputs.

@@ -3,8 +3,9 @@
 #
 # Design: qgemm_u8s8 / qconv2d_u8s8_nhwc / qdwconv2d_u8s8_nhwc / qspmm_u8s8 / qspconv2d_u8s8_nhwc
 # check every argument on every call -- keyword parsing, the packed header and its bias bound, the
-# scales, the geometry tuples: about 1.2 us, a sizeable share of a batch-1 layer of 20-50 us that a
-# small CNN runs 50 times. A session's layers have constant weights, so QLayerCall runs those checks
+# scales, the geometry tuples -- and a small CNN runs 50 such layers of 20-50 us. On a 64x64 1x1 conv
+# of one pixel (the kernel's own work a few ns) a call takes 1.31 us, QLayerCall's 0.69 us (0.2 of
+# which is the output's np.empty). A session's layers have constant weights, so QLayerCall runs those checks
 # once, when the session is built, holds the buffers of the weights and scales (and the arrays), keeps
 # the conv geometry per input size, and per call checks only its input, allocates the output and runs
 # the same problem through the same runner: the same bytes as the functions. One object serves the
