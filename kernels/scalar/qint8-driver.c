@@ -91,7 +91,9 @@ static void qi_qconv_im2col(const qi_qconv_problem *p, size_t g, size_t r0, size
    * one or two moves), kernel rows step * ky apart */
   const size_t run = ge->k_w * cin, step = ge->dil_h * ge->in_w * ct, moves = (run + 15) / 16;
   const size_t span_h = (ge->k_h - 1) * ge->dil_h;
-  const int contig = small && run <= 32 && ct == cin && (ge->dil_w == 1 || ge->k_w == 1);
+  /* a kernel row's taps are consecutive bytes of x (one group, no column dilation) */
+  const int row_contig = ct == cin && (ge->dil_w == 1 || ge->k_w == 1);
+  const int contig = small && run <= 32 && row_contig;
   for (size_t i = 0; i < m; i++) {
     if (i && ++ox == ge->out_w) {
       ox = 0;
@@ -114,10 +116,9 @@ static void qi_qconv_im2col(const qi_qconv_problem *p, size_t g, size_t r0, size
       for (size_t ky = 0; ky < ge->k_h; ky++) {
         ptrdiff_t iy = (ptrdiff_t)(oy * ge->stride_h + ky * ge->dil_h) - (ptrdiff_t)ge->pad_top;
         int row_ok = iy >= 0 && iy < (ptrdiff_t)ge->in_h;
-        if (row_ok && row_inside && (ge->dil_w == 1 || ge->k_w == 1) && ct == cin) {
-          /* the kw taps of this row are kw*cin consecutive bytes of x, as in the patch */
-          QI_COPY(dst, xi + ((size_t)iy * ge->in_w + (size_t)ix0) * ct, ge->k_w * cin);
-          dst += ge->k_w * cin;
+        if (row_ok && row_inside && row_contig) { /* the row's run of bytes, as in the patch */
+          QI_COPY(dst, xi + ((size_t)iy * ge->in_w + (size_t)ix0) * ct, run);
+          dst += run;
           continue;
         }
         for (size_t kx = 0; kx < ge->k_w; kx++, dst += cin) {

@@ -7,13 +7,19 @@
 # order of effects); the checked way -- size checks, the reference op, errors named with their
 # node -- stays in the planner and is passed in as ``checked(step, env[, declined])``.
 
+def arg_shapes(args):
+    """The shapes of a step's inputs (None for a missing one): the key under which a step keeps
+    the last input shapes that passed its size check (runtime/planner.py)."""
+    return tuple([None if a is None else a.shape for a in args])
+
+
 def run_steps(list env, steps, checked):
     """Run ``steps`` (planner Step objects) over the slots ``env`` in place. A step whose fast
     path is set and whose output size needs no check (or whose input shapes match the last ones
     that passed it) runs its fast path here; one that declines (returns None) or raises goes
     through ``checked(step, env, declined)``, and a step without a fast path, or with a size to
     check, through ``checked(step, env)``. Outputs that are not arrays become arrays."""
-    cdef object step, fn, outs, val, shapes
+    cdef object step, fn, outs, val
     cdef list args
     cdef tuple ins, souts
     cdef Py_ssize_t j, n, i, o
@@ -31,8 +37,7 @@ def run_steps(list env, steps, checked):
                     args[j] = env[i]
             run = not step.sized
             if not run and step.checked is not None:
-                shapes = tuple([None if val is None else val.shape for val in args])
-                run = shapes == step.checked
+                run = arg_shapes(args) == step.checked
             if run:
                 try:
                     outs = fn(args, step.node.attrs, len(step.outs))

@@ -271,7 +271,7 @@ def unpack_qb4w(packed):
         k0, at = b * block, b * (block * 16 + 128)
         len4 = min(block, k4 - k0)
         byte = panels[:, :, at:at + len4 * 16].reshape(G, n_pad // NR, len4 // KR, 16, KR)
-        both = np.stack(from_nibbles(byte), axis=3)                                  # [G, P, steps, 2, 16, 4]
+        both = np.stack(from_nibbles(byte), axis=3)                      # [G, P, steps, 2, 16, 4]
         qg[:, k0:k0 + len4] = both.transpose(0, 2, 5, 1, 3, 4).reshape(G, len4, n_pad)
         sc = panels[:, :, at + len4 * 16:at + len4 * 16 + 128].copy().view("<f4")
         sg[:, :, b] = sc.reshape(G, n_pad)

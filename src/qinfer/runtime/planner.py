@@ -205,8 +205,8 @@ class Program:
             s.free = tuple(f)
 
 
-def _shapes(args):
-    return tuple(None if a is None else a.shape for a in args)
+#: a step's input shapes, as its size check keeps them (shared with the compiled run loop)
+_shapes = _kernels.arg_shapes
 
 
 def _check_size(step, args):
