@@ -18,6 +18,11 @@ uses OpenBLAS limited to the same thread count (threadpoolctl). Each engine runs
 onnxruntime session is timed and deleted (its spinning pool with it) before qinfer is timed. Times are the minimum over
 several batches of the mean per call (the machine is shared: the minimum is what the code can do,
 and the load seen is printed). Done-when points of issue 3 get a PASS / FAIL line each.
+
+M = 1 bound: a one-row GEMM reads each weight byte once per call, so the rate at which this machine
+streams the layer's packed weights (qinfer._ext._kernels.qint8_vnni_stream over the same buffer)
+bounds any kernel's time; the table after the GEMM rows prints it, qinfer's fraction of it and the
+most any kernel could beat onnxruntime by at each M = 1 shape.
 """
 import argparse
 import os
@@ -230,11 +235,39 @@ def bench_gemm(peak, rng, args):
             t_ort = min(t_mmi, t_ql)
             g = ops / tq / 1e9
             rows.append(dict(M=M, K=Kd, N=N, nt=nt, tq=tq, t_ort=t_ort, t_mmi=t_mmi, t_ql=t_ql,
-                             gops=g, frac=g / (peak * nt), tn=tn))
+                             gops=g, frac=g / (peak * nt), tn=tn, packed=packed))
             print(f"{M:>5} {Kd:>5} {N:>5} {nt:>3} | {g:8.1f} {100 * g / (peak * nt):5.1f}% | "
                   f"{ops / t_mmi / 1e9:8.1f} {ops / t_ql / 1e9:8.1f} {t_ort / tq:5.2f}x | "
                   f"{ops / tn / 1e9:8.1f} {tn / tq:5.2f}x", flush=True)
+    bench_gemv_bound(rows, args)
+    for r in rows:
+        r.pop("packed")
     return rows
+
+
+def bench_gemv_bound(rows, args):
+    """M = 1 reads every weight byte once per call: no kernel can run faster than this machine
+    streams the layer's packed weights from where they are cached. The bound is timed over the very
+    bytes the GEMM reads (qint8_vnni_stream: each 64-byte line into one vpdpbusd, the threads
+    splitting the buffer, many passes per call so call overhead drops out); onnxruntime's time over
+    it is the most any kernel could beat onnxruntime by at that shape."""
+    m1 = [r for r in rows if r["M"] == 1]
+    if not m1:
+        return
+    print("\n== M=1 weight-streaming bound: the packed weights streamed through vpdpbusd at this "
+          "machine's rate (no\n   kernel reads them faster); qinfer's time as a fraction of it, and "
+          "onnxruntime's time over it")
+    print(f"{'K':>5} {'N':>5} {'thr':>3} | {'packed KiB':>10} {'GB/s':>6} {'bound us':>8} | "
+          f"{'qinfer us':>9} {'of bound':>8} | {'ort us':>8} {'best x ort':>10}")
+    for r in m1:
+        buf = r["packed"]
+        passes = max(1, int(2e7 / buf.nbytes))
+        mt = 0.1 if args.quick else 0.3
+        tb = timeit(lambda: K.qint8_vnni_stream(buf, passes, r["nt"]), mt) / passes
+        r["t_bound"] = tb
+        print(f"{r['K']:>5} {r['N']:>5} {r['nt']:>3} | {buf.nbytes / 1024:10.0f} "
+              f"{buf.nbytes / tb / 1e9:6.1f} {tb * 1e6:8.2f} | {r['tq'] * 1e6:9.2f} "
+              f"{tb / r['tq']:7.0%} | {r['t_ort'] * 1e6:8.2f} {r['t_ort'] / tb:9.2f}x", flush=True)
 
 
 def bench_int4(rng, args):
@@ -460,10 +493,15 @@ def main(argv=None):
                              f"M={worst['M']} K={worst['K']} N={worst['N']} {worst['nt']}thr"))
             m1 = [r for r in gemm if r["M"] == 1]
             worst = min(m1, key=lambda r: r["t_ort"] / r["tq"])
+            bound = ""
+            if "t_bound" in worst:
+                bound = (f" (the weight-streaming bound there allows at most "
+                         f"{worst['t_ort'] / worst['t_bound']:.2f}x; qinfer runs at "
+                         f"{worst['t_bound'] / worst['tq']:.0%} of it)")
             verdicts.append((all(r["t_ort"] / r["tq"] >= 2.0 for r in m1),
                              f"3b qinfer >= 2x onnxruntime at M=1: worst "
                              f"{worst['t_ort'] / worst['tq']:.2f}x at K={worst['K']} N={worst['N']} "
-                             f"{worst['nt']}thr"))
+                             f"{worst['nt']}thr{bound}"))
     if "int4" not in skip:
         big = bench_int4(rng, args)[0]
         verdicts.append((big["t8"] / big["t4"] >= 1.6, f"int4 4096x4096 batch 1, 1 thread >= 1.6x "

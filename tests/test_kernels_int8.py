@@ -500,3 +500,20 @@ def test_prepared_call_declines_and_refuses(rng):
         conv.__init__("conv", packed, scale)
     with pytest.raises(ValueError, match="not initialized"):
         K.QLayerCall.__new__(K.QLayerCall)([_data(rng, (1, 5, 5, 13))])
+
+
+@pytest.mark.skipif("avx512vnni" not in ISAS, reason="the streaming bound runs the AVX-512 VNNI tier")
+@pytest.mark.parametrize("nbytes", [64, 65, 511, 512, 4160, 100_000])
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_vnni_stream_reads_every_whole_line(nbytes, threads):
+    """bench_ukernels' M = 1 bound: each whole 64-byte line of the buffer (a tail is not read)
+    goes through one vpdpbusd per pass, whatever the thread split -- so its time is the time to
+    stream exactly those bytes."""
+    rng = np.random.default_rng(nbytes)
+    buf = rng.integers(0, 256, nbytes, dtype=np.uint8)
+    whole = buf[:nbytes // 64 * 64].view(np.int8).astype(np.int64).sum()
+    assert K.qint8_vnni_stream(buf, 3, threads) == 3 * whole
+    with pytest.raises(ValueError, match="64 bytes"):
+        K.qint8_vnni_stream(buf[:63], 1)
+    with pytest.raises(ValueError, match="passes"):
+        K.qint8_vnni_stream(buf, 0)

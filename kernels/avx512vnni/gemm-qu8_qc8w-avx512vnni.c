@@ -197,6 +197,38 @@ void qi_gemm_qu8_qc8w__avx512vnni(size_t m, size_t n_begin, size_t n_end, size_t
   }
 }
 
+/* The weight-streaming bound of a one-row GEMM: each 64-byte line of buf (bytes, a multiple of 64)
+ * is a zmm operand of one vpdpbusd per pass, 8 lines per iteration into 8 accumulators -- the
+ * one-row tile's work per weight byte with no activation loads, epilogue or panel bookkeeping.
+ * Timed over a layer's packed weights, it is the fastest that layer could run at M = 1 from where
+ * its weights are cached. Returns a checksum. */
+long long qi_qint8_vnni_stream__avx512vnni(const int8_t *buf, size_t bytes, long long passes);
+long long qi_qint8_vnni_stream__avx512vnni(const int8_t *buf, size_t bytes, long long passes) {
+  const __m512i ones = _mm512_set1_epi8(1);
+  __m512i c0 = _mm512_setzero_si512(), c1 = c0, c2 = c0, c3 = c0, c4 = c0, c5 = c0, c6 = c0, c7 = c0;
+  const size_t lines = bytes / 64;
+  for (long long r = 0; r < passes; r++) {
+    const int8_t *b = buf;
+    size_t l = 0;
+    for (; l + 8 <= lines; l += 8, b += 512) {
+      c0 = _mm512_dpbusd_epi32(c0, ones, _mm512_loadu_si512(b));
+      c1 = _mm512_dpbusd_epi32(c1, ones, _mm512_loadu_si512(b + 64));
+      c2 = _mm512_dpbusd_epi32(c2, ones, _mm512_loadu_si512(b + 128));
+      c3 = _mm512_dpbusd_epi32(c3, ones, _mm512_loadu_si512(b + 192));
+      c4 = _mm512_dpbusd_epi32(c4, ones, _mm512_loadu_si512(b + 256));
+      c5 = _mm512_dpbusd_epi32(c5, ones, _mm512_loadu_si512(b + 320));
+      c6 = _mm512_dpbusd_epi32(c6, ones, _mm512_loadu_si512(b + 384));
+      c7 = _mm512_dpbusd_epi32(c7, ones, _mm512_loadu_si512(b + 448));
+    }
+    for (; l < lines; l++, b += 64) c0 = _mm512_dpbusd_epi32(c0, ones, _mm512_loadu_si512(b));
+    /* the sums depend on every pass, so no pass can be skipped */
+    __asm__ volatile("" : "+v"(c0), "+v"(c1), "+v"(c2), "+v"(c3) :: "memory");
+  }
+  c0 = _mm512_add_epi32(_mm512_add_epi32(_mm512_add_epi32(c0, c1), _mm512_add_epi32(c2, c3)),
+                        _mm512_add_epi32(_mm512_add_epi32(c4, c5), _mm512_add_epi32(c6, c7)));
+  return _mm512_reduce_add_epi32(c0);
+}
+
 /* The peak measurement: 24 independent zmm accumulators, register operands only, written in asm
  * (gcc shuffles and spills two dozen live vector variables; the point here is the bare loop). */
 long long qi_qint8_vnni_peak__avx512vnni(long long iters);

@@ -231,7 +231,26 @@ void *qi_qint8_scratch(size_t bytes) {
 
 #if QI_BUILD_AVX512VNNI
 long long qi_qint8_vnni_peak__avx512vnni(long long iters);
+long long qi_qint8_vnni_stream__avx512vnni(const int8_t *buf, size_t bytes, long long passes);
 #endif
+
+/* Each of nt threads streams its share of buf (whole 64-byte lines) passes times */
+long long qi_qint8_vnni_stream(const int8_t *buf, size_t bytes, long long passes, int nt) {
+#if QI_BUILD_AVX512VNNI
+  const size_t lines = bytes / 64;
+  long long s = 0;
+  if (nt < 1) nt = 1;
+#pragma omp parallel for num_threads(nt) schedule(static) reduction(+ : s)
+  for (int t = 0; t < nt; t++) {
+    const size_t l0 = lines * (size_t)t / (size_t)nt, l1 = lines * (size_t)(t + 1) / (size_t)nt;
+    s += qi_qint8_vnni_stream__avx512vnni(buf + l0 * 64, (l1 - l0) * 64, passes);
+  }
+  return s;
+#else
+  (void)buf, (void)bytes, (void)passes, (void)nt;
+  return -1;
+#endif
+}
 
 long long qi_qint8_vnni_peak(long long iters) {
 #if QI_BUILD_AVX512VNNI

@@ -181,6 +181,9 @@ void *qi_qint8_scratch(size_t bytes);
  * vpdpbusd (24 * 64 MACs each). Returns a value depending on the result (keep it alive), or -1 when
  * this build has no AVX-512 VNNI kernels (the caller checks the CPU tier first). */
 long long qi_qint8_vnni_peak(long long iters);
+/* bench: nt threads each load their share of buf's 64-byte lines into vpdpbusd, passes times (the
+ * weight-streaming bound of a one-row GEMM); -1 without the AVX-512 VNNI tier */
+long long qi_qint8_vnni_stream(const int8_t *buf, size_t bytes, long long passes, int nt);
 
 /* ---- the scalar epilogue: the definition every SIMD variant follows lane by lane ---- */
 

@@ -165,6 +165,7 @@ cdef extern from "qinfer/qint8.h":
     void qi_qconv_run(const qi_qconv_problem *p, qi_gemm_qu8_qc8w_ptr fn, size_t m_begin,
                       size_t m_end, size_t p_begin, size_t p_end, void *scratch) nogil
     long long qi_qint8_vnni_peak(long long iters) nogil
+    long long qi_qint8_vnni_stream(const int8_t *buf, size_t nbytes, long long passes, int nt) nogil
     size_t qi_qdw_scratch_bytes(const qi_conv2d_geom *g, size_t c_pad) nogil
     void *qi_qint8_scratch(size_t bytes) nogil
 

@@ -560,3 +560,19 @@ def qint8_vnni_peak(long long iters):
     with nogil:
         r = qi_qint8_vnni_peak(iters)
     return r
+
+
+def qint8_vnni_stream(const uint8_t[::1] buf not None, long long passes, int num_threads=1):
+    """Stream ``buf``'s whole 64-byte lines ``passes`` times through vpdpbusd (``num_threads``
+    threads, each its share): the weight-streaming bound of a one-row GEMM over packed weights,
+    for bench/bench_ukernels.py, which times it; returns a checksum. ValueError when this CPU or
+    build cannot run the AVX-512 VNNI tier, or for fewer than 64 bytes or passes < 1."""
+    if not qi_cpu_tier_supported(QI_TIER_AVX512VNNI):
+        raise ValueError("this CPU (or build) cannot run the AVX-512 VNNI tier")
+    if buf.shape[0] < 64 or passes < 1 or num_threads < 1:
+        raise ValueError(f"need >= 64 bytes, passes >= 1 and num_threads >= 1 (got "
+                         f"{buf.shape[0]} bytes, {passes}, {num_threads})")
+    cdef long long r
+    with nogil:
+        r = qi_qint8_vnni_stream(<const int8_t *>&buf[0], buf.shape[0], passes, num_threads)
+    return r
