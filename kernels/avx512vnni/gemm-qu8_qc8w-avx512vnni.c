@@ -197,8 +197,8 @@ void qi_gemm_qu8_qc8w__avx512vnni(size_t m, size_t n_begin, size_t n_end, size_t
   }
 }
 
-/* The weight-streaming bound of a one-row GEMM: each 64-byte line of buf (bytes, a multiple of 64)
- * is a zmm operand of one vpdpbusd per pass, 8 lines per iteration into 8 accumulators -- the
+/* The weight-streaming bound of a one-row GEMM: each whole 64-byte line of buf (a tail of bytes % 64
+ * is not read) is a zmm operand of one vpdpbusd per pass, 8 lines per iteration into 8 accumulators -- the
  * one-row tile's work per weight byte with no activation loads, epilogue or panel bookkeeping.
  * Timed over a layer's packed weights, it is the fastest that layer could run at M = 1 from where
  * its weights are cached. Returns a checksum. */
@@ -221,8 +221,8 @@ long long qi_qint8_vnni_stream__avx512vnni(const int8_t *buf, size_t bytes, long
       c7 = _mm512_dpbusd_epi32(c7, ones, _mm512_loadu_si512(b + 448));
     }
     for (; l < lines; l++, b += 64) c0 = _mm512_dpbusd_epi32(c0, ones, _mm512_loadu_si512(b));
-    /* the sums depend on every pass, so no pass can be skipped */
-    __asm__ volatile("" : "+v"(c0), "+v"(c1), "+v"(c2), "+v"(c3) :: "memory");
+    /* the memory clobber: every pass reloads the buffer (no pass folded away or merged) */
+    __asm__ volatile("" ::: "memory");
   }
   c0 = _mm512_add_epi32(_mm512_add_epi32(_mm512_add_epi32(c0, c1), _mm512_add_epi32(c2, c3)),
                         _mm512_add_epi32(_mm512_add_epi32(c4, c5), _mm512_add_epi32(c6, c7)));
