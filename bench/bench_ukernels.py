@@ -234,24 +234,27 @@ def bench_gemm(peak, rng, args):
                 time.sleep(0.05)  # let OpenBLAS's worker stop spinning
             t_ort = min(t_mmi, t_ql)
             g = ops / tq / 1e9
-            rows.append(dict(M=M, K=Kd, N=N, nt=nt, tq=tq, t_ort=t_ort, t_mmi=t_mmi, t_ql=t_ql,
-                             gops=g, frac=g / (peak * nt), tn=tn, packed=packed))
+            row = dict(M=M, K=Kd, N=N, nt=nt, tq=tq, t_ort=t_ort, t_mmi=t_mmi, t_ql=t_ql,
+                       gops=g, frac=g / (peak * nt), tn=tn)
+            if M == 1:   # the weight-streaming bound, over the very bytes this GEMM reads
+                passes = max(1, int(2e7 / packed.nbytes))
+                row.update(packed_bytes=packed.nbytes, t_bound=timeit(
+                    lambda: K.qint8_vnni_stream(packed, passes, nt), mt) / passes)
+            rows.append(row)
             print(f"{M:>5} {Kd:>5} {N:>5} {nt:>3} | {g:8.1f} {100 * g / (peak * nt):5.1f}% | "
                   f"{ops / t_mmi / 1e9:8.1f} {ops / t_ql / 1e9:8.1f} {t_ort / tq:5.2f}x | "
                   f"{ops / tn / 1e9:8.1f} {tn / tq:5.2f}x", flush=True)
-    bench_gemv_bound(rows, args)
-    for r in rows:
-        r.pop("packed")
+    print_gemv_bound(rows)
     return rows
 
 
-def bench_gemv_bound(rows, args):
+def print_gemv_bound(rows):
     """M = 1 reads every weight byte once per call: no kernel can run faster than this machine
-    streams the layer's packed weights from where they are cached. The bound is timed over the very
-    bytes the GEMM reads (qint8_vnni_stream: each 64-byte line into one vpdpbusd, the threads
-    splitting the buffer, many passes per call so call overhead drops out); onnxruntime's time over
-    it is the most any kernel could beat onnxruntime by at that shape."""
-    m1 = [r for r in rows if r["M"] == 1]
+    streams the layer's packed weights from where they are cached. bench_gemm times the bound over
+    the very bytes the GEMM reads (qint8_vnni_stream: each 64-byte line into one vpdpbusd, the
+    threads splitting the buffer, many passes per call so call overhead drops out); onnxruntime's
+    time over it is the most any kernel could beat onnxruntime by at that shape."""
+    m1 = [r for r in rows if "t_bound" in r]
     if not m1:
         return
     print("\n== M=1 weight-streaming bound: the packed weights streamed through vpdpbusd at this "
@@ -260,14 +263,10 @@ def bench_gemv_bound(rows, args):
     print(f"{'K':>5} {'N':>5} {'thr':>3} | {'packed KiB':>10} {'GB/s':>6} {'bound us':>8} | "
           f"{'qinfer us':>9} {'of bound':>8} | {'ort us':>8} {'best x ort':>10}")
     for r in m1:
-        buf = r["packed"]
-        passes = max(1, int(2e7 / buf.nbytes))
-        mt = 0.1 if args.quick else 0.3
-        tb = timeit(lambda: K.qint8_vnni_stream(buf, passes, r["nt"]), mt) / passes
-        r["t_bound"] = tb
-        print(f"{r['K']:>5} {r['N']:>5} {r['nt']:>3} | {buf.nbytes / 1024:10.0f} "
-              f"{buf.nbytes / tb / 1e9:6.1f} {tb * 1e6:8.2f} | {r['tq'] * 1e6:9.2f} "
-              f"{tb / r['tq']:7.0%} | {r['t_ort'] * 1e6:8.2f} {r['t_ort'] / tb:9.2f}x", flush=True)
+        tb, nb = r["t_bound"], r["packed_bytes"]
+        print(f"{r['K']:>5} {r['N']:>5} {r['nt']:>3} | {nb / 1024:10.0f} {nb / tb / 1e9:6.1f} "
+              f"{tb * 1e6:8.2f} | {r['tq'] * 1e6:9.2f} {tb / r['tq']:7.0%} | "
+              f"{r['t_ort'] * 1e6:8.2f} {r['t_ort'] / tb:9.2f}x", flush=True)
 
 
 def bench_int4(rng, args):
