@@ -270,3 +270,30 @@ def test_float16_only_where_it_keeps_the_values(rng):
     q, scale = constants.quantize_rows(a * 1e-6)        # int8 rows keep such a tensor relative to its rows
     back = q * scale[:, None]
     assert np.linalg.norm(back - a * 1e-6) <= np.linalg.norm(a * 1e-6) * 0.01
+
+
+@pytest.mark.parametrize("cout, storage", [(16, "float16"), (8, "float32")])
+def test_small_layers_kept_float_store_float16_from_1024_values(rng, cout, storage):
+    """The weights of a layer kept float go float16 from LAYER_MIN_ELEMENTS values (a 16x8x3x3
+    conv, 1,152), well under the 4,096 of tables: small models' float layers add up. Below it
+    (8x8x3x3, 576) they stay float32."""
+    w1 = (0.1 * rng.standard_normal((cout, 8, 3, 3))).astype(np.float32)
+    w2 = (0.1 * rng.standard_normal((8, cout, 3, 3))).astype(np.float32)
+    g = Graph("small", inputs=[Value("x", "float32", [1, 8, 10, 10])],
+              outputs=[Value("y", "float32", [1, 8, 6, 6])])
+    g.initializers.update(w1=w1, w2=w2)
+    g.nodes = [Node("Conv", ("x", "w1"), ("h",), {"kernel_shape": [3, 3]}, "first"),
+               Node("Relu", ("h",), ("r",), {}, "relu"),
+               Node("Conv", ("r", "w2"), ("y",), {"kernel_shape": [3, 3]}, "second")]
+    assert constants.LAYER_MIN_ELEMENTS <= 16 * 8 * 9 and 8 * 8 * 9 < constants.LAYER_MIN_ELEMENTS
+    x = [{"x": rng.standard_normal((1, 8, 10, 10)).astype(np.float32)} for _ in range(4)]
+    q = qinfer.quantize(qinfer.Model(g), x, exclude=["first"], progress=False)
+    info = q.graph.metadata["quantization"]
+    if storage == "float16":
+        assert "1 float16" in info["constants"], info
+        np.testing.assert_array_equal(q.graph.initializers["w1__f16"], w1.astype(np.float16))
+    else:
+        assert "w1" in q.graph.initializers and q.graph.initializers["w1"].dtype == np.float32
+    y = qinfer.InferenceSession(q).run(None, x[0])[0]
+    ref = qinfer.InferenceSession(qinfer.Model(g)).run(None, x[0])[0]
+    assert float(y.ravel() @ ref.ravel() / np.linalg.norm(y) / np.linalg.norm(ref)) > 0.99

@@ -88,6 +88,19 @@ class Graph:
         """value name -> node producing it"""
         return {o: n for n in self.nodes for o in n.outputs if o}
 
+    def namer(self):
+        """A function ``base -> name`` giving names no value of the graph has (initializers, node
+        outputs, graph inputs) nor any it gave before: ``base``, else ``base_1``, ``base_2``..."""
+        taken = set(self.initializers) | {o for n in self.nodes for o in n.outputs} | set(self.input_names)
+
+        def fresh(base):
+            name, i = base, 1
+            while name in taken:
+                name, i = f"{base}_{i}", i + 1
+            taken.add(name)
+            return name
+        return fresh
+
     def consumers(self) -> dict:
         """value name -> list of nodes reading it (graph outputs are not counted)"""
         out: dict = {}

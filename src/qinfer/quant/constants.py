@@ -39,6 +39,9 @@ from ..reference import int4
 #: initializers with fewer values stay float32 (the scale and the nodes would cost more than int8
 #: saves)
 MIN_ELEMENTS = 4096
+#: the same for the weights of the layers kept float, stored float16 (one Cast node, no scales):
+#: the small convs of a small model (a 5x5 depthwise of 88 channels is 2,200 values) add up
+LAYER_MIN_ELEMENTS = 1024
 
 
 #: a last axis of at least this many values is a row of its own; shorter ones (a conv kernel's
@@ -65,14 +68,17 @@ def layer_weights(graph):
 
 
 def candidates(graph, min_elements=MIN_ELEMENTS):
-    """The float32 initializers worth storing int8: big, finite, read only by float ops of the
+    """The float32 initializers worth storing int8: big (``min_elements`` values; a float layer's
+    weight ``LAYER_MIN_ELEMENTS``, stored float16), finite, read only by float ops of the
     default domain (layers kept float included), not graph outputs, with rows of 2 values or more."""
     readers = graph.consumers()
     packed = _weight_inputs(graph)
     outputs = set(graph.output_names)
+    layers = layer_weights(graph)
     out = []
     for name, a in graph.initializers.items():
-        if (a.dtype != np.float32 or a.size < min_elements or a.ndim == 0
+        least = min(min_elements, LAYER_MIN_ELEMENTS) if name in layers else min_elements
+        if (a.dtype != np.float32 or a.size < least or a.ndim == 0
                 or rows_shape(a.shape)[1] < 2 or name in packed or name in outputs
                 or not np.isfinite(a).all()):
             continue
@@ -126,14 +132,7 @@ def compress_constants(graph, names, block=64):
     g = graph.copy()
     g.initializers = dict(g.initializers)
     nodes, report = [], []
-    taken = set(g.initializers) | {o for n in g.nodes for o in n.outputs} | set(g.input_names)
-
-    def fresh(base):
-        name, i = base, 1
-        while name in taken:
-            name, i = f"{base}_{i}", i + 1
-        taken.add(name)
-        return name
+    fresh = g.namer()
 
     for name, kind in kinds.items():
         a = g.initializers.pop(name)
@@ -168,5 +167,5 @@ def compress_constants(graph, names, block=64):
     return g, report
 
 
-__all__ = ["MIN_ELEMENTS", "candidates", "layer_weights", "compress_constants", "fits_float16",
+__all__ = ["LAYER_MIN_ELEMENTS", "MIN_ELEMENTS", "candidates", "layer_weights", "compress_constants", "fits_float16",
            "quantize_rows", "quantize_rows4", "rows_shape"]
