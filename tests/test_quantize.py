@@ -131,11 +131,17 @@ def test_cli_quantize(digits_cnn, tmp_path):
     assert r.returncode == 0, r.stderr
     assert out.exists() and "layers quantized" in r.stdout
     assert _accuracy(qinfer.load(out), digits_cnn.x_test, digits_cnn.y_test) > 0.97
-    small = tmp_path / "small.qinf"     # --compress: the packed weights that shrink are deflated
+    # --compress: the narrow layers of this small CNN (a 16-channel conv, the 10-way dense layer)
+    # store their packed weights compact (no panel padding, quant/storage.py)
+    from qinfer.ir import serialize
+    small = tmp_path / "small.qinf"
     r = subprocess.run([sys.executable, "-m", "qinfer.cli", "quantize", digits_cnn.path, "--calib", str(calib),
                         "-o", str(small), "--compress"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert small.stat().st_size < out.stat().st_size
+    ops = [n["op"] for n in serialize.read_header(small)["nodes"]]
+    assert ops.count("PackQC8W") == 2, ops
+    assert "PackQC8W" not in [n["op"] for n in serialize.read_header(out)["nodes"]]
     x = digits_cnn.x_test[:64]
     np.testing.assert_array_equal(qinfer.InferenceSession(str(small)).run(None, {"input": x})[0],
                                   qinfer.InferenceSession(str(out)).run(None, {"input": x})[0])
@@ -174,9 +180,10 @@ def test_squeeze_excitation_and_maxpool_run_on_uint8(ppocr_cls_onnx):
 @pytest.mark.slow
 def test_ppocr_cls_int8_file_is_under_0_3_of_the_onnx(ppocr_cls_onnx, tmp_path):
     """The direction classifier's int8 file (mse ranges, as bench_models times it) saved with
-    ``compress=True`` is at most 0.3x its ONNX: its packed weights, whose panels pad 8- to
-    50-channel layers to 32-channel multiples, are stored deflated; loaded back it answers bit for
-    bit as before saving, as does the default (every blob memory-mapped) file, which is larger."""
+    ``compress=True`` is at most 0.3x its ONNX: the packed weights of its 8- to 50-channel layers,
+    whose panels pad them to 32-channel multiples, are stored compact (quant/storage.py) and
+    packed again at load, and what deflates well is deflated; loaded back it answers bit for bit
+    as before saving, as does the default (every blob memory-mapped) file, which is larger."""
     from qinfer.ir import serialize
     m = qinfer.convert(ppocr_cls_onnx)
     x = models.cls_input(20).astype(np.float32)
@@ -185,12 +192,15 @@ def test_ppocr_cls_int8_file_is_under_0_3_of_the_onnx(ppocr_cls_onnx, tmp_path):
     q.save(p, compress=True)
     q.save(plain)
     ratio = os.path.getsize(p) / os.path.getsize(ppocr_cls_onnx)
-    print(f"PP-OCRv4 cls int8 .qinf: {os.path.getsize(p):,} B, {ratio:.3f}x the ONNX "
-          f"({os.path.getsize(plain):,} B with no blob deflated)")
+    plain_ratio = os.path.getsize(plain) / os.path.getsize(ppocr_cls_onnx)
+    print(f"PP-OCRv4 cls int8 .qinf: {os.path.getsize(plain):,} B, {plain_ratio:.3f}x the ONNX "
+          f"({os.path.getsize(p):,} B, {ratio:.3f}x, with compress=True)")
     assert ratio <= 0.3
     assert os.path.getsize(plain) > os.path.getsize(p)
+    ops = [n["op"] for n in serialize.read_header(p)["nodes"]]
+    assert ops.count("PackQC8W") >= ops.count("QConv") // 2, ops
     deflated = [t for t in serialize.read_header(p)["tensors"] if "deflated" in t]
-    assert deflated and all(t["deflated"] <= 7 / 8 * t["nbytes"] for t in deflated)
+    assert all(t["deflated"] <= 7 / 8 * t["nbytes"] for t in deflated)
     name = m.graph.input_names[0]
     want = qinfer.InferenceSession(q).run(None, {name: x})[0]
     for f in (p, plain):

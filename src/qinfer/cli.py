@@ -23,8 +23,9 @@ def _load_model(path):
 
 def _compress_argument(c):
     c.add_argument("--compress", action="store_true",
-                   help="deflate the weights that shrink (packed int8 weights of narrow layers): a "
-                        "smaller file, whose deflated weights are copied at load, not memory-mapped")
+                   help="store the packed int8 weights of narrow layers without their panel padding "
+                        "(packed again at load) and deflate the weights that shrink: a smaller file, "
+                        "whose smaller weights are built at load, not memory-mapped")
 
 
 def cmd_convert(args):

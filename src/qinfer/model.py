@@ -4,6 +4,7 @@ import os
 from .ir.graph import Graph
 from .errors import ModelFormatError
 from .ir import serialize
+from .quant import storage
 from .reference import sparse as _sparse
 
 
@@ -26,10 +27,12 @@ class Model:
 
     def save(self, path, compress=False):
         """Write the model as a ``.qinf`` file (atomically: a crash mid-save keeps the old file).
-        ``compress=True`` stores the weights that deflate well (packed int8 weights of narrow
-        layers) as zlib streams: a smaller file, whose deflated weights are inflated (copied) at
-        load rather than memory-mapped."""
-        serialize.save(self.graph, os.fspath(path), deflate=compress)
+        ``compress=True`` makes a smaller file whose smaller weights are built (copied) at load
+        rather than memory-mapped: the packed int8 weights of narrow layers are stored without
+        their panel padding (quant/storage.py) and packed again at load, and the blobs that
+        deflate well are stored as zlib streams and inflated at load."""
+        g = storage.compact(self.graph) if compress else self.graph
+        serialize.save(g, os.fspath(path), deflate=compress)
 
     def summary(self) -> str:
         g = self.graph
@@ -126,7 +129,7 @@ def open_graph(src) -> Graph:
         path = os.fspath(src)
         check_model_path(path)
         if is_qinf_path(path):
-            return serialize.load(path)
+            return storage.expand(serialize.load(path))
     from .importers import onnx as onnx_importer
     return onnx_importer.convert(src)
 
@@ -141,4 +144,4 @@ def open_model(src) -> Model:
 
 def load(path) -> Model:
     """Load a ``.qinf`` file (memory-mapped)."""
-    return Model(serialize.load(os.fspath(path)), os.fspath(path))
+    return Model(storage.expand(serialize.load(os.fspath(path))), os.fspath(path))

@@ -171,6 +171,7 @@ REQUIRED_ATTRS = {
     "QAdd": ("a_scale", "a_zp", "b_scale", "b_zp", "y_inv_scale", "zp_y"),
     "QMulChannel": ("x_scale", "x_zp", "y_inv_scale", "zp_y"),
     "QConvTranspose": ("kernel_shape",), "DequantizeInt4": ("cols", "block"),
+    "PackQC8W": ("kind", "zp_x"),
     "QConcat": ("axis", "scales", "zero_points", "scale", "zero_point"),
 }
 #: how many leading inputs must be present (named, not ""): 1 for every other op of the default
@@ -182,7 +183,8 @@ REQUIRED_INPUTS = {
                      "BitShift", "BitwiseAnd", "BitwiseOr", "BitwiseXor", "Conv", "ConvTranspose",
                      "MatMul", "MatMulInteger", "Gemm", "Reshape", "Expand", "Tile", "Gather",
                      "GatherElements", "GatherND", "LayerNormalization", "CumSum", "CastLike",
-                     "QAdd", "QMulChannel", "DequantizeLinear", "DynQ4Gemm", "DequantizeInt4"], 2),
+                     "QAdd", "QMulChannel", "DequantizeLinear", "DynQ4Gemm", "DequantizeInt4",
+                     "PackQC8W"], 2),
     **dict.fromkeys(["Where", "Range", "OneHot", "ScatterND", "ScatterElements", "Scatter",
                      "InstanceNormalization", "GroupNormalization", "LSTM", "GRU", "RNN", "QConv",
                      "QGemm", "DynQGemm", "Q4Gemm", "Q4Conv", "QConvTranspose"], 3),
@@ -381,6 +383,29 @@ def _sparse_packed_problems(n, label, where, packed, scale, spfmt):
     if (h["kh"] == 0) != (n.op == "QGemm"):
         return [f"{where}: sparse {'GEMM' if h['kh'] == 0 else 'conv'} weights in a {n.op} node"]
     return _scale_problems(n, label, scale, h["groups"] * h["n"])
+
+
+def _packed_in_place(n, label, inits, out):
+    """``inits`` with the blob a PackQC8W node fed by constants packs (quant/storage.py: packed int8
+    weights stored compact), so the layers reading it are checked as if it were stored packed; a
+    compact form that does not pack is a problem of the node."""
+    from ..errors import InvalidInputError
+    from ..reference import get
+    if not all(i in inits for i in n.inputs if i) or not isinstance(n.outputs[0], str):
+        return inits
+    try:
+        blob = get("PackQC8W")([inits[i] for i in n.inputs], n.attrs, 1)[0]
+    except InvalidInputError as e:
+        out.append(f"{label}: {e}")
+        return inits
+    if not isinstance(inits, _Packed):
+        inits = _Packed(inits)
+    inits[n.outputs[0]] = blob
+    return inits
+
+
+class _Packed(dict):
+    """The initializers plus the blobs PackQC8W nodes pack (a copy made once per graph)."""
 
 
 def _runnable_ops():
@@ -621,6 +646,7 @@ def problems(graph: Graph) -> list:
                            f"(default) is {a.dtype.name}")
     available |= seen_inputs
 
+    consts = inits           # + the blobs of PackQC8W nodes, for the layers that read them
     named = {}               # node name -> index of the first node of that name
     produced = {}            # value name -> node label
     later = {}               # value name -> label of the (first) node producing it
@@ -648,7 +674,10 @@ def problems(graph: Graph) -> list:
             continue
         if isinstance(n.op, str) and isinstance(n.domain, str) and isinstance(n.attrs, dict) \
                 and n.op in _runnable_ops():
-            out.extend(node_problems(n, label, inits))
+            bad = node_problems(n, label, consts)
+            out.extend(bad)
+            if not bad and n.op == "PackQC8W" and n.domain == "qinfer":
+                consts = _packed_in_place(n, label, consts, out)
         for x in n.inputs:
             if not isinstance(x, str):
                 out.append(f"{label}: input {x!r} is not a string")

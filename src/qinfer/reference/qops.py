@@ -134,6 +134,36 @@ def dequantize_int4(inputs, attrs, n):
     return [q * np.repeat(scales, block, axis=1)[:, :cols]]
 
 
+@register("PackQC8W")
+def pack_qc8w(inputs, attrs, n):
+    """Packed int8 weights stored compact (quant/storage.py): ``w`` int8 in the layer's layout
+    (kind "gemm": [K, N]; "conv": [Cout, Cin/groups, KH, KW]; "dw": [C, 1, KH, KW]) and ``bias``
+    int32 [N | Cout | C] -> the uint8 blob the int8 kernels read (docs/formats.md 2.1), with the
+    activation zero point ``zp_x`` folded into the bias."""
+    from ..quant import storage
+    w, bias = inputs[0], inputs[1]
+    kind, groups, zp_x = attrs.get("kind"), attrs.get("groups", 1), attrs.get("zp_x")
+    if kind not in ("gemm", "conv", "dw"):
+        raise InvalidInputError(f"PackQC8W: kind must be 'gemm', 'conv' or 'dw', got {kind!r}")
+    if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in (groups, zp_x)):
+        raise InvalidInputError(f"PackQC8W: attributes groups and zp_x must be integers, got "
+                                f"{groups!r} and {zp_x!r}")
+    rank = {"gemm": 2, "conv": 4, "dw": 4}[kind]
+    if not (isinstance(w, np.ndarray) and w.dtype == np.int8 and w.ndim == rank and w.size):
+        raise InvalidInputError(f"PackQC8W ({kind}): w must be a non-empty int8 array of rank {rank}, "
+                                f"got {getattr(w, 'dtype', type(w).__name__)} {list(np.shape(w))}")
+    channels = w.shape[1] if kind == "gemm" else w.shape[0]
+    if not (isinstance(bias, np.ndarray) and bias.dtype == np.int32 and bias.shape == (channels,)):
+        raise InvalidInputError(f"PackQC8W ({kind}): bias must be int32 [{channels}], got "
+                                f"{getattr(bias, 'dtype', type(bias).__name__)} {list(np.shape(bias))}")
+    if kind == "dw" and w.shape[1] != 1:
+        raise InvalidInputError(f"PackQC8W (dw): w must be [C, 1, KH, KW], got {list(w.shape)}")
+    try:
+        return [storage.pack(w, bias, kind, int(groups), int(zp_x))]
+    except ValueError as e:
+        raise InvalidInputError(f"PackQC8W ({kind}): {e}") from None
+
+
 @register("DequantizeU8")
 def dequantize_op(inputs, attrs, n):
     return [dequantize_u8(inputs[0], attrs["scale"], attrs["zero_point"],

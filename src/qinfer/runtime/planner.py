@@ -50,9 +50,11 @@ class Step:
 
 
 #: (domain, op) of the ops that decode a stored constant (int8 / int4 rows, quant/constants.py;
-#: float16 is a Cast of a float16 constant); run once when a program is built, so the layers they
-#: feed see plain float32 constants (and take their fast paths)
-_DECODE_FROM_STORED = frozenset({("", "DequantizeLinear"), ("qinfer", "DequantizeInt4")})
+#: float16 is a Cast of a float16 constant; packed int8 weights stored compact, quant/storage.py);
+#: run once when a program is built, so the layers they feed see plain float32 constants (and
+#: take their fast paths) and packed weights
+_DECODE_FROM_STORED = frozenset({("", "DequantizeLinear"), ("qinfer", "DequantizeInt4"),
+                                 ("qinfer", "PackQC8W")})
 #: ops that go on from a decoded value (the original shape, dtype)
 _DECODE_THEN = frozenset({"Reshape", "Cast"})
 
