@@ -244,3 +244,43 @@ def test_fast_pooling_matches_reference(op, shape, k, ceil, rng):
         assert ceil and (shape[2] % k or shape[3] % k)
         return
     np.testing.assert_allclose(got[0], want, rtol=1e-6, atol=1e-6)
+
+
+def _erf_graph(dtype):
+    from qinfer.ir.graph import Graph, Node, Value
+    return Graph("erf", nodes=[Node("Erf", ("x",), ("y",), {}, "erf")],
+                 inputs=[Value("x", dtype, [None])], outputs=[Value("y", dtype, [None])])
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_erf_fast_path_is_within_one_ulp_of_the_reference(threads):
+    """Sessions run a float32 Erf (GELU's) on the Taylor series / erfc fit of runtime/float_ops,
+    not on the float64 reference: within 1 ulp of the reference's value rounded to float32 over
+    the whole range (0 and -0, subnormals, the 0.5 seam, the tails, inf, NaN)."""
+    from qinfer.reference.elementwise import erf
+    from qinfer.runtime.planner import Program
+    g = _erf_graph("float32")
+    prog = Program(g, threads)
+    assert prog.steps[0].fn is not None, "Erf did not take the fast path"
+    x = np.concatenate([np.linspace(-7, 7, 20001), np.geomspace(1e-38, 10, 20001),
+                        -np.geomspace(1e-38, 10, 2001), np.nextafter(np.float32(0.5), [0, 1]),
+                        [0.0, -0.0, 1e-45, -1e-45, 3.9, 5.99, 6.0, 1e30, -1e30, np.inf, -np.inf,
+                         np.nan]]).astype(np.float32)
+    y = qinfer.InferenceSession(qinfer.Model(g), num_threads=threads).run(None, {"x": x})[0]
+    assert y.dtype == np.float32 and y.shape == x.shape
+    want = erf(x.astype(np.float64)).astype(np.float32)
+    fin = ~np.isnan(x)
+    ulps = np.abs(y[fin].astype(np.float64) - want[fin]) / np.spacing(np.abs(want[fin])).astype(np.float64)
+    assert ulps.max() <= 1.0, x[fin][ulps.argmax()]
+    assert np.isnan(y[~fin]).all()
+    assert np.array_equal(np.signbit(y[fin]), np.signbit(want[fin]))     # -0.0 -> -0.0
+    assert y[x == np.inf].item() == 1.0 and y[x == -np.inf].item() == -1.0
+
+
+def test_erf_of_other_dtypes_runs_the_reference():
+    g = _erf_graph("float64")
+    x = np.linspace(-3, 3, 101)
+    y = qinfer.InferenceSession(qinfer.Model(g)).run(None, {"x": x})[0]
+    from qinfer.reference.elementwise import erf
+    assert y.dtype == np.float64
+    np.testing.assert_array_equal(y, erf(x))

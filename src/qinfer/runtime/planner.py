@@ -132,6 +132,8 @@ class Program:
                 fn = qops.make_maxpool_f32(n.attrs, num_threads)
             elif n.op == "AveragePool":
                 fn = float_ops.make_pool(n.op, n.attrs)
+            elif n.op == "Erf" and n.domain in ("", "ai.onnx"):
+                fn = float_ops.make_erf()
             if n.op in FAST_OPS and float_ops.is_float32(graph, n):
                 fn, absorbed, post = self._fast(n, consts, consumers, outputs, num_threads, slot)
                 if absorbed:
