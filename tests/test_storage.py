@@ -40,6 +40,7 @@ def test_gemm_compact_form_packs_back_byte_for_byte(rng, k, n, zp):
     np.testing.assert_array_equal(cw, w)
     again = reference_op("PackQC8W")([cw, cb], attrs, 1)[0]
     assert again.dtype == np.uint8 and again.ctypes.data % 4 == 0
+    assert storage.packed_bytes(cw.shape, "gemm") == blob.nbytes
     np.testing.assert_array_equal(again, blob)
 
 
@@ -56,6 +57,7 @@ def test_conv_compact_form_packs_back_byte_for_byte(rng, cin, cout, groups, kh, 
     cw, cb, attrs = form
     assert attrs == {"kind": "conv", "groups": groups, "zp_x": 37}
     np.testing.assert_array_equal(reference_op("PackQC8W")([cw, cb], attrs, 1)[0], blob)
+    assert storage.packed_bytes(cw.shape, "conv", groups) == blob.nbytes
 
 
 @pytest.mark.parametrize("c", SIZES + [88])
@@ -68,6 +70,19 @@ def test_depthwise_compact_form_packs_back_byte_for_byte(rng, c, kh, kw):
     cw, cb, attrs = form
     assert attrs["kind"] == "dw" and cw.shape == (c, 1, kh, kw)
     np.testing.assert_array_equal(reference_op("PackQC8W")([cw, cb], attrs, 1)[0], blob)
+    assert storage.packed_bytes(cw.shape, "dw") == blob.nbytes
+
+
+def test_packing_past_the_tensor_bound_is_refused_before_allocating(monkeypatch, rng):
+    """A compact form whose panels would pass the bound on one value (a 1-channel layer pads to
+    32 channels) is refused before the packer allocates them."""
+    from qinfer.ir import verify
+    w, b = _w(rng, (4096, 1), False), _bias(rng, 1)
+    attrs = {"kind": "gemm", "groups": 1, "zp_x": 0}
+    assert reference_op("PackQC8W")([w, b], attrs, 1)[0].nbytes == storage.packed_bytes(w.shape, "gemm")
+    monkeypatch.setattr(verify, "MAX_TENSOR_BYTES", 32 * 4096)
+    with pytest.raises(qinfer.InvalidInputError, match="would pack into"):
+        reference_op("PackQC8W")([w, b], attrs, 1)
 
 
 def test_wide_layers_stay_packed_and_memory_mapped(rng, tmp_path):

@@ -158,6 +158,11 @@ def pack_qc8w(inputs, attrs, n):
                                 f"{getattr(bias, 'dtype', type(bias).__name__)} {list(np.shape(bias))}")
     if kind == "dw" and w.shape[1] != 1:
         raise InvalidInputError(f"PackQC8W (dw): w must be [C, 1, KH, KW], got {list(w.shape)}")
+    from ..ir.verify import MAX_TENSOR_BYTES
+    want = storage.packed_bytes(w.shape, kind, int(groups))
+    if want > MAX_TENSOR_BYTES:
+        raise InvalidInputError(f"PackQC8W ({kind}): w {list(w.shape)} would pack into {want:,} bytes, "
+                                f"more than the {MAX_TENSOR_BYTES:,} one value may take")
     try:
         return [storage.pack(w, bias, kind, int(groups), int(zp_x))]
     except ValueError as e:
