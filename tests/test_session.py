@@ -277,6 +277,18 @@ def test_erf_fast_path_is_within_one_ulp_of_the_reference(threads):
     assert y[x == np.inf].item() == 1.0 and y[x == -np.inf].item() == -1.0
 
 
+@pytest.mark.parametrize("shape", [(), (0, 3), (2, 3, 5)])
+def test_erf_fast_path_keeps_shapes(rng, shape):
+    from qinfer.reference.elementwise import erf
+    from qinfer.runtime.float_ops import erf_f32
+    x = (3 * rng.standard_normal(shape)).astype(np.float32)
+    y = erf_f32(x)
+    assert y.shape == x.shape and y.dtype == np.float32
+    np.testing.assert_allclose(y, erf(x.astype(np.float64)), rtol=2e-7, atol=1e-30)
+    t = rng.standard_normal((4, 6)).astype(np.float32)[:, ::2]     # a strided view
+    np.testing.assert_array_equal(erf_f32(t), erf_f32(np.ascontiguousarray(t)))
+
+
 def test_erf_of_other_dtypes_runs_the_reference():
     g = _erf_graph("float64")
     x = np.linspace(-3, 3, 101)

@@ -143,5 +143,6 @@ def open_model(src) -> Model:
 
 
 def load(path) -> Model:
-    """Load a ``.qinf`` file (memory-mapped)."""
+    """Load a ``.qinf`` file (memory-mapped; compact int8 weights of a compressed file are packed
+    into memory, quant/storage.py)."""
     return Model(storage.expand(serialize.load(os.fspath(path))), os.fspath(path))

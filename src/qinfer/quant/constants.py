@@ -167,5 +167,5 @@ def compress_constants(graph, names, block=64):
     return g, report
 
 
-__all__ = ["LAYER_MIN_ELEMENTS", "MIN_ELEMENTS", "candidates", "layer_weights", "compress_constants", "fits_float16",
-           "quantize_rows", "quantize_rows4", "rows_shape"]
+__all__ = ["LAYER_MIN_ELEMENTS", "MIN_ELEMENTS", "candidates", "layer_weights", "compress_constants",
+           "fits_float16", "quantize_rows", "quantize_rows4", "rows_shape"]

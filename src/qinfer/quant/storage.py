@@ -7,15 +7,16 @@ wide layer the padding is a few percent; for the narrow layers of small models i
 8-channel conv pads to 32 channels, a 3x3 depthwise stores 12 taps for 9, a 5x5 40 for 25), and in
 PP-OCR's direction classifier it is a third of the file.
 
-``compact`` (called by ``Model.save``) stores such a blob as what it is made of: the int8 weights
+``compact`` (called by ``Model.save(path, compress=True)``; a plain save keeps every blob packed and
+memory-mapped) stores such a blob as what it is made of: the int8 weights
 in their ONNX layout (``<name>__w8``), the int32 bias (``<name>__bias``, before the zero point is
 folded in) and a ``PackQC8W`` node (domain ``qinfer``) that packs them into ``<name>``. It does
 so when that saves at least ``MIN_SAVING`` of the blob's bytes and the packer gives back the blob
 byte for byte (anything else stays as it is). ``expand`` (called when a file is loaded) runs those
 nodes once, so a loaded graph holds the same packed initializers as the one saved; the sessions
 and the reference executor also run ``PackQC8W`` if they meet it. The wide layers keep their
-memory-mapped panels; a compacted layer's panels are built in memory at load (a copy as large as
-its weights, done in numpy).
+memory-mapped panels; a compacted layer's panels are built in memory at load (in numpy; the checks
+at load, ir/verify.py, pack them once more to check the layers that read them).
 """
 import numpy as np
 

@@ -223,6 +223,7 @@ def erf_f32(x):
     float32 (reference/elementwise.erf, ~4x slower: 40 series terms per value). |x| < 0.5: the
     Taylor series; beyond: 1 - erfc by its Chebyshev fit (|x| capped at 6, where erf is 1 in
     float32). Computed in float64; NaN stays NaN, the sign (of -0.0 too) is kept."""
+    shape, x = x.shape, x.reshape(-1)     # (0-d arrays too)
     a = np.abs(x).astype(np.float64)
     np.minimum(a, 6.0, out=a)
     big = a >= 0.5
@@ -253,7 +254,7 @@ def erf_f32(x):
     nan = np.isnan(x)
     if nan.any():
         y[nan] = x[nan]
-    return y
+    return y.reshape(shape)
 
 
 def make_erf():
