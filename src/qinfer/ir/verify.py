@@ -302,7 +302,6 @@ def _packed_problems(n, label, inits):
         return [f"{where}: magic {h['magic']:#010x} version {h['version']} is not the "
                 f"{'depthwise' if dw else 'GEMM/conv'} layout version {fmt.VERSION}"]
     nr = fmt.DW_CR if dw else fmt.NR
-    k_pad = kw * ((kh + 3) // 4) * 4 if dw else (k + 3) // 4 * 4
     if dw:
         shape_ok = 1 <= kh <= 256 and kw >= 1 and kh * kw == k and h["cin"] == 1 and g == 1
     elif kh == 0:
@@ -313,11 +312,11 @@ def _packed_problems(n, label, inits):
     else:
         shape_ok = n.op == "QConv" and kw >= 1 and kh * kw * h["cin"] == k
     if not (shape_ok and 1 <= g <= 1 << 20 and 1 <= c <= 1 << 24 and 1 <= k <= 1 << 24
-            and h["nr"] == nr and h["kr"] == fmt.KR and h["n_pad"] == (c + nr - 1) // nr * nr
-            and h["k_pad"] == k_pad and 0 <= h["zp_x"] <= 255):
+            and h["nr"] == nr and h["kr"] == fmt.KR
+            and (h["n_pad"], h["k_pad"]) == fmt.padded(c, k, dw, kh, kw) and 0 <= h["zp_x"] <= 255):
         return [f"{where}: inconsistent header {h}"]
     cols = g * h["n_pad"]
-    want = fmt.HEADER.itemsize + 8 * cols + cols * k_pad
+    want = fmt.packed_nbytes(g, c, k, dw, kh, kw)
     if packed.size != want:
         return [f"{where}: {packed.size} bytes, its header says {want}"]
     bias = packed[fmt.HEADER.itemsize:fmt.HEADER.itemsize + 4 * cols].view("<i4")

@@ -46,20 +46,15 @@ def pack(w, bias, kind, groups, zp_x):
 def packed_bytes(shape, kind, groups=1):
     """Bytes of the blob ``pack`` makes of weights of ``shape`` (the bound checked before packing a
     file's compact weights: panel padding multiplies a 1-channel layer's bytes by up to 32)."""
-    up = lambda v, m: -(-int(v) // m) * m    # noqa: E731
     if kind == "gemm":
         k, n = shape
-        g = 1
-    elif kind == "conv":
+        return qref.packed_nbytes(1, n, k)
+    if kind == "conv":
         cout, cin_g, kh, kw = shape
         g = max(int(groups), 1)
-        n, k = -(-int(cout) // g), int(cin_g) * int(kh) * int(kw)
-    else:
-        c, _, kh, kw = shape
-        pad = up(c, qref.DW_CR)
-        return qref.HEADER.itemsize + 8 * pad + pad * int(kw) * up(kh, 4)
-    n_pad = up(max(n, 1), qref.NR)
-    return qref.HEADER.itemsize + g * n_pad * (8 + up(max(k, 1), qref.KR))
+        return qref.packed_nbytes(g, -(-int(cout) // g), int(cin_g) * int(kh) * int(kw))
+    c, _, kh, kw = shape
+    return qref.packed_nbytes(1, c, kh * kw, True, kh, kw)
 
 
 def _compact_form(blob):

@@ -242,10 +242,26 @@ def fold_bias(wg, bias, zp_x, n_pad):
     return folded, colsum
 
 
+def padded(n, k, dw=False, kh=0, kw=0):
+    """(n_pad, k_pad) of packed int8 weights (docs/formats.md 2.1): GEMM / conv, n channels to a
+    multiple of NR and k to one of KR; depthwise (k = kh*kw taps), channels to DW_CR and the kernel
+    rows to quads, kw * ceil(kh / 4) * 4."""
+    if dw:
+        return _round_up(max(n, 1), DW_CR), int(kw) * ((int(kh) + 3) // 4) * 4
+    return _round_up(max(n, 1), NR), _round_up(max(k, 1), KR)
+
+
+def packed_nbytes(groups, n, k, dw=False, kh=0, kw=0):
+    """Bytes of a packed blob: the header, then per padded channel an int32 bias and an int32
+    column sum, then the padded weights."""
+    n_pad, k_pad = padded(n, k, dw, kh, kw)
+    return HEADER.itemsize + int(groups) * n_pad * (8 + k_pad)
+
+
 def _pack_panels(wg, bias, zp_x, kh, kw, cin):
     """wg int8 [G, K, n] (K in (ky, kx, c) order) -> packed uint8 bytes."""
     G, K, n = wg.shape
-    n_pad, k_pad = _round_up(max(n, 1), NR), _round_up(max(K, 1), KR)
+    n_pad, k_pad = padded(n, K)
     folded, colsum = fold_bias(wg, bias, zp_x, n_pad)
     wp = np.zeros((G, k_pad, n_pad), np.int8)
     wp[:, :K, :n] = wg
@@ -285,7 +301,7 @@ def pack_dwconv_qc8w(w, bias=None, zp_x=0):
     w = _check_w(w, 3, "depthwise w")
     zp_x = _check_zp(zp_x)
     C, kh, kw = w.shape
-    c_pad, T, nq = _round_up(max(C, 1), DW_CR), kh * kw, (kh + 3) // 4
+    (c_pad, k_pad), T, nq = padded(C, kh * kw, True, kh, kw), kh * kw, (kh + 3) // 4
     colsum = np.zeros(c_pad, np.int64)
     colsum[:C] = w.astype(np.int64).reshape(C, T).sum(axis=1)
     b = np.zeros(c_pad, np.int64)
@@ -298,7 +314,7 @@ def pack_dwconv_qc8w(w, bias=None, zp_x=0):
     wq[:, :kh, :C] = w.transpose(2, 1, 0)
     wq = wq.reshape(kw, nq, 4, c_pad).transpose(0, 1, 3, 2)
     return np.frombuffer(
-        _header(MAGIC_DW, 1, C, T, c_pad, kw * nq * 4, DW_CR, 4, zp_x, kh, kw, 1)
+        _header(MAGIC_DW, 1, C, T, c_pad, k_pad, DW_CR, 4, zp_x, kh, kw, 1)
         + folded.astype("<i4").tobytes() + colsum.astype("<i4").tobytes()
         + np.ascontiguousarray(wq).tobytes(), np.uint8).copy()
 
