@@ -254,9 +254,9 @@ def _erf_graph(dtype):
 
 @pytest.mark.parametrize("threads", [1, 2])
 def test_erf_fast_path_is_within_one_ulp_of_the_reference(threads):
-    """Sessions run a float32 Erf (GELU's) on the Taylor series / erfc fit of runtime/float_ops,
-    not on the float64 reference: within 1 ulp of the reference's value rounded to float32 over
-    the whole range (0 and -0, subnormals, the 0.5 seam, the tails, inf, NaN)."""
+    """Sessions run a float32 Erf (GELU's) on the C row kernel (libm's erf in double), not on the
+    float64 reference's series: within 1 ulp of the reference's value rounded to float32 over the
+    whole range (0 and -0, subnormals, 0.5, the tails, inf, NaN)."""
     from qinfer.reference.elementwise import erf
     from qinfer.runtime.planner import Program
     g = _erf_graph("float32")

@@ -844,6 +844,7 @@ include "_q4kernels.pxi"  # int4 GEMM / conv drivers (share the int8 checks)
 include "_qsparse.pxi"   # sparse int8 GEMM / conv drivers (share the int8 checks)
 include "_qlayer.pxi"     # a layer's kernel call prepared once (the session's steps)
 include "_qelem.pxi"     # quantize / dequantize / QAdd / pooling around the int8 convs
+include "_rows.pxi"      # LayerNormalization / Softmax / Erf, float32
 include "_runloop.pxi"   # the session's run loop
 
 qi_dispatch_init(QI_TIER_COUNT - 1)

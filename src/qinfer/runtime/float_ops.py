@@ -1,5 +1,5 @@
-"""Fast float32 implementations of the heavy ops (Conv, ConvTranspose, Gemm, MatMul) and of Erf
-(GELU's), for the planner.
+"""Fast float32 implementations of the heavy ops (Conv, ConvTranspose, Gemm, MatMul) and of the
+row ops of transformers (Erf -- GELU's --, LayerNormalization, Softmax), for the planner.
 
 Design: NCHW float32, every heavy op on qinfer's own OpenMP kernels (one thread pool: mixing
 OpenBLAS's pool with OpenMP's made two threads slower than one on small machines, and BLAS results
@@ -15,7 +15,6 @@ may also return ``None`` at run time (e.g. an input of another dtype) with the s
 An activation is ``(code, a, b)``: 0 none, 1 relu, 2 clip(a, b), 3 hardswish, 4 sigmoid,
 5 hardsigmoid(alpha=a, beta=b) -- the codes of the C epilogue.
 """
-import math
 
 import numpy as np
 
@@ -208,63 +207,108 @@ def make_gemm(attrs, b_const, c_const, act, nt):
     return gemm
 
 
-# Taylor coefficients of erf at 0: 2/sqrt(pi) (-1)^n / (n! (2n + 1)), n = 0..7 (the first term left
-# out is below 1e-9 of erf(x) for |x| < 0.5)
-_ERF_TAYLOR = tuple(2 / math.sqrt(math.pi) * (-1) ** n / (math.factorial(n) * (2 * n + 1))
-                    for n in range(8))
-# erfc(z) = t exp(-z^2 + P(t)), t = 1 / (1 + z/2), z >= 0: the Chebyshev fit of Numerical Recipes
-# (erfcc), fractional error below 1.2e-7 for every z >= 0; P's coefficients, lowest degree first
-_ERFC_CHEB = (-1.26551223, 1.00002368, 0.37409196, 0.09678418, -0.18628806, 0.27886807,
-              -1.13520398, 1.48851587, -0.82215223, 0.17087277)
+def erf_f32(x, num_threads=1):
+    """erf of a float32 array (any shape, 0-d and strided views too), computed in double by the C
+    kernel and rounded to float32: within 1 ulp of the float64 reference's value (the reference
+    sums 40 series terms per value, ~10x slower). NaN stays NaN, the sign of -0.0 is kept."""
+    x = np.asarray(x)
+    x = x if x.flags.c_contiguous and x.dtype == np.float32 else np.array(x, np.float32, order="C")
+    return _k.erf_f32(x, num_threads=num_threads)
 
 
-def erf_f32(x):
-    """erf of a float32 array, to within 1 ulp of the float64 reference's value rounded to
-    float32 (reference/elementwise.erf, ~4x slower: 40 series terms per value). |x| < 0.5: the
-    Taylor series; beyond: 1 - erfc by its Chebyshev fit (|x| capped at 6, where erf is 1 in
-    float32). Computed in float64; NaN stays NaN, the sign (of -0.0 too) is kept."""
-    shape, x = x.shape, x.reshape(-1)     # (0-d arrays too)
-    a = np.abs(x).astype(np.float64)
-    np.minimum(a, 6.0, out=a)
-    big = a >= 0.5
-    out = np.empty(a.shape, np.float64)
-    s = a[~big]
-    s2 = s * s
-    p = np.full_like(s, _ERF_TAYLOR[-1])
-    for c in _ERF_TAYLOR[-2::-1]:
-        p *= s2
-        p += c
-    p *= s
-    out[~big] = p
-    b = a[big]
-    t = 0.5 * b
-    t += 1.0
-    np.reciprocal(t, out=t)
-    q = np.full_like(b, _ERFC_CHEB[-1])
-    for c in _ERFC_CHEB[-2::-1]:
-        q *= t
-        q += c
-    b *= b
-    q -= b
-    np.exp(q, out=q)
-    q *= t
-    np.subtract(1.0, q, out=q)
-    out[big] = q
-    y = np.copysign(out, x).astype(np.float32)
-    nan = np.isnan(x)
-    if nan.any():
-        y[nan] = x[nan]
-    return y.reshape(shape)
-
-
-def make_erf():
+def make_erf(nt=1):
     """The Erf step: ``erf_f32`` for a float32 input; None (the reference op) for other dtypes."""
     def erf(inputs, _attrs, n_out):
         x = inputs[0]
         if n_out != 1 or not isinstance(x, np.ndarray) or x.dtype != np.float32:
             return None
-        return [erf_f32(x)]
+        return [erf_f32(x, nt)]
     return erf
+
+
+def _trailing(x, axis):
+    """(axis in [0, ndim), x C-contiguous float32) or None: the rows x cols view of a reduction
+    over x's axes from ``axis`` on"""
+    if not isinstance(x, np.ndarray) or x.dtype != np.float32 or x.ndim == 0:
+        return None
+    axis = int(axis)
+    if axis < 0:
+        axis += x.ndim
+    if not 0 <= axis < x.ndim:
+        return None
+    return axis
+
+
+def _per_col(v, x, axis):
+    """LayerNormalization's scale / bias as [cols] float32 when it matches x.shape[axis:]
+    element for element (the same shape, or that shape with leading 1s), else None"""
+    if not isinstance(v, np.ndarray) or v.dtype != np.float32:
+        return None
+    tail = x.shape[axis:]
+    shp = v.shape[v.ndim - len(tail):] if v.ndim >= len(tail) else None
+    if shp != tail or any(d != 1 for d in v.shape[:v.ndim - len(tail)]):
+        return None
+    return np.ascontiguousarray(v).reshape(-1)
+
+
+def _is_cols(v, x):
+    """v is a C-contiguous float32 [x.shape[-1]]"""
+    return (isinstance(v, np.ndarray) and v.ndim == 1 and v.dtype == np.float32
+            and v.flags.c_contiguous and v.shape[0] == x.shape[-1])
+
+
+def make_layernorm(attrs, nt=1):
+    """The LayerNormalization step on the C row kernel (float32 X, only the Y output, float32
+    scale / bias shaped as X's normalized axes, stash_type 1); None at run time otherwise."""
+    if int(attrs.get("stash_type", 1)) != 1:
+        return None
+    eps = float(attrs.get("epsilon", 1e-5))
+    axis_attr = int(attrs.get("axis", -1))
+
+    def layernorm(inputs, _attrs, n_out):
+        x = inputs[0]
+        if n_out == 1 and len(inputs) >= 2 and axis_attr in (-1, getattr(x, "ndim", 0) - 1):
+            s, b = inputs[1], inputs[2] if len(inputs) > 2 else None
+            if (isinstance(x, np.ndarray) and x.dtype == np.float32 and x.flags.c_contiguous
+                    and _is_cols(s, x) and (b is None or _is_cols(b, x))):  # the common case
+                return [_k.layernorm_f32(x, s, b, eps, num_threads=nt)]
+        axis = _trailing(x, axis_attr)
+        if n_out != 1 or axis is None or len(inputs) < 2:
+            return None
+        scale = _per_col(inputs[1], x, axis)
+        bias = inputs[2] if len(inputs) > 2 else None
+        if bias is not None:
+            bias = _per_col(bias, x, axis)
+            if bias is None:
+                return None
+        if scale is None:
+            return None
+        x = x if x.flags.c_contiguous else np.ascontiguousarray(x)
+        cols = int(np.prod(x.shape[axis:], dtype=np.int64))
+        y = _k.layernorm_f32(x.reshape(-1, cols) if cols else x, scale, bias, eps, num_threads=nt)
+        return [y.reshape(x.shape)]
+    return layernorm
+
+
+def make_softmax(attrs, nt=1):
+    """The Softmax step on the C row kernel: float32, over the last axis (or, with coerce_2d, the
+    flattened axes from ``axis`` on); None at run time otherwise (another axis, dtype)."""
+    coerce = bool(attrs.get("coerce_2d", 0))
+    axis_attr = int(attrs.get("axis", 1 if coerce else -1))
+
+    def softmax(inputs, _attrs, n_out):
+        x = inputs[0]
+        if (n_out == 1 and isinstance(x, np.ndarray) and x.dtype == np.float32 and x.ndim
+                and x.flags.c_contiguous and axis_attr in (-1, x.ndim - 1)):  # the common case
+            return [_k.softmax_f32(x, num_threads=nt)]
+        axis = _trailing(x, axis_attr)
+        if n_out != 1 or axis is None or (axis != x.ndim - 1 and not coerce):
+            return None
+        x = x if x.flags.c_contiguous else np.ascontiguousarray(x)
+        cols = int(np.prod(x.shape[axis:], dtype=np.int64))
+        y = _k.softmax_f32(x.reshape(-1, cols) if cols else x, num_threads=nt)
+        return [y.reshape(x.shape)]
+    return softmax
 
 
 def make_pool(op, attrs):

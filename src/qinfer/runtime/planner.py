@@ -133,7 +133,11 @@ class Program:
             elif n.op == "AveragePool":
                 fn = float_ops.make_pool(n.op, n.attrs)
             elif n.op == "Erf" and n.domain in ("", "ai.onnx"):
-                fn = float_ops.make_erf()
+                fn = float_ops.make_erf(num_threads)
+            elif n.op == "LayerNormalization" and n.domain in ("", "ai.onnx"):
+                fn = float_ops.make_layernorm(n.attrs, num_threads)
+            elif n.op == "Softmax" and n.domain in ("", "ai.onnx"):
+                fn = float_ops.make_softmax(n.attrs, num_threads)
             if n.op in FAST_OPS and float_ops.is_float32(graph, n):
                 fn, absorbed, post = self._fast(n, consts, consumers, outputs, num_threads, slot)
                 if absorbed:
