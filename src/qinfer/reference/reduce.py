@@ -52,11 +52,21 @@ def _log_sum_exp(x, axis, keepdims):
     return s if keepdims else np.squeeze(s, axis=axis)
 
 
+def _mean(x, axis, keepdims):
+    """np.mean's arithmetic (a sum in the input's float dtype, then one true division by the count)
+    without its Python wrapper: a third of its time on a transformer's small tensors"""
+    n = 1
+    for a in axis:
+        n *= x.shape[a]
+    return np.true_divide(np.add.reduce(x, axis=axis, keepdims=keepdims), n)
+
+
+# the ufuncs' reduce (what np.sum / np.max call, without their Python wrappers)
 _REDUCERS = {
-    "ReduceSum": lambda x, ax, k: np.sum(x, axis=ax, keepdims=k),
-    "ReduceMean": lambda x, ax, k: np.mean(x, axis=ax, keepdims=k),
-    "ReduceMax": lambda x, ax, k: np.max(x, axis=ax, keepdims=k, initial=_lowest(x.dtype)),
-    "ReduceMin": lambda x, ax, k: np.min(x, axis=ax, keepdims=k, initial=_highest(x.dtype)),
+    "ReduceSum": lambda x, ax, k: np.add.reduce(x, axis=ax, keepdims=k),
+    "ReduceMean": _mean,
+    "ReduceMax": lambda x, ax, k: np.maximum.reduce(x, axis=ax, keepdims=k, initial=_lowest(x.dtype)),
+    "ReduceMin": lambda x, ax, k: np.minimum.reduce(x, axis=ax, keepdims=k, initial=_highest(x.dtype)),
     "ReduceProd": lambda x, ax, k: np.prod(x, axis=ax, keepdims=k),
     "ReduceL1": lambda x, ax, k: np.sum(np.abs(x), axis=ax, keepdims=k),
     "ReduceL2": lambda x, ax, k: np.sqrt(np.sum(np.square(x), axis=ax, keepdims=k)),
