@@ -296,3 +296,66 @@ def test_erf_of_other_dtypes_runs_the_reference():
     from qinfer.reference.elementwise import erf
     assert y.dtype == np.float64
     np.testing.assert_array_equal(y, erf(x))
+
+
+def _conv_affine_model(rng, scale_shape, shift_shape, mul_first=True, extra_reader=False,
+                       upto=None):
+    """x -> Conv(3x3, pad 1, 8 -> 6) -> HardSwish -> Mul(const) -> Add(const) -> y (the graph up
+    to value ``upto`` only, if given; the constants drawn from a seeded rng either way)"""
+    rng = np.random.default_rng(rng)
+    w = rng.standard_normal((6, 8, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(6).astype(np.float32)
+    a = rng.standard_normal(scale_shape).astype(np.float32)
+    c = rng.standard_normal(shift_shape).astype(np.float32)
+    inits = [helper.make_tensor(n, TensorProto.FLOAT, v.shape, v.ravel())
+             for n, v in (("w", w), ("b", b), ("a", a), ("c", c))]
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["t0"], pads=[1, 1, 1, 1]),
+             helper.make_node("HardSwish", ["t0"], ["t1"]),
+             helper.make_node("Mul", ["a", "t1"] if mul_first else ["t1", "a"], ["t2"]),
+             helper.make_node("Add", ["t2", "c"], ["y"])]
+    outs = [helper.make_tensor_value_info(upto or "y", TensorProto.FLOAT, None)]
+    if upto:
+        nodes = nodes[:[n.output[0] for n in nodes].index(upto) + 1]
+        inits = inits[:2]
+    elif extra_reader:     # t2 read twice: the Add may not be absorbed
+        nodes.append(helper.make_node("Neg", ["t2"], ["z"]))
+        outs.append(helper.make_tensor_value_info("z", TensorProto.FLOAT, None))
+    g = helper.make_graph(nodes, "conv_affine",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 8, 9, 11])],
+                          outs, initializer=inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    return qinfer.convert(m)
+
+
+@pytest.mark.parametrize("scale_shape, shift_shape, mul_first, extra, absorbed", [
+    ((1,), (1,), True, False, ["Conv"]),                 # PP-LCNetV3's learnable affine: scalars
+    ((6, 1, 1), (1, 6, 1, 1), False, False, ["Conv"]),   # per channel
+    ((), (6, 1, 1), True, False, ["Conv"]),
+    ((1,), (1,), True, True, ["Conv", "Add", "Neg"]),    # the Mul's output has two readers
+    ((9, 11), (1,), True, False, ["Conv", "Mul", "Add"]),  # a spatial constant: not per channel
+    ((1, 1, 1, 1, 1), (1,), True, False, ["Conv", "Mul", "Add"]),  # would widen the output's rank
+])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_conv_absorbs_a_following_constant_affine(rng, scale_shape, shift_shape, mul_first, extra,
+                                                  absorbed, threads):
+    """A float Conv step applies a following Mul / Add by constants (scalar or per channel) in
+    place on its output, with the reference ops' bits on the conv's (fast) output; other shapes
+    and shared values stay steps of their own."""
+    from qinfer.reference.executor import run_graph
+    from qinfer.runtime.planner import Program
+    m = _conv_affine_model(5, scale_shape, shift_shape, mul_first, extra)
+    prog = Program(m.graph, threads)
+    assert [s.node.op for s in prog.steps] == absorbed
+    assert next(s for s in prog.steps if s.node.op == "Conv").fn is not None
+    x = rng.standard_normal((2, 8, 9, 11)).astype(np.float32)
+    got = qinfer.InferenceSession(m, num_threads=threads).run(None, {"x": x})
+    ref = run_graph(m.graph, {"x": x})
+    t1 = qinfer.InferenceSession(_conv_affine_model(5, scale_shape, shift_shape, upto="t1"),
+                                 num_threads=threads).run(None, {"x": x})[0]
+    a, c = m.graph.initializers["a"], m.graph.initializers["c"]
+    want = (a * t1 if mul_first else t1 * a) + c
+    np.testing.assert_array_equal(got[0], want)
+    for name, g in zip(m.graph.output_names, got):
+        assert g.shape == ref[name].shape
+        np.testing.assert_allclose(g, ref[name], rtol=1e-4, atol=1e-4)

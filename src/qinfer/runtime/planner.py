@@ -4,7 +4,8 @@ Design:
 - ``Program`` (one per session): every node becomes a step ``(fn, input slots, output slots)``
   with values numbered into slots of a flat list (no dict lookups in the run loop). Heavy float ops
   get the fast kernels of ``float_ops`` and absorb what their epilogue can apply (a MatMul's bias
-  Add, one activation: ``ir.passes.fuse.epilogue_chain``, shared with the quantizer); quantized
+  Add, one activation: ``ir.passes.fuse.epilogue_chain``, shared with the quantizer; a Conv also
+  a following constant Mul / Add, in place: ``_with_affine``); quantized
   ops get the int8 kernels (``qops``); everything else runs its numpy reference op.
   Slots are released after their last reader (liveness), so peak memory follows the live set.
 - ``Plan`` (one per input-shape signature, cached): the first run with a new signature executes every
@@ -185,6 +186,8 @@ class Program:
             fn = build(float_ops.NO_ACT)
         if fn is None:
             return None, [], None
+        if n.op == "Conv":
+            fn, absorbed = _with_affine(fn, n, w, absorbed, consts, consumers, outputs)
         post = [(reference.get(a.op), a, tuple(slot(i) if i else -1 for i in a.inputs)) for a in absorbed]
         return fn, absorbed, post
 
@@ -211,6 +214,56 @@ class Program:
                 frees[idx].append(sl)
         for s, f in zip(self.steps, frees):
             s.free = tuple(f)
+
+
+def _affine_const(node, last, consts, w):
+    """The constant of a Mul / Add reading ``last`` that scales / shifts a conv's output per
+    channel or as a whole without changing its shape (a size-1 constant, or [C, 1, ...] with
+    leading 1s, of rank <= the output's): float32, or None"""
+    if node.op not in ("Mul", "Add") or len(node.inputs) != 2 or last not in node.inputs:
+        return None
+    other = node.inputs[1] if node.inputs[0] == last else node.inputs[0]
+    c = consts.get(other)
+    if c is None or other == last or c.dtype != np.float32 or c.ndim > w.ndim:
+        return None
+    per_channel = (w.shape[0],) + (1,) * (w.ndim - 2)
+    tail = c.shape[max(0, c.ndim - len(per_channel)):]
+    if c.size == 1 or (tail == per_channel and c.size == w.shape[0]):
+        return c
+    return None
+
+
+def _with_affine(fn, n, w, absorbed, consts, consumers, outputs):
+    """A float Conv step (bias, activation) that also absorbs a following Mul by a constant and /
+    or Add of a constant, per channel or scalar (the learnable affine after the activation of
+    PP-LCNetV3-style blocks, y = a * act(conv) + b), applied in place on the conv's fresh output:
+    no new tensor and no pass of the reference op's broadcasting over a tensor that has left the
+    caches. Each value it reads must have that one reader and not be a graph output. Returns
+    (fn, absorbed)."""
+    last = (absorbed[-1] if absorbed else n).outputs[0]
+    ops = []
+    for want in ("Mul", "Add"):
+        cs = consumers.get(last, [])
+        if len(cs) != 1 or last in outputs or cs[0].op != want:
+            continue
+        c = _affine_const(cs[0], last, consts, w)
+        if c is None:
+            break
+        ops.append((want, c))
+        absorbed = absorbed + [cs[0]]
+        last = cs[0].outputs[0]
+    if not ops:
+        return fn, absorbed
+
+    def conv_affine(inputs, attrs, n_out):
+        r = fn(inputs, attrs, n_out)
+        if r is None:
+            return None
+        y = r[0]
+        for op, c in ops:   # the reference's a * y, y + b per element (both commute)
+            (np.multiply if op == "Mul" else np.add)(y, c, out=y)
+        return r
+    return conv_affine, absorbed
 
 
 #: a step's input shapes, as its size check keeps them (shared with the compiled run loop)
