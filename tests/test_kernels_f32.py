@@ -392,3 +392,32 @@ def test_out_must_not_overlap_inputs():
     ro.flags.writeable = False
     with pytest.raises(ValueError, match="writable"):
         K.bias_act_f32(ro)
+
+
+@pytest.mark.parametrize("post", [(0.75, -0.125), (-1.5, None), (None, 0.3), (None, None)],
+                         ids=["scale+shift", "scale", "shift", "none"])
+@pytest.mark.parametrize("conv", ["dw3x3", "dw5x5s2", "1x1", "3x3p1", "3x3s2g2"])
+@pytest.mark.parametrize("code", [K.ACT_NONE, K.ACT_HARDSWISH, K.ACT_RELU])
+def test_post_affine_is_a_multiply_then_an_add_on_the_activation(isa, post, conv, code, rng):
+    """post_scale / post_shift (a model's constant Mul, then Add, after the activation) give, bit
+    for bit, numpy's float32 multiply and add on the kernel's own output without them: the same
+    two roundings, in the epilogue of every kernel the conv reaches (depthwise, 1x1 in place, the
+    banded im2col GEMM), each ISA, 1 and 2 threads."""
+    C, M, KH, s, p, g = {"dw3x3": (16, 16, 3, 1, 1, 16), "dw5x5s2": (17, 17, 5, 2, 2, 17),
+                         "1x1": (8, 24, 1, 1, 0, 1), "3x3p1": (5, 7, 3, 1, 1, 1),
+                         "3x3s2g2": (6, 10, 3, 2, 1, 2)}[conv]
+    x = (3 * rng.standard_normal((2, C, 11, 13))).astype(np.float32)
+    x[0, 0, 0, :4] = [-0.0, 0.0, 1e-40, -1e-40]
+    w = rng.standard_normal((M, C // g, KH, KH)).astype(np.float32)
+    b = rng.standard_normal(M).astype(np.float32)
+    args = dict(strides=(s, s), pads=(p,) * 4, group=g, activation=code)
+    for nt in THREADS:
+        y0 = K.conv2d_f32(x, w, b, num_threads=nt, **args)
+        y = K.conv2d_f32(x, w, b, num_threads=nt, post_scale=post[0], post_shift=post[1], **args)
+        want = y0.copy()
+        if post[0] is not None:
+            want = want * np.float32(post[0])
+        if post[1] is not None:
+            want = want + np.float32(post[1])
+        np.testing.assert_array_equal(y, want, err_msg=f"{isa} {conv} threads={nt}")
+        assert np.array_equal(np.signbit(y), np.signbit(want))

@@ -12,8 +12,8 @@
 #include "qinfer/common.h"
 
 typedef struct qi_act8 {
-  int code;
-  __m256 a, b;
+  int code, post;
+  __m256 a, b, pa, pb;
 } qi_act8;
 
 static inline qi_act8 qi_act8_init(const qi_act *act) {
@@ -21,6 +21,9 @@ static inline qi_act8 qi_act8_init(const qi_act *act) {
   v.code = act->code;
   v.a = _mm256_set1_ps(act->a);
   v.b = _mm256_set1_ps(act->b);
+  v.post = act->post;
+  v.pa = _mm256_set1_ps(act->post_a);
+  v.pb = _mm256_set1_ps(act->post_b);
   return v;
 }
 
@@ -46,7 +49,7 @@ QI_INLINE __m256 qi_clamp8(__m256 x, __m256 lo, __m256 hi) {
   return _mm256_min_ps(hi, _mm256_max_ps(lo, x));
 }
 
-QI_INLINE __m256 qi_act8_apply(__m256 x, const qi_act8 *v) {
+QI_INLINE __m256 qi_act8_code(__m256 x, const qi_act8 *v) {
   switch (v->code) {
     case QI_ACT_RELU: return _mm256_max_ps(_mm256_setzero_ps(), x);
     case QI_ACT_CLIP: return qi_clamp8(x, v->a, v->b);
@@ -62,6 +65,14 @@ QI_INLINE __m256 qi_act8_apply(__m256 x, const qi_act8 *v) {
       return qi_clamp8(_mm256_fmadd_ps(v->a, x, v->b), _mm256_setzero_ps(), _mm256_set1_ps(1.0f));
     default: return x;
   }
+}
+
+/* the activation, then the post affine (qinfer/common.h: a Mul, then an Add, unfused) */
+QI_INLINE __m256 qi_act8_apply(__m256 x, const qi_act8 *v) {
+  x = qi_act8_code(x, v);
+  if (v->post & QI_ACT_POST_SCALE) x = _mm256_mul_ps(x, v->pa);
+  if (v->post & QI_ACT_POST_SHIFT) x = _mm256_add_ps(x, v->pb);
+  return x;
 }
 
 #endif /* QINFER_ACT_AVX2_H */

@@ -81,7 +81,7 @@ QI_INLINE void qi_tile(const int R, const int NV, const int MASK, const int APK,
 #undef QI_FMA
     b += ldb;
   }
-  if ((t->flags & QI_GEMM_LAST) && t->act->code != QI_ACT_NONE) {
+  if ((t->flags & QI_GEMM_LAST) && qi_act_any(t->act)) {
     const qi_act8 va = qi_act8_init(t->act);
 #define QI_ACT(i)                                                    \
     if (i < R) {                                                     \

@@ -12,8 +12,8 @@
 #include "qinfer/common.h"
 
 typedef struct qi_act16 {
-  int code;
-  __m512 a, b;
+  int code, post;
+  __m512 a, b, pa, pb;
 } qi_act16;
 
 static inline qi_act16 qi_act16_init(const qi_act *act) {
@@ -21,6 +21,9 @@ static inline qi_act16 qi_act16_init(const qi_act *act) {
   v.code = act->code;
   v.a = _mm512_set1_ps(act->a);
   v.b = _mm512_set1_ps(act->b);
+  v.post = act->post;
+  v.pa = _mm512_set1_ps(act->post_a);
+  v.pb = _mm512_set1_ps(act->post_b);
   return v;
 }
 
@@ -46,7 +49,7 @@ QI_INLINE __m512 qi_clamp16(__m512 x, __m512 lo, __m512 hi) {
   return _mm512_min_ps(hi, _mm512_max_ps(lo, x));
 }
 
-QI_INLINE __m512 qi_act16_apply(__m512 x, const qi_act16 *v) {
+QI_INLINE __m512 qi_act16_code(__m512 x, const qi_act16 *v) {
   switch (v->code) {
     case QI_ACT_RELU: return _mm512_max_ps(_mm512_setzero_ps(), x);
     case QI_ACT_CLIP: return qi_clamp16(x, v->a, v->b);
@@ -62,6 +65,14 @@ QI_INLINE __m512 qi_act16_apply(__m512 x, const qi_act16 *v) {
       return qi_clamp16(_mm512_fmadd_ps(v->a, x, v->b), _mm512_setzero_ps(), _mm512_set1_ps(1.0f));
     default: return x;
   }
+}
+
+/* the activation, then the post affine (qinfer/common.h: a Mul, then an Add, unfused) */
+QI_INLINE __m512 qi_act16_apply(__m512 x, const qi_act16 *v) {
+  x = qi_act16_code(x, v);
+  if (v->post & QI_ACT_POST_SCALE) x = _mm512_mul_ps(x, v->pa);
+  if (v->post & QI_ACT_POST_SHIFT) x = _mm512_add_ps(x, v->pb);
+  return x;
 }
 
 #endif /* QINFER_ACT_AVX512VNNI_H */

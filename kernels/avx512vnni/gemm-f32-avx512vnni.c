@@ -78,7 +78,7 @@ QI_INLINE void qi_tile(const int R, const int NV, const int MASK, const int APK,
     b += ldb;
   }
 #undef QI_FMA
-  if ((t->flags & QI_GEMM_LAST) && t->act->code != QI_ACT_NONE) {
+  if ((t->flags & QI_GEMM_LAST) && qi_act_any(t->act)) {
     const qi_act16 va = qi_act16_init(t->act);
 #define QI_ACT(i)                                                    \
     if (i < R) {                                                     \

@@ -11,7 +11,7 @@ void qi_bias_act_f32__scalar(size_t r_begin, size_t r_end, size_t cols, float *y
     } else if (bias) {
       for (size_t j = 0; j < cols; j++) yr[j] += bias[j];
     }
-    if (act->code != QI_ACT_NONE)
+    if (qi_act_any(act))
       for (size_t j = 0; j < cols; j++) yr[j] = qi_act_scalar(yr[j], act);
   }
 }

@@ -38,7 +38,7 @@ void qi_dwconv2d_f32__scalar(const qi_conv2d_geom *g, size_t c_begin, size_t c_e
             yr[ox] += xr[(ptrdiff_t)ox * s + off] * wv;
         }
       }
-      if (act->code != QI_ACT_NONE)
+      if (qi_act_any(act))
         for (size_t ox = 0; ox < ow; ox++) yr[ox] = qi_act_scalar(yr[ox], act);
     }
   }

@@ -41,7 +41,7 @@ static void qi_tile_scalar(const qi_gemm_f32_tile *t) {
       }
     }
   }
-  const int act = (t->flags & QI_GEMM_LAST) && t->act->code != QI_ACT_NONE;
+  const int act = (t->flags & QI_GEMM_LAST) && qi_act_any(t->act);
   for (size_t i = 0; i < mr; i++)
     for (size_t j = 0; j < nr; j++)
       t->c[i * ldc + j] = act ? qi_act_scalar(acc[i][j], t->act) : acc[i][j];

@@ -32,10 +32,20 @@ enum qi_act_code {
   QI_ACT_COUNT = 6
 };
 
+/* post: after the activation, y = y * post_a (bit QI_ACT_POST_SCALE) then y = y + post_b (bit
+ * QI_ACT_POST_SHIFT), two roundings as a Mul and an Add node would make (a model's constant affine
+ * after its activation, e.g. PP-LCNetV3's learnable affine blocks); 0: none */
+enum { QI_ACT_POST_SCALE = 1, QI_ACT_POST_SHIFT = 2 };
+
 typedef struct qi_act {
   int code;   /* enum qi_act_code */
   float a, b; /* clip (min, max) or hardsigmoid (alpha, beta); ignored otherwise */
+  int post;   /* QI_ACT_POST_* bits */
+  float post_a, post_b;
 } qi_act;
+
+/* whether the epilogue has anything to apply after the bias */
+QI_INLINE int qi_act_any(const qi_act *act) { return act->code != QI_ACT_NONE || act->post; }
 
 /* 2-D convolution geometry, NCHW, one image. Output size follows ONNX Conv:
  * out_h = (in_h + pad_top + pad_bottom - dil_h * (k_h - 1) - 1) / stride_h + 1 (the caller computes
@@ -56,7 +66,7 @@ QI_INLINE float qi_clampf(float x, float lo, float hi) {
   return x > hi ? hi : x;
 }
 
-QI_INLINE float qi_act_scalar(float x, const qi_act *act) {
+QI_INLINE float qi_act_code_scalar(float x, const qi_act *act) {
   switch (act->code) {
     case QI_ACT_RELU: return x < 0.0f ? 0.0f : x;
     case QI_ACT_CLIP: return qi_clampf(x, act->a, act->b);
@@ -65,6 +75,13 @@ QI_INLINE float qi_act_scalar(float x, const qi_act *act) {
     case QI_ACT_HARDSIGMOID: return qi_clampf(act->a * x + act->b, 0.0f, 1.0f);
     default: return x;
   }
+}
+
+QI_INLINE float qi_act_scalar(float x, const qi_act *act) {
+  x = qi_act_code_scalar(x, act);
+  if (act->post & QI_ACT_POST_SCALE) x = x * act->post_a;
+  if (act->post & QI_ACT_POST_SHIFT) x = x + act->post_b;
+  return x;
 }
 
 #endif /* QINFER_COMMON_H */

@@ -11,6 +11,12 @@ cdef extern from "qinfer/common.h":
         int code
         float a
         float b
+        int post
+        float post_a
+        float post_b
+    enum:
+        QI_ACT_POST_SCALE
+        QI_ACT_POST_SHIFT
 
     ctypedef struct qi_conv2d_geom:
         size_t in_h, in_w

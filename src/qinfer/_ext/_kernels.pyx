@@ -172,7 +172,18 @@ cdef int _geom(qi_conv2d_geom *g, Py_ssize_t h, Py_ssize_t w, object kernel_shap
     return 0
 
 
-cdef int _act(qi_act *act, object activation, object alpha, object beta) except -1:
+cdef int _act(qi_act *act, object activation, object alpha, object beta, object post_scale=None,
+              object post_shift=None) except -1:
+    """act from the activation code, its alpha / beta, and the optional affine after it (y * post_scale,
+    then + post_shift: each applied only when given)"""
+    act.post = 0
+    act.post_a, act.post_b = 1.0, 0.0
+    if post_scale is not None:
+        act.post |= QI_ACT_POST_SCALE
+        act.post_a = float(post_scale)
+    if post_shift is not None:
+        act.post |= QI_ACT_POST_SHIFT
+        act.post_b = float(post_shift)
     code = int(activation)
     if code < 0 or code >= QI_ACT_COUNT:
         raise ValueError(f"activation code must be 0..{QI_ACT_COUNT - 1} (none, relu, clip, "
@@ -291,11 +302,14 @@ cdef void _dw_chunk(qi_dwconv2d_f32_ptr fn, const qi_conv2d_geom *g, size_t C, s
 
 
 def dwconv2d_f32(x, w, bias=None, out=None, strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1, 1),
-                 activation=0, alpha=0.0, beta=0.0, num_threads=None):
+                 activation=0, alpha=0.0, beta=0.0, num_threads=None, post_scale=None,
+                 post_shift=None):
     """Depthwise conv: x[N, C, H, W] (or [C, H, W]), w[C, KH, KW] (or [C, 1, KH, KW]), bias[C] or
     None -> out[N, C, OH, OW] (rank of x), then the fused activation ``activation`` (ACT_* code;
     clip takes alpha=min, beta=max, hardsigmoid alpha, beta). ``pads`` = (top, left, bottom,
-    right). ``out``: optional float32 C-contiguous, must not overlap the inputs. Returns out."""
+    right). ``post_scale`` / ``post_shift``: a scalar multiply, then add, after the activation (each
+    only when given; rounded apart, as Mul and Add nodes). ``out``: optional float32 C-contiguous,
+    must not overlap the inputs. Returns out."""
     if getattr(x, "ndim", None) == 3:
         x4 = x.reshape((1,) + tuple(x.shape))
         o4 = None if out is None else (out.reshape((1,) + tuple(out.shape))
@@ -303,7 +317,7 @@ def dwconv2d_f32(x, w, bias=None, out=None, strides=(1, 1), pads=(0, 0, 0, 0), d
         if o4 is not None and getattr(o4, "ndim", None) != 4:
             raise ValueError(f"out must have the rank of x (3), got {_describe(out)}")
         r = dwconv2d_f32(x4, w, bias, o4, strides, pads, dilations, activation, alpha, beta,
-                         num_threads)
+                         num_threads, post_scale, post_shift)
         return r[0] if out is None else out
     _check_array(x, "x", 4)
     if getattr(w, "ndim", None) == 4 and w.shape[1] == 1:
@@ -327,7 +341,7 @@ def dwconv2d_f32(x, w, bias=None, out=None, strides=(1, 1), pads=(0, 0, 0, 0), d
         if C:
             bp = &bv[0]
     cdef qi_act act
-    _act(&act, activation, alpha, beta)
+    _act(&act, activation, alpha, beta, post_scale, post_shift)
     shape = (N, C, g.out_h, g.out_w)
     given = out is not None   # (an array allocated here overlaps nothing)
     if not given:
@@ -735,11 +749,13 @@ cdef int _conv_part(qi_gemm_f32_ptr fn, const _GemmSplit *s, int t, const qi_con
 
 
 def conv2d_f32(x, w, bias=None, out=None, strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1, 1),
-               group=1, activation=0, alpha=0.0, beta=0.0, num_threads=None):
+               group=1, activation=0, alpha=0.0, beta=0.0, num_threads=None, post_scale=None,
+               post_shift=None):
     """Conv (NCHW, ONNX semantics): x[N, C, H, W] (or [C, H, W]), w[M, C/group, KH, KW] (or a
     PackedGemmA from pack_conv2d_weights_f32), bias[M] or None -> out[N, M, OH, OW] (rank of x),
-    then the fused activation (ACT_* code; clip alpha=min, beta=max; hardsigmoid alpha, beta).
-    ``pads`` = (top, left, bottom, right). One GEMM per (image, group) on the gemm_f32 kernel: a
+    then the fused activation (ACT_* code; clip alpha=min, beta=max; hardsigmoid alpha, beta) and
+    the optional scalar ``post_scale`` / ``post_shift`` (as dwconv2d_f32). ``pads`` = (top, left,
+    bottom, right). One GEMM per (image, group) on the gemm_f32 kernel: a
     1x1 stride-1 unpadded conv reads x in place; otherwise the im2col matrix is gathered band by
     band inside the kernel (never built whole). Depthwise convs (group == C == M) run on
     dwconv2d_f32. ``out``: optional float32 C-contiguous, must not overlap the inputs.
@@ -751,7 +767,7 @@ def conv2d_f32(x, w, bias=None, out=None, strides=(1, 1), pads=(0, 0, 0, 0), dil
         if o4 is not None and getattr(o4, "ndim", None) != 4:
             raise ValueError(f"out must have the rank of x (3), got {_describe(out)}")
         r = conv2d_f32(x4, w, bias, o4, strides, pads, dilations, group, activation, alpha, beta,
-                       num_threads)
+                       num_threads, post_scale, post_shift)
         return r[0] if out is None else out
     _check_array(x, "x", 4)
     cdef size_t N = x.shape[0], C = x.shape[1]
@@ -783,7 +799,7 @@ def conv2d_f32(x, w, bias=None, out=None, strides=(1, 1), pads=(0, 0, 0, 0), dil
     if cg == 1 and M == G:  # depthwise: its own channel-vectorized kernel
         wd = w_data if isinstance(w, PackedGemmA) else w.reshape(M, wshape[2], wshape[3])
         return dwconv2d_f32(x, wd, bias, out, strides, pads, dilations, activation, alpha, beta,
-                            num_threads)
+                            num_threads, post_scale, post_shift)
     if isinstance(w, PackedGemmA):
         apk = 1
         w_group = (<PackedGemmA>w).group_floats
@@ -791,7 +807,7 @@ def conv2d_f32(x, w, bias=None, out=None, strides=(1, 1), pads=(0, 0, 0, 0), dil
         w_group = (M // G) * cg * g.k_h * g.k_w
     _act_bias(bias, M, "one per output channel")
     cdef qi_act act
-    _act(&act, activation, alpha, beta)
+    _act(&act, activation, alpha, beta, post_scale, post_shift)
     shape = (N, M, g.out_h, g.out_w)
     given = out is not None   # (an array allocated here overlaps nothing)
     if not given:

@@ -63,8 +63,9 @@ def _as_2d_attrs(attrs):
     return a
 
 
-def make_conv(attrs, w, b, act, nt):
-    """A fast Conv for float32 1-D/2-D convs with constant weights, or None."""
+def make_conv(attrs, w, b, act, nt, post=(None, None)):
+    """A fast Conv for float32 1-D/2-D convs with constant weights, or None. ``post``: (scale,
+    shift), scalars or None, applied after the activation in the kernel's epilogue."""
     if w is None or w.dtype != np.float32 or w.ndim not in (3, 4):
         return None
     if b is not None and (b.dtype != np.float32 or b.shape != (w.shape[0],)):
@@ -92,7 +93,7 @@ def make_conv(attrs, w, b, act, nt):
         if x.shape[2] + pt + pb < dh * (kh - 1) + 1 or x.shape[3] + pl + pr < dw * (kw - 1) + 1:
             return None      # the reference op reports it
         y = _k.conv2d_f32(np.ascontiguousarray(x), packed, bias, None, (sh, sw), (pt, pl, pb, pr),
-                          (dh, dw), group, code, a, bb, nt)
+                          (dh, dw), group, code, a, bb, nt, post[0], post[1])
         return [y[:, :, 0, :] if one_d else y]
 
     return conv

@@ -183,11 +183,13 @@ class Program:
         fn = build(act)
         if fn is None and absorbed and act[0]:
             absorbed = absorbed[:-1]
-            fn = build(float_ops.NO_ACT)
+            act = float_ops.NO_ACT
+            fn = build(act)
         if fn is None:
             return None, [], None
         if n.op == "Conv":
-            fn, absorbed = _with_affine(fn, n, w, absorbed, consts, consumers, outputs)
+            fn, absorbed = _with_affine(fn, n, w, c, act, absorbed, consts, consumers, outputs,
+                                        num_threads)
         post = [(reference.get(a.op), a, tuple(slot(i) if i else -1 for i in a.inputs)) for a in absorbed]
         return fn, absorbed, post
 
@@ -233,13 +235,13 @@ def _affine_const(node, last, consts, w):
     return None
 
 
-def _with_affine(fn, n, w, absorbed, consts, consumers, outputs):
+def _with_affine(fn, n, w, b, act, absorbed, consts, consumers, outputs, num_threads):
     """A float Conv step (bias, activation) that also absorbs a following Mul by a constant and /
-    or Add of a constant, per channel or scalar (the learnable affine after the activation of
-    PP-LCNetV3-style blocks, y = a * act(conv) + b), applied in place on the conv's fresh output:
-    no new tensor and no pass of the reference op's broadcasting over a tensor that has left the
-    caches. Each value it reads must have that one reader and not be a graph output. Returns
-    (fn, absorbed)."""
+    or Add of a constant, scalar or per channel (the learnable affine after the activation of
+    PP-LCNetV3-style blocks, y = a * act(conv) + b). Scalars go into the kernel's epilogue (a
+    multiply, then an add, rounded apart as the two nodes would be); per-channel constants are
+    applied in place on the conv's fresh output (no new tensor). Each value it reads must have
+    that one reader and not be a graph output. Returns (fn, absorbed)."""
     last = (absorbed[-1] if absorbed else n).outputs[0]
     ops = []
     for want in ("Mul", "Add"):
@@ -254,6 +256,13 @@ def _with_affine(fn, n, w, absorbed, consts, consumers, outputs):
         last = cs[0].outputs[0]
     if not ops:
         return fn, absorbed
+    if all(c.size == 1 for _, c in ops):
+        post = dict(ops)
+        post = (post["Mul"].reshape(()) if "Mul" in post else None,
+                post["Add"].reshape(()) if "Add" in post else None)
+        fused = float_ops.make_conv(n.attrs, w, b, act, num_threads, post)
+        if fused is not None:
+            return fused, absorbed
 
     def conv_affine(inputs, attrs, n_out):
         r = fn(inputs, attrs, n_out)
