@@ -1,8 +1,10 @@
 /* Row-wise float32 ops (qinfer/rows.h): LayerNormalization, Softmax, Erf, portable C.
  *
- * Design: one pass for the row's statistic (sum, or max), summed in double with two partial sums
- * so the compiler can keep the loop vectorized-friendly; a second pass writes the row. exp and erf
- * come from libm (expf for Softmax: the reference's numpy float32 exp is also within an ulp). */
+ * Design: LayerNormalization makes three passes over a row -- the mean, the variance about it (no
+ * cancellation for rows far from zero, as a one-pass sum of squares would have), the output --
+ * with its sums in double; Softmax three -- the max (NaN kept), exp(x - max) with its sum in
+ * double, the scaling. exp and erf come from libm (expf for Softmax: the reference's numpy float32
+ * exp is also within an ulp; erf in double, rounded once). */
 #include <math.h>
 #include "qinfer/rows.h"
 

@@ -228,8 +228,8 @@ def make_erf(nt=1):
 
 
 def _trailing(x, axis):
-    """(axis in [0, ndim), x C-contiguous float32) or None: the rows x cols view of a reduction
-    over x's axes from ``axis`` on"""
+    """``axis`` of x normalized to [0, ndim), or None when x is not a float32 array of rank >= 1
+    or the axis is out of range (the row ops reduce over x's axes from it on)"""
     if not isinstance(x, np.ndarray) or x.dtype != np.float32 or x.ndim == 0:
         return None
     axis = int(axis)

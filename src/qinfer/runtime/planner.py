@@ -5,8 +5,9 @@ Design:
   with values numbered into slots of a flat list (no dict lookups in the run loop). Heavy float ops
   get the fast kernels of ``float_ops`` and absorb what their epilogue can apply (a MatMul's bias
   Add, one activation: ``ir.passes.fuse.epilogue_chain``, shared with the quantizer; a Conv also
-  a following constant Mul / Add, in place: ``_with_affine``); quantized
-  ops get the int8 kernels (``qops``); everything else runs its numpy reference op.
+  a following constant Mul / Add, scalars in its epilogue, per channel in place: ``_with_affine``);
+  quantized ops get the int8 kernels (``qops``); everything else runs its numpy reference op
+  (LayerNormalization, Softmax and Erf on float32 run on the C row kernels of ``float_ops``).
   Slots are released after their last reader (liveness), so peak memory follows the live set.
 - ``Plan`` (one per input-shape signature, cached): the first run with a new signature executes every
   step and records the values that depend only on shapes and constants (``Shape`` -> ``Gather`` ->
