@@ -193,3 +193,27 @@ def test_row_steps_hand_other_dtypes_to_the_reference(rng):
     y = qinfer.InferenceSession(qinfer.Model(g)).run(None, {"x": x})[0]
     assert y.dtype == np.float64
     np.testing.assert_array_equal(y, ref_op("Softmax")([x], {"axis": -1}, 1)[0])
+
+
+@pytest.mark.parametrize("op", ["LayerNormalization", "Softmax"])
+def test_row_steps_leave_large_tensors_to_numpy(rng, op):
+    """Past ROWS_C_MAX elements per thread numpy's SIMD loops are faster than the portable C
+    kernel (bench/bench_rows.py): the step declines and the reference op runs, bit for bit."""
+    from qinfer.runtime import float_ops
+    cols = 256
+    rows = float_ops.ROWS_C_MAX[op] // cols + 1
+    x = rng.standard_normal((rows, cols)).astype(np.float32)
+    s = rng.standard_normal(cols).astype(np.float32)
+    attrs = {"axis": -1}
+    step = (float_ops.make_layernorm if op == "LayerNormalization" else float_ops.make_softmax)(attrs, 1)
+    ins = [x, s] if op == "LayerNormalization" else [x]
+    assert step(ins, attrs, 1) is None
+    small = x[:rows - 2]
+    got = step([small] + ins[1:], attrs, 1)
+    assert got is not None
+    np.testing.assert_allclose(got[0], ref_op(op)([small] + ins[1:], attrs, 1)[0], rtol=1e-4, atol=1e-5)
+    m = _model(helper.make_node(op, ["x"] + (["scale"] if op == "LayerNormalization" else []), ["y"],
+                                axis=-1), (rows, cols),
+               [_init("scale", s)] if op == "LayerNormalization" else [])
+    y = qinfer.InferenceSession(m, num_threads=1).run(None, {"x": x})[0]
+    np.testing.assert_array_equal(y, _ref(m, x))

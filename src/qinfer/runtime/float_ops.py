@@ -258,6 +258,16 @@ def _is_cols(v, x):
             and v.flags.c_contiguous and v.shape[0] == x.shape[-1])
 
 
+#: the row kernels are portable C (one lane at a time, libm's expf): they beat the numpy reference
+#: ops on small tensors -- where numpy's per-call overhead dominates -- but numpy's SIMD loops win on
+#: large ones at 1 thread. The C path is taken up to these many elements per thread (crossovers
+#: measured with ``python bench/bench_rows.py``, 1 thread: LayerNormalization 1.19x numpy at
+#: 64x256, 1.05x at 128x256, 0.88x at 128x768; Softmax 1.13x at 32x64, 0.87x at 64x64; 2 threads:
+#: Softmax 1.24x at 64x64, 0.86x at 64x256). LayerNormalization on 2 or more threads always takes
+#: it (1.62-2.14x numpy up to 512x768: the C kernel is threaded, numpy is not); Erf always (3.5-18x).
+ROWS_C_MAX = {"LayerNormalization": 32768, "Softmax": 2048}
+
+
 def make_layernorm(attrs, nt=1):
     """The LayerNormalization step on the C row kernel (float32 X, only the Y output, float32
     scale / bias shaped as X's normalized axes, stash_type 1); None at run time otherwise."""
@@ -266,8 +276,12 @@ def make_layernorm(attrs, nt=1):
     eps = float(attrs.get("epsilon", 1e-5))
     axis_attr = int(attrs.get("axis", -1))
 
+    cap = ROWS_C_MAX["LayerNormalization"] if nt == 1 else float("inf")
+
     def layernorm(inputs, _attrs, n_out):
         x = inputs[0]
+        if getattr(x, "size", 0) > cap:
+            return None
         if n_out == 1 and len(inputs) >= 2 and axis_attr in (-1, getattr(x, "ndim", 0) - 1):
             s, b = inputs[1], inputs[2] if len(inputs) > 2 else None
             if (isinstance(x, np.ndarray) and x.dtype == np.float32 and x.flags.c_contiguous
@@ -297,8 +311,12 @@ def make_softmax(attrs, nt=1):
     coerce = bool(attrs.get("coerce_2d", 0))
     axis_attr = int(attrs.get("axis", 1 if coerce else -1))
 
+    cap = ROWS_C_MAX["Softmax"] * nt
+
     def softmax(inputs, _attrs, n_out):
         x = inputs[0]
+        if getattr(x, "size", 0) > cap:
+            return None
         if (n_out == 1 and isinstance(x, np.ndarray) and x.dtype == np.float32 and x.ndim
                 and x.flags.c_contiguous and axis_attr in (-1, x.ndim - 1)):  # the common case
             return [_k.softmax_f32(x, num_threads=nt)]
