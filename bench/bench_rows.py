@@ -78,12 +78,9 @@ def main(argv=None):
             x = rng.standard_normal((rows, cols)).astype(np.float32)
             s = rng.standard_normal(cols).astype(np.float32)
             b = rng.standard_normal(cols).astype(np.float32)
-            if op == "LayerNormalization":
-                ref = ref_op(op)
-                feeds = ([x, s, b], {"axis": -1}, 1)
-            else:
-                ref = ref_op(op)
-                feeds = ([x], {"axis": -1} if op == "Softmax" else {}, 1)
+            ref = ref_op(op)
+            feeds = (([x, s, b] if op == "LayerNormalization" else [x]),
+                     {} if op == "Erf" else {"axis": -1}, 1)
             for nt in args.threads:
                 if op == "LayerNormalization":
                     q = lambda: K.layernorm_f32(x, s, b, 1e-5, num_threads=nt)

@@ -333,6 +333,7 @@ def _conv_affine_model(rng, scale_shape, shift_shape, mul_first=True, extra_read
     ((6, 1, 1), (1, 6, 1, 1), False, False, ["Conv"]),   # per channel
     ((), (6, 1, 1), True, False, ["Conv"]),
     ((1,), (1,), True, True, ["Conv", "Add", "Neg"]),    # the Mul's output has two readers
+    ((1,), (6, 1, 1), True, False, ["Conv"]),            # a scalar and a per-channel constant
     ((9, 11), (1,), True, False, ["Conv", "Mul", "Add"]),  # a spatial constant: not per channel
     ((1, 1, 1, 1, 1), (1,), True, False, ["Conv", "Mul", "Add"]),  # would widen the output's rank
 ])

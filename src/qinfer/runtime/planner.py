@@ -5,7 +5,7 @@ Design:
   with values numbered into slots of a flat list (no dict lookups in the run loop). Heavy float ops
   get the fast kernels of ``float_ops`` and absorb what their epilogue can apply (a MatMul's bias
   Add, one activation: ``ir.passes.fuse.epilogue_chain``, shared with the quantizer; a Conv also
-  a following constant Mul / Add, scalars in its epilogue, per channel in place: ``_with_affine``);
+  a following constant Mul / Add, scalars in its epilogue, per channel in place: ``_affine_chain``);
   quantized ops get the int8 kernels (``qops``); everything else runs its numpy reference op
   (LayerNormalization, Softmax and Erf on float32 run on the C row kernels of ``float_ops``).
   Slots are released after their last reader (liveness), so peak memory follows the live set.
@@ -172,25 +172,29 @@ class Program:
         if add_bias is not None:
             c = add_bias
 
-        def build(act_):
+        # a Conv's following constant Mul / Add (its scalar part goes into the kernel's epilogue)
+        affine, post_ = (_affine_chain(n, w, absorbed, consts, consumers, outputs) if n.op == "Conv"
+                         else ([], (None, None)))
+
+        def build(act_, post=(None, None)):
             if n.op == "Conv":
-                return float_ops.make_conv(n.attrs, w, c, act_, num_threads)
+                return float_ops.make_conv(n.attrs, w, c, act_, num_threads, post)
             if n.op == "ConvTranspose":
                 return float_ops.make_conv_transpose(n.attrs, w, c, act_, num_threads)
             if n.op == "Gemm":
                 return float_ops.make_gemm(n.attrs, w, c, act_, num_threads)
             return float_ops.make_matmul(w, c.reshape(-1) if c is not None else None, act_, num_threads)
 
-        fn = build(act)
+        fn = build(act, post_)
         if fn is None and absorbed and act[0]:
-            absorbed = absorbed[:-1]
-            act = float_ops.NO_ACT
-            fn = build(act)
+            absorbed, affine = absorbed[:-1], []    # (the affine follows the activation)
+            fn = build(float_ops.NO_ACT)
         if fn is None:
             return None, [], None
-        if n.op == "Conv":
-            fn, absorbed = _with_affine(fn, n, w, c, act, absorbed, consts, consumers, outputs,
-                                        num_threads)
+        if affine:
+            in_epilogue = any(p is not None for p in post_)   # all scalars; else all in place
+            fn = _in_place_affine(fn, [] if in_epilogue else [(a.op, ac) for a, ac in affine])
+            absorbed = absorbed + [a for a, _ in affine]
         post = [(reference.get(a.op), a, tuple(slot(i) if i else -1 for i in a.inputs)) for a in absorbed]
         return fn, absorbed, post
 
@@ -236,15 +240,14 @@ def _affine_const(node, last, consts, w):
     return None
 
 
-def _with_affine(fn, n, w, b, act, absorbed, consts, consumers, outputs, num_threads):
-    """A float Conv step (bias, activation) that also absorbs a following Mul by a constant and /
-    or Add of a constant, scalar or per channel (the learnable affine after the activation of
-    PP-LCNetV3-style blocks, y = a * act(conv) + b). Scalars go into the kernel's epilogue (a
-    multiply, then an add, rounded apart as the two nodes would be); per-channel constants are
-    applied in place on the conv's fresh output (no new tensor). Each value it reads must have
-    that one reader and not be a graph output. Returns (fn, absorbed)."""
+def _affine_chain(n, w, absorbed, consts, consumers, outputs):
+    """What a float Conv step absorbs after its activation: a following Mul by a constant and / or
+    Add of a constant, scalar or per channel (the learnable affine of PP-LCNetV3-style blocks,
+    y = a * act(conv) + b), each value read by that one node and not a graph output. Returns
+    ([(node, constant)], (scale, shift)): the scalars, or None, for the kernel's epilogue (a
+    multiply, then an add, rounded apart as the two nodes would be)."""
     last = (absorbed[-1] if absorbed else n).outputs[0]
-    ops = []
+    chain = []
     for want in ("Mul", "Add"):
         cs = consumers.get(last, [])
         if len(cs) != 1 or last in outputs or cs[0].op != want:
@@ -252,28 +255,27 @@ def _with_affine(fn, n, w, b, act, absorbed, consts, consumers, outputs, num_thr
         c = _affine_const(cs[0], last, consts, w)
         if c is None:
             break
-        ops.append((want, c))
-        absorbed = absorbed + [cs[0]]
+        chain.append((cs[0], c))
         last = cs[0].outputs[0]
+    if chain and all(c.size == 1 for _, c in chain):
+        scalars = {a.op: c.reshape(()) for a, c in chain}
+        return chain, (scalars.get("Mul"), scalars.get("Add"))
+    return chain, (None, None)
+
+
+def _in_place_affine(fn, ops):
+    """``fn`` followed by per-channel ``ops`` ([("Mul" | "Add", constant)]) in place on its fresh
+    output (the reference's a * y, y + b per element: both commute); ``fn`` itself without any"""
     if not ops:
-        return fn, absorbed
-    if all(c.size == 1 for _, c in ops):
-        post = dict(ops)
-        post = (post["Mul"].reshape(()) if "Mul" in post else None,
-                post["Add"].reshape(()) if "Add" in post else None)
-        fused = float_ops.make_conv(n.attrs, w, b, act, num_threads, post)
-        if fused is not None:
-            return fused, absorbed
+        return fn
 
     def conv_affine(inputs, attrs, n_out):
         r = fn(inputs, attrs, n_out)
-        if r is None:
-            return None
-        y = r[0]
-        for op, c in ops:   # the reference's a * y, y + b per element (both commute)
-            (np.multiply if op == "Mul" else np.add)(y, c, out=y)
+        if r is not None:
+            for op, c in ops:
+                (np.multiply if op == "Mul" else np.add)(r[0], c, out=r[0])
         return r
-    return conv_affine, absorbed
+    return conv_affine
 
 
 #: a step's input shapes, as its size check keeps them (shared with the compiled run loop)
