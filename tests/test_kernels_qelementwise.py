@@ -38,6 +38,40 @@ def test_quantize_dequantize(shape, nt, rng):
 
 
 @pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("nt", THREADS)
+def test_quantize_per_channel_to_nhwc(shape, nt, rng):
+    """channel_scales: channel c of the NCHW input divided by its own scale, one zero point"""
+    c = shape[1]
+    mag = np.exp(rng.uniform(-6, 6, c)).astype(np.float32)     # channel ranges 1e5 apart
+    x = (rng.standard_normal(shape) * mag.reshape(1, c, 1, 1)).astype(np.float32)
+    flat = x.reshape(-1)
+    flat[: min(5, flat.size)] = [np.nan, np.inf, -np.inf, 0.25, 1e30][: min(5, flat.size)]
+    for zp in (0, 77, 255):
+        scales = (mag / 40).astype(np.float32)
+        scales[0] = 1e-6                                          # saturates both ways
+        want = qops.quantize_u8(x, 1.0, zp, True, scales)
+        got = k.quantize_u8(x, 1.0, zp, True, nt, scales)
+        np.testing.assert_array_equal(got, want)
+        # each channel is the per-tensor rule at its own scale
+        for ch in {0, c // 2, c - 1}:
+            np.testing.assert_array_equal(
+                got[..., ch], qops.quantize_u8(x[:, ch:ch + 1], scales[ch], zp, True)[..., 0])
+
+
+def test_quantize_per_channel_bad_arguments():
+    x = np.zeros((1, 3, 2, 2), np.float32)
+    with pytest.raises(ValueError, match="needs to_nhwc"):
+        k.quantize_u8(x, 1.0, 0, False, 1, np.ones(3, np.float32))
+    with pytest.raises(ValueError, match=r"float32 \[3\]"):
+        k.quantize_u8(x, 1.0, 0, True, 1, np.ones(4, np.float32))
+    for bad in (0.0, -1.0, np.nan, np.inf):
+        with pytest.raises(ValueError, match="finite floats > 0"):
+            k.quantize_u8(x, 1.0, 0, True, 1, np.array([1, bad, 1], np.float32))
+    with pytest.raises(Exception, match="channel_scales"):
+        qops.quantize_u8(x, 1.0, 0, True, np.ones(4, np.float32))
+
+
+@pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("relu", [False, True])
 @pytest.mark.parametrize("nt", THREADS)
 def test_qadd(shape, relu, nt, rng):

@@ -364,3 +364,58 @@ def test_make_observer():
     for bad in ("kl", "", None, 3):
         with pytest.raises(CalibrationError, match="'minmax', 'percentile', 'entropy', 'mse'"):
             make_observer(bad)
+
+
+# ----------------------------------------------------------------------------- per channel
+@pytest.mark.parametrize("method", METHODS)
+def test_channel_qparams_cover_each_channel_with_one_zero_point(method, rng):
+    """Per-channel ranges of NCHW data (axis 1), one zero point: on data without outliers every
+    value round-trips within its channel's scale / 2 (minmax: exactly its range, nothing clipped),
+    and a channel 1000x narrower than the others gets a scale near 1000x finer."""
+    mag = np.array([1e-3, 1.0, 2.0, 5.0, 1.0], np.float32)
+    shift = np.array([0.0, 0.0, 0.5, -1.0, 3.0], np.float32)    # channel 4 is positive only
+    obs = make_observer(method)
+    batches = [(rng.uniform(-1, 1, (2, 5, 6, 7)) * mag.reshape(1, 5, 1, 1)
+                + shift.reshape(1, 5, 1, 1) * mag.reshape(1, 5, 1, 1)).astype(np.float32)
+               for _ in range(3)]
+    for x in batches:
+        obs.update(x)
+    scales, zp = obs.channel_qparams()
+    assert scales.dtype == np.float32 and scales.shape == (5,) and isinstance(zp, int) and 0 <= zp <= 255
+    s_t, _ = obs.qparams()
+    assert scales[0] < s_t / 200
+    if method == "minmax":
+        x = np.concatenate(batches)
+        q = np.clip(np.rint(x / scales.reshape(1, 5, 1, 1)) + zp, 0, 255)
+        err = np.abs((q - zp) * scales.reshape(1, 5, 1, 1) - x)
+        assert np.all(err <= scales.reshape(1, 5, 1, 1) * (0.5 + REL * 256))
+        np.testing.assert_allclose(obs.ch_min, x.min(axis=(0, 2, 3)))
+        np.testing.assert_allclose(obs.ch_max, x.max(axis=(0, 2, 3)))
+
+
+def test_channel_qparams_none_unless_rank4_with_one_channel_count(rng):
+    obs = MinMaxObserver()
+    obs.update(rng.standard_normal((3, 4)).astype(np.float32))
+    assert obs.channel_qparams() is None
+    obs = MinMaxObserver()
+    obs.update(rng.standard_normal((1, 4, 2, 2)).astype(np.float32))
+    assert obs.channel_qparams() is not None
+    obs.update(rng.standard_normal((1, 5, 2, 2)).astype(np.float32))   # the channel count changed
+    assert obs.channel_qparams() is None
+    obs.update(rng.standard_normal((1, 4, 2, 2)).astype(np.float32))   # and stays off
+    assert obs.channel_qparams() is None
+
+
+def test_channel_qparams_ignore_non_finite_and_dead_channels(rng):
+    x = rng.standard_normal((1, 3, 4, 4)).astype(np.float32)
+    x[0, 1] = 0.0                       # a dead channel: a finite scale, not 0
+    x[0, 0, 0, 0], x[0, 2, 1, 1] = np.nan, np.inf
+    obs = MinMaxObserver()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        obs.update(x)
+    scales, zp = obs.channel_qparams()
+    assert np.all(np.isfinite(scales)) and np.all(scales > 0)
+    assert obs.ch_max[2] == np.nanmax(np.where(np.isfinite(x[0, 2]), x[0, 2], np.nan))
+    s_t, _ = obs.qparams()
+    assert scales[1] >= s_t / 4096 * 0.99     # the floor: at most 4096x finer than the tensor's

@@ -274,3 +274,83 @@ def test_ppocr_det_int8_keeps_the_text_map(ppocr_det_onnx):
           f"mean {np.mean(ious):.4f} over {len(x)} text images")
     assert min(cosines) >= 0.99 and min(ious) >= 0.95
     assert q.graph.op_counts().get("QConv", 0) >= 20    # most of the network runs int8
+
+
+# ----------------------------------------------------------------------------- per-channel inputs
+def _channel_range_model(path, rng, mag):
+    """x [1, 8, 12, 12] -> depthwise 3x3, grouped (2 groups) 3x3 stride 2, and 1x1 convs, each an
+    output; the weights favour the narrow channels, so they matter as much as the wide ones."""
+    import onnx
+    from onnx import helper, numpy_helper, TensorProto
+    c = mag.size
+    inv = (1.0 / mag).astype(np.float32)
+    w_dw = rng.standard_normal((c, 1, 3, 3)).astype(np.float32) * inv.reshape(c, 1, 1, 1)
+    w_g = rng.standard_normal((4, c // 2, 3, 3)).astype(np.float32) * inv.reshape(2, c // 2)[
+        [0, 0, 1, 1]].reshape(4, c // 2, 1, 1)
+    w_pw = rng.standard_normal((6, c, 1, 1)).astype(np.float32) * inv.reshape(1, c, 1, 1)
+    inits = [numpy_helper.from_array(w_dw, "w_dw"), numpy_helper.from_array(w_g, "w_g"),
+             numpy_helper.from_array(w_pw, "w_pw"),
+             numpy_helper.from_array(rng.standard_normal(c).astype(np.float32), "b_dw")]
+    nodes = [helper.make_node("Conv", ["x", "w_dw", "b_dw"], ["dw"], group=c, pads=[1, 1, 1, 1], name="dw"),
+             helper.make_node("Conv", ["x", "w_g"], ["grouped"], group=2, pads=[1, 1, 1, 1],
+                              strides=[2, 2], name="grouped"),
+             helper.make_node("Conv", ["x", "w_pw"], ["pw"], name="pw")]
+    outs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("dw", "grouped", "pw")]
+    g = helper.make_graph(nodes, "channels", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                                         [1, c, 12, 12])], outs, inits)
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]), path)
+
+
+def test_per_channel_inputs_fold_into_the_weights(tmp_path, rng):
+    """A float input whose channels span 1e4 in range: read per channel (QuantizeU8
+    channel_scales, the scales folded into the depthwise / grouped / 1x1 weights) each output
+    keeps cosine >= 0.999, where one scale for the tensor loses the narrow channels; the session
+    gives the reference executor's bits at 1 and 2 threads, and a saved file runs the same."""
+    from qinfer.quant import quantize as Q
+    from qinfer.quant.calibrate import calibrate
+    mag = np.array([1e-2, 1e-1, 1.0, 10.0, 100.0, 3e-2, 0.3, 30.0], np.float32)
+    path = str(tmp_path / "ch.onnx")
+    _channel_range_model(path, rng, mag)
+    m = qinfer.convert(path)
+    feeds = [{"x": (rng.standard_normal((1, 8, 12, 12)) * mag.reshape(1, 8, 1, 1)).astype(np.float32)}
+             for _ in range(6)]
+    obs = calibrate(m.graph, feeds, progress=False)
+    cands = Q.find_candidates(m.graph)
+    names = {c.name for c in cands}
+    assert names == {"dw", "grouped", "pw"}
+    ref = Q._outputs(m.graph, feeds)
+
+    def worst(g):
+        return Q.output_error(ref, Q._outputs(g, feeds))
+
+    tensor_g, _ = Q.build_quantized(m.graph, cands, obs, names)
+    chan_g, report = Q.build_quantized(m.graph, cands, obs, names, names)
+    e_t, e_c = worst(tensor_g), worst(chan_g)
+    print(f"worst 1 - cosine: per tensor {e_t:.2e}, per channel {e_c:.2e}")
+    assert e_c <= 1e-3 and e_t >= 20 * e_c
+    quant = [n for n in chan_g.nodes if n.op == "QuantizeU8"]
+    assert len(quant) == 1 and len(quant[0].attrs["channel_scales"]) == 8   # one, shared
+    assert chan_g.op_counts().get("QConv") == 3
+    assert all("input per channel" in r["reason"] for r in report)
+    from qinfer.model import Model
+    p = tmp_path / "ch.qinf"
+    Model(chan_g).save(p)
+    x = feeds[0]
+    want = run_graph(chan_g, x)
+    for nt in (1, 2):
+        got = qinfer.InferenceSession(str(p), num_threads=nt).run(None, x)
+        for name, g in zip(chan_g.output_names, got):
+            np.testing.assert_array_equal(g, want[name])
+
+
+def test_quantize_reads_a_wide_ranged_float_input_per_channel(tmp_path, rng):
+    """qinfer.quantize takes the per-channel reading by itself and keeps the budget."""
+    mag = np.array([1e-2, 1e-1, 1.0, 10.0, 100.0, 3e-2, 0.3, 30.0], np.float32)
+    path = str(tmp_path / "ch.onnx")
+    _channel_range_model(path, rng, mag)
+    xs = (rng.standard_normal((6, 8, 12, 12)) * mag.reshape(1, 8, 1, 1)).astype(np.float32)
+    q = qinfer.quantize(qinfer.convert(path), [xs[i:i + 1] for i in range(6)], progress=False)
+    assert q.graph.op_counts().get("QConv") == 3, q.summary()
+    assert q.graph.metadata["quantization"]["output_error"] <= 0.01
+    report = q.graph.metadata["precision_report"]
+    assert len(report) == 3 and all("input per channel" in r["reason"] for r in report), report

@@ -25,7 +25,8 @@ typedef struct qi_qadd_params {
 /* What one call of the stream slot does, on the range [begin, end) of its units (x, y point to
  * one image, or to the whole tensor for the element-wise ops):
  *   QUANTIZE            y[i] = clamp(rint(x[i] / scale) + zp, 0, 255), NaN -> zp; units: elements
- *   QUANTIZE_CHW_HWC    the same, x[c, hw] float -> y[hw, c] uint8; units: pixels
+ *   QUANTIZE_CHW_HWC    the same, x[c, hw] float -> y[hw, c] uint8, channel j divided by m[j]
+ *                       when m is not NULL (per-channel scales, one zero point); units: pixels
  *   DEQUANTIZE          y[i] = ((float)x[i] - zp) * scale; units: elements
  *   DEQUANTIZE_HWC_CHW  the same, x[hw, c] uint8 -> y[c, hw] float; units: channels
  *   QADD                y = requant(((float)x - za) * sa + ((float)x2 - zb) * sb) (qadd); elements
@@ -52,7 +53,7 @@ typedef struct qi_stream_args {
   int op;                  /* enum qi_stream_op */
   const void *x, *x2;      /* x2: QADD's second operand */
   void *y;
-  const float *m;          /* QMUL_CHANNEL's factors [c] */
+  const float *m;          /* QMUL_CHANNEL's factors [c]; QUANTIZE_CHW_HWC's scales [c] or NULL */
   const qi_conv2d_geom *g; /* the max pools' geometry */
   size_t c, hw;
   float scale, zp, zp2;    /* zp2: QMUL_CHANNEL's output zero point */

@@ -120,15 +120,26 @@ cdef inline int _e_threads(object num_threads, size_t units, size_t work) except
     return nt
 
 
-def quantize_u8(x, scale, zero_point, to_nhwc=False, num_threads=None):
+def quantize_u8(x, scale, zero_point, to_nhwc=False, num_threads=None, channel_scales=None):
     """uint8 q = clamp(rint(x / scale) + zero_point, 0, 255), NaN -> zero_point, of a float32
-    C-contiguous array; ``to_nhwc``: x is [N, C, H, W] and q comes out [N, H, W, C]."""
+    C-contiguous array; ``to_nhwc``: x is [N, C, H, W] and q comes out [N, H, W, C], channel c
+    divided by ``channel_scales[c]`` when given (float32 [C], each finite > 0)."""
     _e_check(x, "x", np.float32)
     cdef float s = _e_scale(scale)
     cdef float z = _e_zp(zero_point)
     cdef bint move = bool(to_nhwc)
     if move and x.ndim != 4:
         raise ValueError(f"to_nhwc needs a rank-4 NCHW x, got {_describe(x)}")
+    cs = None
+    if channel_scales is not None:
+        if not move:
+            raise ValueError("channel_scales needs to_nhwc (per-channel scales of an NCHW x)")
+        cs = np.ascontiguousarray(channel_scales, np.float32)
+        if cs.ndim != 1 or cs.shape[0] != x.shape[1]:
+            raise ValueError(f"channel_scales must be float32 [{x.shape[1]}] (one per channel of x "
+                             f"{_describe(x)}), got shape {tuple(cs.shape)}")
+        if not (np.all(np.isfinite(cs)) and np.all(cs > 0) and np.all(cs < _Q_SCALE_MAX)):
+            raise ValueError("channel_scales must be finite floats > 0")
     out = np.empty((x.shape[0], x.shape[2], x.shape[3], x.shape[1]) if move else x.shape, np.uint8)
     if x.size == 0:
         return out
@@ -136,6 +147,8 @@ def quantize_u8(x, scale, zero_point, to_nhwc=False, num_threads=None):
     memset(&a, 0, sizeof(a))
     a.x, a.y = _e_ptr(x), _e_ptr(out)
     a.scale, a.zp = s, z
+    if cs is not None:
+        a.m = <const float *>_e_ptr(cs)
     cdef size_t total = x.size, n_img = 1, C, HW
     cdef int nt
     if move:

@@ -155,7 +155,8 @@ ATTR_KINDS = {
     **dict.fromkeys(["axes", "perm", "kernel_shape", "strides", "pads", "dilations",
                      "output_padding", "output_shape", "split", "value_ints", "starts", "ends"],
                     "ints"),
-    **dict.fromkeys(["value_floats", "scales", "activation_alpha", "activation_beta"], "numbers"),
+    **dict.fromkeys(["value_floats", "scales", "activation_alpha", "activation_beta",
+                     "channel_scales"], "numbers"),
     "activations": "strs",
     "value": "tensor",
 }
@@ -240,6 +241,12 @@ def _qop_problems(n, label):
         if k in a and not (_within(a[k], 0, _Q_PARAM_MAX) and a[k] > 0):
             out.append(f"{label}: attribute {k!r} = {a[k]!r} must be a finite number in "
                        f"(0, {_Q_PARAM_MAX:g}]")
+    if isinstance(a.get("channel_scales"), (list, tuple)):
+        if not all(_within(v, 0, _Q_PARAM_MAX) and v > 0 for v in a["channel_scales"]):
+            out.append(f"{label}: attribute 'channel_scales' must hold finite numbers in "
+                       f"(0, {_Q_PARAM_MAX:g}]")
+        if a.get("layout") != "nchw_to_nhwc":
+            out.append(f"{label}: attribute 'channel_scales' needs layout 'nchw_to_nhwc'")
     for k in _Q_ZERO_POINTS:
         if k in a and not (_int(a[k]) and 0 <= a[k] <= 255):
             out.append(f"{label}: attribute {k!r} = {a[k]!r} must be an int in 0..255 (a uint8 "

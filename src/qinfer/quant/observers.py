@@ -181,6 +181,8 @@ class Observer:
         self.count = 0              # finite values seen
         self.nonfinite = 0          # NaN / inf values ignored
         self.batches = 0
+        self.ch_min = self.ch_max = None   # per channel (axis 1) of rank-4 data: channel_qparams
+        self._ch_off = False
         self._warned = False
         self._cache = {}
 
@@ -192,6 +194,7 @@ class Observer:
         x = np.asarray(x)
         if x.dtype.kind != "f" or x.size == 0:
             return self
+        self._update_channels(x)
         x = x.reshape(-1)
         finite = np.isfinite(x)
         if not finite.all():
@@ -215,6 +218,56 @@ class Observer:
 
     def _update(self, x):
         pass
+
+    def _update_channels(self, x):
+        """Running min / max per channel (axis 1) of rank-4 (NCHW) data, non-finite values left
+        out. Data of another rank, or a channel count that changes, ends them for good."""
+        if self._ch_off:
+            return
+        if x.ndim != 4 or (self.ch_min is not None and self.ch_min.shape != (x.shape[1],)):
+            self.ch_min = self.ch_max = None
+            self._ch_off = True
+            return
+        v = x if np.isfinite(x).all() else np.where(np.isfinite(x), x, np.nan)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)   # an all-NaN channel: NaN, left out
+            lo = np.nanmin(v, axis=(0, 2, 3)).astype(np.float64)
+            hi = np.nanmax(v, axis=(0, 2, 3)).astype(np.float64)
+        if self.ch_min is None:
+            self.ch_min, self.ch_max = lo, hi
+        else:
+            self.ch_min, self.ch_max = np.fmin(self.ch_min, lo), np.fmax(self.ch_max, hi)
+
+    def channel_qparams(self, bits=8):
+        """Per-channel uint8 quantization of rank-4 NCHW data that shares one zero point:
+        ``(scales float32 [C], zero_point int)``, or None when the data was not rank 4 (or
+        changed its channel count). Each channel's range is its own min / max, shrunk by the
+        ratio the observer's method clips the whole tensor's range by; the zero point is the
+        one that minimizes the sum of the channels' log step sizes (the channels' resolution
+        taken together), and each channel's scale then covers its range on both sides of it."""
+        self._check_seen()
+        if self.ch_min is None:
+            return None
+        lo_t, hi_t = self.range(bits)
+        lo = np.where(np.isfinite(self.ch_min), self.ch_min, 0.0)
+        hi = np.where(np.isfinite(self.ch_max), self.ch_max, 0.0)
+        if self.min < 0 and lo_t < 0:
+            lo = lo * min(1.0, lo_t / self.min)
+        if self.max > 0 and hi_t > 0:
+            hi = hi * min(1.0, hi_t / self.max)
+        lo, hi = np.minimum(lo, 0.0), np.maximum(hi, 0.0)
+        qmax = float((1 << bits) - 1)
+        z = np.arange(int(qmax) + 1, dtype=np.float64)[:, None]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            need = np.maximum(np.where(hi > 0, hi / (qmax - z), 0.0),
+                              np.where(lo < 0, -lo / z, 0.0))
+        # dead (or 4096x narrower) channels: a scale, not a zero (int8 weights 4096x the
+        # others' could not carry such a channel's share anyway)
+        floor = max(hi_t - lo_t, 1e-30) / qmax / 4096.0
+        steps = np.maximum(need, floor)
+        zp = int(np.argmin(np.log(steps).sum(axis=1)))
+        scales = np.maximum(steps[zp], floor).astype(np.float32)
+        return scales, zp
 
     def _check_seen(self):
         if self.count == 0:

@@ -4,7 +4,9 @@ The quantizer rewrites Conv / Gemm / MatMul into these ops; the runtime runs the
 kernels (runtime/qops.py) and these definitions are the oracle (and what the reference executor
 runs, e.g. to calibrate or evaluate a quantized graph layer by layer).
 
-- QuantizeU8(x f32)            -> u8: q = clamp(rint(x / scale) + zp, 0, 255), optional NCHW -> NHWC
+- QuantizeU8(x f32)            -> u8: q = clamp(rint(x / scale) + zp, 0, 255), optional NCHW -> NHWC;
+                                   with ``channel_scales`` (NCHW -> NHWC only) channel c divides by
+                                   channel_scales[c]: a conv reading it folds them into its weights
 - DequantizeU8(q u8)           -> f32: scale * (q - zp), optional NHWC -> NCHW
 - QConv(x u8 NHWC, packed, s)  -> u8 NHWC (requantized) or f32 (NHWC or NCHW); ``kind`` "conv" | "dw"
 - QGemm(x u8 [.., K], packed, s) -> u8 or f32 [.., N]
@@ -41,15 +43,22 @@ from ..errors import InvalidInputError, UnsupportedOperatorError
 _f = np.float32
 
 
-def quantize_u8(x, scale, zp, to_nhwc=False):
+def quantize_u8(x, scale, zp, to_nhwc=False, channel_scales=None):
     """THE activation rounding rule: float32 division, round half to even, add the zero point,
     NaN -> zero point, saturate to [0, 255]. ``to_nhwc`` also moves channels last (one strided
-    pass instead of a transpose copy)."""
+    pass instead of a transpose copy); ``channel_scales`` (with ``to_nhwc``): channel c of the
+    NCHW x is divided by channel_scales[c] instead of ``scale`` (one zero point for all)."""
     x = np.asarray(x, np.float32)
+    div = _f(scale)
+    if channel_scales is not None:
+        div = np.asarray(channel_scales, np.float32)
+        if not to_nhwc or x.ndim != 4 or div.shape != (x.shape[1],):
+            raise InvalidInputError(f"QuantizeU8: channel_scales of shape {list(div.shape)} needs an "
+                                    f"NCHW input with that many channels, got {list(x.shape)}")
     if to_nhwc and x.ndim == 4:
         x = x.transpose(0, 2, 3, 1)
     t = np.empty(x.shape, np.float32)
-    np.divide(x, _f(scale), out=t)
+    np.divide(x, div, out=t)
     np.rint(t, out=t)
     t += _f(zp)
     np.nan_to_num(t, copy=False, nan=float(zp))
@@ -74,7 +83,7 @@ def _to_nchw(x):
 @register("QuantizeU8")
 def quantize_op(inputs, attrs, n):
     return [quantize_u8(inputs[0], attrs["scale"], attrs["zero_point"],
-                        attrs.get("layout") == "nchw_to_nhwc")]
+                        attrs.get("layout") == "nchw_to_nhwc", attrs.get("channel_scales"))]
 
 
 @register("DequantizeLinear")

@@ -202,6 +202,16 @@ def _make_stream_op(op, a, nt):
         kern, dtype = (_k.quantize_u8, np.float32) if quant else (_k.dequantize_u8, np.uint8)
         scale, zp = float(a["scale"]), int(a["zero_point"])
         move = a.get("layout") == ("nchw_to_nhwc" if quant else "nhwc_to_nchw")
+        cs = a.get("channel_scales") if quant else None
+        if cs is not None:
+            cs = np.asarray(cs, np.float32)
+
+            def convert(inputs, _a, _n):
+                x = inputs[0]
+                if x.dtype != dtype or not move or x.ndim != 4 or x.shape[1] != cs.shape[0]:
+                    return None    # the reference says what is wrong
+                return [kern(np.ascontiguousarray(x), scale, zp, True, nt, cs)]
+            return convert
 
         def convert(inputs, _a, _n):
             x = inputs[0]
