@@ -354,3 +354,26 @@ def test_quantize_reads_a_wide_ranged_float_input_per_channel(tmp_path, rng):
     assert q.graph.metadata["quantization"]["output_error"] <= 0.01
     report = q.graph.metadata["precision_report"]
     assert len(report) == 3 and all("input per channel" in r["reason"] for r in report), report
+
+
+def test_evaluate_dequantizes_a_per_channel_value_per_channel(tmp_path, rng):
+    """qinfer evaluate's per-layer view reads a per-channel uint8 value with its channel scales:
+    back within each channel's scale / 2 of the float input."""
+    from qinfer import evaluate as ev
+    from qinfer.quant import quantize as Q
+    from qinfer.quant.calibrate import calibrate
+    mag = np.array([1e-2, 1e-1, 1.0, 10.0, 100.0, 3e-2, 0.3, 30.0], np.float32)
+    path = str(tmp_path / "ch.onnx")
+    _channel_range_model(path, rng, mag)
+    m = qinfer.convert(path)
+    feeds = [{"x": (rng.standard_normal((1, 8, 12, 12)) * mag.reshape(1, 8, 1, 1)).astype(np.float32)}
+             for _ in range(3)]
+    cands = Q.find_candidates(m.graph)
+    names = {c.name for c in cands}
+    g, _ = Q.build_quantized(m.graph, cands, calibrate(m.graph, feeds, progress=False), names, names)
+    quant = next(n for n in g.nodes if n.op == "QuantizeU8")
+    u8 = run_graph(g, feeds[0], outputs=[quant.outputs[0]])[quant.outputs[0]]
+    back, why = ev._as_float(g, quant.outputs[0], u8, quant, {quant.outputs[0]: "NHWC"})
+    assert why is None and back.shape == feeds[0]["x"].shape
+    scales = np.asarray(quant.attrs["channel_scales"], np.float32).reshape(1, 8, 1, 1)
+    assert np.all(np.abs(back - feeds[0]["x"]) <= scales * 0.5001)

@@ -295,7 +295,8 @@ def _layouts(graph):
 
 def _qparams_of(graph, name, producer):
     """(scale, zero_point, axis) of a quantized value: its ``Value.qparams``, else the producing
-    node's output quantization attributes (QuantizeU8 ``scale`` / ``zero_point``; QConv / QGemm /
+    node's output quantization attributes (QuantizeU8 ``scale`` or ``channel_scales`` /
+    ``zero_point``; QConv / QGemm /
     QAdd ``y_inv_scale`` / ``zp_y``), else None."""
     qp = graph.value(name).qparams
     if qp is not None:
@@ -303,6 +304,8 @@ def _qparams_of(graph, name, producer):
     if producer is None:
         return None
     a = producer.attrs
+    if producer.op == "QuantizeU8" and a.get("channel_scales") is not None:
+        return a["channel_scales"], a.get("zero_point", 0), 3    # NHWC out: channels last
     if producer.op == "QuantizeU8" and "scale" in a:
         return a["scale"], a.get("zero_point", 0), None
     if "y_inv_scale" in a and a.get("out_dtype", "uint8") == "uint8":
