@@ -301,6 +301,22 @@ def _channel_range_model(path, rng, mag):
     onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]), path)
 
 
+#: channel magnitudes 1e4 apart
+_CH_MAG = np.array([1e-2, 1e-1, 1.0, 10.0, 100.0, 3e-2, 0.3, 30.0], np.float32)
+
+
+def _channel_setup(tmp_path, rng, samples):
+    """(float model, calibration feeds, candidates, their names) of _channel_range_model"""
+    from qinfer.quant import quantize as Q
+    path = str(tmp_path / "ch.onnx")
+    _channel_range_model(path, rng, _CH_MAG)
+    m = qinfer.convert(path)
+    feeds = [{"x": (rng.standard_normal((1, 8, 12, 12)) * _CH_MAG.reshape(1, 8, 1, 1)).astype(np.float32)}
+             for _ in range(samples)]
+    cands = Q.find_candidates(m.graph)
+    return m, feeds, cands, {c.name for c in cands}
+
+
 def test_per_channel_inputs_fold_into_the_weights(tmp_path, rng):
     """A float input whose channels span 1e4 in range: read per channel (QuantizeU8
     channel_scales, the scales folded into the depthwise / grouped / 1x1 weights) each output
@@ -308,15 +324,8 @@ def test_per_channel_inputs_fold_into_the_weights(tmp_path, rng):
     gives the reference executor's bits at 1 and 2 threads, and a saved file runs the same."""
     from qinfer.quant import quantize as Q
     from qinfer.quant.calibrate import calibrate
-    mag = np.array([1e-2, 1e-1, 1.0, 10.0, 100.0, 3e-2, 0.3, 30.0], np.float32)
-    path = str(tmp_path / "ch.onnx")
-    _channel_range_model(path, rng, mag)
-    m = qinfer.convert(path)
-    feeds = [{"x": (rng.standard_normal((1, 8, 12, 12)) * mag.reshape(1, 8, 1, 1)).astype(np.float32)}
-             for _ in range(6)]
+    m, feeds, cands, names = _channel_setup(tmp_path, rng, 6)
     obs = calibrate(m.graph, feeds, progress=False)
-    cands = Q.find_candidates(m.graph)
-    names = {c.name for c in cands}
     assert names == {"dw", "grouped", "pw"}
     ref = Q._outputs(m.graph, feeds)
 
@@ -345,11 +354,8 @@ def test_per_channel_inputs_fold_into_the_weights(tmp_path, rng):
 
 def test_quantize_reads_a_wide_ranged_float_input_per_channel(tmp_path, rng):
     """qinfer.quantize takes the per-channel reading by itself and keeps the budget."""
-    mag = np.array([1e-2, 1e-1, 1.0, 10.0, 100.0, 3e-2, 0.3, 30.0], np.float32)
-    path = str(tmp_path / "ch.onnx")
-    _channel_range_model(path, rng, mag)
-    xs = (rng.standard_normal((6, 8, 12, 12)) * mag.reshape(1, 8, 1, 1)).astype(np.float32)
-    q = qinfer.quantize(qinfer.convert(path), [xs[i:i + 1] for i in range(6)], progress=False)
+    m, feeds, _, _ = _channel_setup(tmp_path, rng, 6)
+    q = qinfer.quantize(m, feeds, progress=False)
     assert q.graph.op_counts().get("QConv") == 3, q.summary()
     assert q.graph.metadata["quantization"]["output_error"] <= 0.01
     report = q.graph.metadata["precision_report"]
@@ -362,14 +368,7 @@ def test_evaluate_dequantizes_a_per_channel_value_per_channel(tmp_path, rng):
     from qinfer import evaluate as ev
     from qinfer.quant import quantize as Q
     from qinfer.quant.calibrate import calibrate
-    mag = np.array([1e-2, 1e-1, 1.0, 10.0, 100.0, 3e-2, 0.3, 30.0], np.float32)
-    path = str(tmp_path / "ch.onnx")
-    _channel_range_model(path, rng, mag)
-    m = qinfer.convert(path)
-    feeds = [{"x": (rng.standard_normal((1, 8, 12, 12)) * mag.reshape(1, 8, 1, 1)).astype(np.float32)}
-             for _ in range(3)]
-    cands = Q.find_candidates(m.graph)
-    names = {c.name for c in cands}
+    m, feeds, cands, names = _channel_setup(tmp_path, rng, 3)
     g, _ = Q.build_quantized(m.graph, cands, calibrate(m.graph, feeds, progress=False), names, names)
     quant = next(n for n in g.nodes if n.op == "QuantizeU8")
     u8 = run_graph(g, feeds[0], outputs=[quant.outputs[0]])[quant.outputs[0]]
