@@ -393,6 +393,27 @@ def test_channel_qparams_cover_each_channel_with_one_zero_point(method, rng):
         np.testing.assert_allclose(obs.ch_max, x.max(axis=(0, 2, 3)))
 
 
+@pytest.mark.parametrize("method,kw", [("percentile", {"percentile": 99.0}), ("entropy", {}),
+                                       ("mse", {})])
+def test_channel_qparams_clip_only_channels_beyond_the_tensor_range(method, kw, rng):
+    """A method that clips the tensor's outliers clips the channel that holds them, not the
+    others: a channel inside the tensor's range keeps its whole range."""
+    obs = make_observer(method, **kw)
+    x = rng.uniform(-1, 1, (4, 3, 32, 32)).astype(np.float32)
+    x[:, 2] *= 0.5
+    x[0, 0, 0, :64] = 1000.0                 # outliers, in channel 0 only
+    obs.update(x)
+    lo_t, hi_t = obs.range()
+    if method == "percentile":
+        assert hi_t < 100                    # this one clips them
+    scales, zp = obs.channel_qparams()
+    for c in (1, 2):
+        covered = (255 - zp) * scales[c]
+        assert covered >= x[:, c].max() * 0.999, (c, covered, x[:, c].max())
+        assert covered <= x[:, c].max() * 1.05 + 1e-6 or zp == 255   # its own, not the tensor's
+    assert (255 - zp) * scales[0] <= hi_t * 1.01
+
+
 def test_channel_qparams_none_unless_rank4_with_one_channel_count(rng):
     obs = MinMaxObserver()
     obs.update(rng.standard_normal((3, 4)).astype(np.float32))

@@ -241,8 +241,9 @@ class Observer:
     def channel_qparams(self, bits=8):
         """Per-channel uint8 quantization of rank-4 NCHW data that shares one zero point:
         ``(scales float32 [C], zero_point int)``, or None when the data was not rank 4 (or
-        changed its channel count). Each channel's range is its own min / max, shrunk by the
-        ratio the observer's method clips the whole tensor's range by; the zero point is the
+        changed its channel count). Each channel's range is its own min / max, clipped to the
+        range the observer's method chose for the whole tensor (a channel inside it keeps its
+        own, an outlier channel is clipped where the tensor is); the zero point is the
         one that minimizes the sum of the channels' log step sizes (the channels' resolution
         taken together), and each channel's scale then covers its range on both sides of it."""
         self._check_seen()
@@ -251,11 +252,8 @@ class Observer:
         lo_t, hi_t = self.range(bits)
         lo = np.where(np.isfinite(self.ch_min), self.ch_min, 0.0)
         hi = np.where(np.isfinite(self.ch_max), self.ch_max, 0.0)
-        if self.min < 0 and lo_t < 0:
-            lo = lo * min(1.0, lo_t / self.min)
-        if self.max > 0 and hi_t > 0:
-            hi = hi * min(1.0, hi_t / self.max)
-        lo, hi = np.minimum(lo, 0.0), np.maximum(hi, 0.0)
+        lo = np.minimum(np.maximum(lo, min(lo_t, 0.0)), 0.0)   # clipped where the tensor's is
+        hi = np.maximum(np.minimum(hi, max(hi_t, 0.0)), 0.0)
         qmax = float((1 << bits) - 1)
         z = np.arange(int(qmax) + 1, dtype=np.float64)[:, None]
         with np.errstate(divide="ignore", invalid="ignore"):
