@@ -9,11 +9,15 @@ Design (observe / compute / pack, then rewrite):
    kernels. A value that quantized layers pass to each other stays uint8 (NHWC between convs) under
    its float name, with its qparams on the value and its layout in ``metadata["layouts"]``; a
    residual Add of two such values becomes a QAdd; QuantizeU8 / DequantizeU8 appear only where
-   float and quantized regions meet.
+   float and quantized regions meet. A conv whose input comes from float may read it quantized
+   per channel (QuantizeU8 ``channel_scales``, one zero point): the scales are folded into its
+   weights before they are quantized per output channel, so the kernels see nothing new.
 4. Accuracy budget: the quantized model is run against the float one on (a part of) the
    calibration data. If an output's error (1 - cosine similarity) exceeds ``max_error``, each layer
    is quantized alone to measure its sensitivity, and the most sensitive layers are kept in float
    until the budget holds. ``metadata["precision_report"]`` records each layer's precision and why.
+   The search runs twice, with every input per tensor and with float inputs per channel where a
+   conv can take them; the result that leaves fewer multiply-adds in float wins.
 
 Dynamic mode (``activations="dynamic"``): Gemm / MatMul become DynQGemm (activations quantized per
 call, no calibration data needed); convs stay float.
