@@ -6,6 +6,8 @@ over time steps only). Statistics are computed in float32 for float16/float32 in
 for float64 inputs; outputs keep the input dtype. Softmax takes ``coerce_2d=1`` for the pre-opset-13
 semantics (flatten to 2-D at ``axis``, normalize the second dimension), which the importer sets.
 """
+import math
+
 import numpy as np
 
 from .registry import register
@@ -145,7 +147,7 @@ def _normalize_axis(xc, attrs, fn):
         axis = int(attrs.get("axis", 1))
         if axis < 0:
             axis += xc.ndim
-        flat = xc.reshape(int(np.prod(xc.shape[:axis], dtype=np.int64)), -1)
+        flat = xc.reshape(math.prod(xc.shape[:axis]), -1)
         return fn(flat, 1).reshape(xc.shape)
     return fn(xc, int(attrs.get("axis", -1)))
 

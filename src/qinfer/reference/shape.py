@@ -76,8 +76,9 @@ def flatten(inputs, attrs, num_outputs):
     axis = int(attrs.get("axis", 1))
     if axis < 0:
         axis += x.ndim
-    outer = int(np.prod(x.shape[:axis], dtype=np.int64))
-    return [x.reshape(outer, int(np.prod(x.shape[axis:], dtype=np.int64)))]
+    # math.prod of the shape's ints: exact, and ~50x cheaper than np.prod on a tuple (a
+    # Flatten before a classifier's Gemm is on every run's path)
+    return [x.reshape(math.prod(x.shape[:axis]), math.prod(x.shape[axis:]))]
 
 
 @register("Transpose")
@@ -198,7 +199,7 @@ def gather_nd(inputs, attrs, num_outputs):
     b = int(attrs.get("batch_dims", 0))
     k = idx.shape[-1]
     batch = x.shape[:b]
-    nb = int(np.prod(batch, dtype=np.int64))
+    nb = math.prod(batch)
     xb = x.reshape((nb,) + x.shape[b:])
     ib = idx.reshape((nb, -1, k))
     dims = np.array(x.shape[b:b + k])

@@ -16,6 +16,8 @@ An activation is ``(code, a, b)``: 0 none, 1 relu, 2 clip(a, b), 3 hardswish, 4 
 5 hardsigmoid(alpha=a, beta=b) -- the codes of the C epilogue.
 """
 
+import math
+
 import numpy as np
 
 from .cpu import _kernels as _k
@@ -299,7 +301,7 @@ def make_layernorm(attrs, nt=1):
         if scale is None:
             return None
         x = x if x.flags.c_contiguous else np.ascontiguousarray(x)
-        cols = int(np.prod(x.shape[axis:], dtype=np.int64))
+        cols = math.prod(x.shape[axis:])
         y = _k.layernorm_f32(x.reshape(-1, cols) if cols else x, scale, bias, eps, num_threads=nt)
         return [y.reshape(x.shape)]
     return layernorm
@@ -324,7 +326,7 @@ def make_softmax(attrs, nt=1):
         if n_out != 1 or axis is None or (axis != x.ndim - 1 and not coerce):
             return None
         x = x if x.flags.c_contiguous else np.ascontiguousarray(x)
-        cols = int(np.prod(x.shape[axis:], dtype=np.int64))
+        cols = math.prod(x.shape[axis:])
         y = _k.softmax_f32(x.reshape(-1, cols) if cols else x, num_threads=nt)
         return [y.reshape(x.shape)]
     return softmax
