@@ -135,6 +135,27 @@ def test_wrong_feeds_raise_invalid_input(feeds, match):
     sess = qinfer.InferenceSession(_conv_model(), num_threads=1)
     with pytest.raises(InvalidInputError, match=match):
         sess.run(None, feeds)
+    # and after valid runs, whose signatures the session then skips the checks for
+    x = np.ones((1, 3, 4, 4), np.float32)
+    want = sess.run(None, {"x": x})[0]
+    np.testing.assert_array_equal(sess.run(None, {"x": x.copy()})[0], want)
+    with pytest.raises(InvalidInputError, match=match):
+        sess.run(None, feeds)
+
+
+def test_remembered_signatures_still_take_any_layout(rng):
+    """A non-contiguous view of a remembered signature goes the full way (made contiguous) and
+    gives the contiguous array's answer; a feed with an extra name is still refused."""
+    sess = qinfer.InferenceSession(_conv_model(), num_threads=1)
+    x = rng.standard_normal((1, 3, 4, 4)).astype(np.float32)
+    want = sess.run(None, {"x": x})[0]
+    wide = np.zeros((1, 3, 4, 8), np.float32)
+    wide[..., ::2] = x
+    view = wide[..., ::2]
+    assert not view.flags.c_contiguous
+    np.testing.assert_array_equal(sess.run(None, {"x": view})[0], want)
+    with pytest.raises(InvalidInputError, match="unknown input"):
+        sess.run(None, {"x": x, "extra": x})
 
 
 def test_num_threads_validation(monkeypatch):

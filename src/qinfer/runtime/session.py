@@ -68,6 +68,9 @@ class InferenceSession:
         self._input_index = {v.name: i for i, v in enumerate(self._graph.inputs)}
         self._output_index = {v.name: i for i, v in enumerate(self._graph.outputs)}
         self._lock = threading.Lock()
+        self._in_slots = [(v.name, self._program.input_slots[i])
+                          for i, v in enumerate(self._graph.inputs)]
+        self._valid = {}   # input signatures (shapes, dtypes) that passed _validate
 
     # -------------------------------------------------------------- ONNX Runtime surface
     def get_inputs(self):
@@ -131,7 +134,31 @@ class InferenceSession:
         return result
 
     # -------------------------------------------------------------- validation
+    #: input signatures remembered as valid (a service fed ever-new shapes validates the others)
+    MAX_VALID = 256
+
     def _validate(self, input_feed):
+        """(feeds by slot, signature). The checks depend only on the inputs' names, shapes and
+        dtypes, so C-contiguous arrays whose signature passed them once skip them (about 4 us of
+        a small model's 26 us run)."""
+        if len(input_feed) == len(self._in_slots):
+            feeds, sig = [], []
+            for name, slot in self._in_slots:
+                x = input_feed.get(name)
+                if type(x) is not np.ndarray or not x.flags.c_contiguous:
+                    break
+                feeds.append((slot, x))
+                sig.append((x.shape, x.dtype.str))
+            else:
+                sig = tuple(sig)
+                if sig in self._valid:
+                    return feeds, sig
+        feeds, sig = self._validate_full(input_feed)
+        if len(self._valid) < self.MAX_VALID:
+            self._valid[sig] = True
+        return feeds, sig
+
+    def _validate_full(self, input_feed):
         unknown = [k for k in input_feed if k not in self._input_index]
         if unknown:
             raise InvalidInputError(
