@@ -376,3 +376,36 @@ def test_evaluate_dequantizes_a_per_channel_value_per_channel(tmp_path, rng):
     assert why is None and back.shape == feeds[0]["x"].shape
     scales = np.asarray(quant.attrs["channel_scales"], np.float32).reshape(1, 8, 1, 1)
     assert np.all(np.abs(back - feeds[0]["x"]) <= scales * 0.5001)
+
+
+def test_flatten_before_a_quantized_gemm_runs_on_uint8(tmp_path, rng):
+    """conv -> Flatten -> Gemm: the Flatten takes the conv's uint8 NHWC bytes as they are and
+    the Gemm's weight rows follow them in (h, w, c) order -- no dequantize / float Flatten /
+    quantize between them -- and the answers stay the float model's (H != W, so a wrong row
+    order would scramble them)."""
+    import onnx
+    from onnx import helper, numpy_helper, TensorProto
+    w_c = rng.standard_normal((6, 2, 1, 1)).astype(np.float32)
+    w_g = rng.standard_normal((4, 6 * 3 * 5)).astype(np.float32) * 0.2
+    g = helper.make_graph(
+        [helper.make_node("Conv", ["x", "wc"], ["c"], name="conv"),
+         helper.make_node("Relu", ["c"], ["r"], name="relu"),
+         helper.make_node("Flatten", ["r"], ["f"], axis=1, name="flat"),
+         helper.make_node("Gemm", ["f", "wg"], ["y"], transB=1, name="fc")],
+        "flat", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 3, 5])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(w_c, "wc"), numpy_helper.from_array(w_g, "wg")])
+    path = str(tmp_path / "flat.onnx")
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]), path)
+    m = qinfer.convert(path)
+    xs = rng.standard_normal((16, 2, 3, 5)).astype(np.float32)
+    q = qinfer.quantize(m, [xs[i:i + 1] for i in range(16)], progress=False)
+    ops = q.graph.op_counts()
+    assert ops.get("QConv") == 1 and ops.get("QGemm") == 1 and "DequantizeU8" not in ops, ops
+    assert ops.get("QuantizeU8") == 1, ops          # the model input only
+    x = rng.standard_normal((3, 2, 3, 5)).astype(np.float32)
+    want = qinfer.InferenceSession(m).run(None, {"x": x})[0]
+    got = qinfer.InferenceSession(q, num_threads=2).run(None, {"x": x})[0]
+    np.testing.assert_array_equal(got, run_graph(q.graph, {"x": x})["y"])
+    cos = float(want.ravel() @ got.ravel() / np.linalg.norm(want) / np.linalg.norm(got))
+    assert cos > 0.999, cos

@@ -11,7 +11,9 @@ Design (observe / compute / pack, then rewrite):
    residual Add of two such values becomes a QAdd; QuantizeU8 / DequantizeU8 appear only where
    float and quantized regions meet. A conv whose input comes from float may read it quantized
    per channel (QuantizeU8 ``channel_scales``, one zero point): the scales are folded into its
-   weights before they are quantized per output channel, so the kernels see nothing new.
+   weights before they are quantized per output channel, so the kernels see nothing new. A
+   Flatten between int8 convs and a quantized Gemm flattens the uint8 NHWC bytes as they are, the
+   Gemm's weight rows permuted to their (h, w, c) order.
 4. Accuracy budget: the quantized model is run against the float one on (a part of) the
    calibration data. If an output's error (1 - cosine similarity) exceeds ``max_error``, each layer
    is quantized alone to measure its sensitivity, and the most sensitive layers are kept in float
@@ -355,6 +357,22 @@ def build_quantized(graph, candidates, observers, quantize_set, channel_inputs=(
         y = relu.outputs[0] if relu else n.outputs[0]
         if y not in outputs:
             qadds[y] = (n, relu)
+    # Flatten(axis 1) of a rank-4 value whose only reader is a quantized Gemm: it flattens the
+    # uint8 NHWC bytes as they are, (h, w, c) order, and the Gemm's weight rows are permuted from
+    # (c, h, w) to match (a classifier head after conv / pool layers: no dequantize, float
+    # Flatten and quantize between them)
+    flat_gemm = {}   # Flatten node name -> (gemm candidate, (C, H, W))
+    for n in graph.nodes:
+        if n.op != "Flatten" or int(n.attrs.get("axis", 1)) != 1 or n.outputs[0] in outputs:
+            continue
+        cs = consumers.get(n.outputs[0], [])
+        c = by_node.get(cs[0].name) if len(cs) == 1 else None
+        shape = graph.value(n.inputs[0]).shape
+        if (c is None or c.kind != "gemm" or c.x != n.outputs[0] or getattr(c, "int4", None) is not None
+                or shape is None or len(shape) != 4 or not all(isinstance(d, int) for d in shape[1:])
+                or c.weight.shape[0] != shape[1] * shape[2] * shape[3]):
+            continue
+        flat_gemm[n.name] = (c, tuple(shape[1:]))
     while True:   # keep the QAdds whose result a quantized conv, another QAdd or a pass-through reads
         add_nodes = {n.name for n, _ in qadds.values()}
 
@@ -363,7 +381,8 @@ def build_quantized(graph, candidates, observers, quantize_set, channel_inputs=(
             if c is not None:
                 return c.kind in NHWC_KINDS and c.x == y
             pt = passthrough.get(cn.name)
-            return cn.name in add_nodes or (pt is not None and y in _pt_xs(pt))
+            return (cn.name in add_nodes or (pt is not None and y in _pt_xs(pt))
+                    or cn.name in flat_gemm)
 
         unwanted = [y for y in qadds if not any(wants_u8(cn, y) for cn in consumers.get(y, []))]
         if not unwanted:
@@ -456,13 +475,27 @@ def build_quantized(graph, candidates, observers, quantize_set, channel_inputs=(
         return quantized_inputs[key], scales, zp
 
     report = []
+    flat_u8 = {}    # gemm name -> (its uint8 (h, w, c) input, the NHWC value flattened, row order)
     for n in graph.nodes:
         if n.name in absorbed:
+            continue
+        if n.name in flat_gemm and n.inputs[0] in u8:
+            c, (ch, hh, ww) = flat_gemm[n.name]
+            qname = f"{n.outputs[0]}__u8_hwc"
+            new_nodes.append(Node("Flatten", (n.inputs[0],), (qname,), {"axis": 1}, n.name))
+            flat_u8[c.name] = (qname, n.inputs[0],
+                               np.arange(ch * hh * ww).reshape(ch, hh, ww).transpose(1, 2, 0).ravel())
             continue
         c = by_node.get(n.name)
         if c is not None:
             layout = "keep" if c.kind == "gemm" else "nhwc"
-            if c.name in channel_inputs and c.x not in u8 and channel_input_ok(c, observers):
+            if c.name in flat_u8:
+                x, src, rows = flat_u8[c.name]
+                s_x, zp_x = qp_of(src)
+                c = copy.copy(c)
+                c.weight = np.ascontiguousarray(c.weight[rows])
+                packed, scale, s_w = _pack(c, s_x, zp_x)
+            elif c.name in channel_inputs and c.x not in u8 and channel_input_ok(c, observers):
                 x, scales, zp_x = u8_channels_of(c.x)
                 c = _channel_folded(c, scales)
                 packed, scale, s_w = _pack(c, np.float32(1.0), zp_x)
