@@ -228,11 +228,15 @@ class Observer:
             self.ch_min = self.ch_max = None
             self._ch_off = True
             return
-        v = x if np.isfinite(x).all() else np.where(np.isfinite(x), x, np.nan)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)   # an all-NaN channel: NaN, left out
-            lo = np.nanmin(v, axis=(0, 2, 3)).astype(np.float64)
-            hi = np.nanmax(v, axis=(0, 2, 3)).astype(np.float64)
+        if np.isfinite(x).all():
+            lo = x.min(axis=(0, 2, 3)).astype(np.float64)
+            hi = x.max(axis=(0, 2, 3)).astype(np.float64)
+        else:
+            v = np.where(np.isfinite(x), x, np.nan)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)   # an all-NaN channel: NaN, left out
+                lo = np.nanmin(v, axis=(0, 2, 3)).astype(np.float64)
+                hi = np.nanmax(v, axis=(0, 2, 3)).astype(np.float64)
         if self.ch_min is None:
             self.ch_min, self.ch_max = lo, hi
         else:

@@ -463,16 +463,16 @@ def build_quantized(graph, candidates, observers, quantize_set, channel_inputs=(
     def u8_channels_of(name):
         """The uint8 NHWC version of float NCHW ``name`` quantized per channel: (value, scales, zp)."""
         key = (name, "nhwc_channels")
-        scales, zp = observers[name].channel_qparams(8)
         if key not in quantized_inputs:
+            scales, zp = observers[name].channel_qparams(8)
             qname = f"{name}__u8_nhwc_channels"
             new_nodes.append(Node("QuantizeU8", (float_of(name),), (qname,),
                                   {"scale": float(scales.max()), "zero_point": int(zp),
                                    "channel_scales": [float(v) for v in scales],
                                    "layout": "nchw_to_nhwc"},
                                   f"{name}__quantize_nhwc_channels", "qinfer"))
-            quantized_inputs[key] = qname
-        return quantized_inputs[key], scales, zp
+            quantized_inputs[key] = (qname, scales, zp)
+        return quantized_inputs[key]
 
     report = []
     flat_u8 = {}    # gemm name -> (its uint8 (h, w, c) input, the NHWC value flattened, row order)
