@@ -202,7 +202,11 @@ def _layer_ints(q, name):
     n = next(n for n in q.graph.nodes if n.name == name)
     packed = q.graph.initializers[n.inputs[1]]
     if n.op in ("QConv", "QGemm"):
-        return r8.unpack_qc8w(packed)["w"]
+        w = r8.unpack_qc8w(packed)["w"]
+        if "k_order_hwc" in n.attrs:    # a Gemm after a uint8 Flatten: K rows in (h, w, c) order
+            ch, hh, ww = n.attrs["k_order_hwc"]
+            w = w.reshape(hh, ww, ch, -1).transpose(2, 0, 1, 3).reshape(w.shape)
+        return w
     if n.op in ("Q4Conv", "Q4Gemm"):
         return r4.unpack_qb4w(packed)["q"]
     raise AssertionError(f"test_prune: teach _layer_ints to read {n.op} weights")

@@ -403,6 +403,8 @@ def test_flatten_before_a_quantized_gemm_runs_on_uint8(tmp_path, rng):
     ops = q.graph.op_counts()
     assert ops.get("QConv") == 1 and ops.get("QGemm") == 1 and "DequantizeU8" not in ops, ops
     assert ops.get("QuantizeU8") == 1, ops          # the model input only
+    (fc,) = [n for n in q.graph.nodes if n.op == "QGemm"]
+    assert fc.attrs["k_order_hwc"] == [6, 3, 5]
     x = rng.standard_normal((3, 2, 3, 5)).astype(np.float32)
     want = qinfer.InferenceSession(m).run(None, {"x": x})[0]
     got = qinfer.InferenceSession(q, num_threads=2).run(None, {"x": x})[0]

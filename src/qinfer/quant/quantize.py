@@ -475,7 +475,8 @@ def build_quantized(graph, candidates, observers, quantize_set, channel_inputs=(
         return quantized_inputs[key]
 
     report = []
-    flat_u8 = {}    # gemm name -> (its uint8 (h, w, c) input, the NHWC value flattened, row order)
+    flat_u8 = {}    # gemm name -> (its uint8 (h, w, c) input, the NHWC value flattened, row order,
+                    # [C, H, W])
     for n in graph.nodes:
         if n.name in absorbed:
             continue
@@ -484,13 +485,14 @@ def build_quantized(graph, candidates, observers, quantize_set, channel_inputs=(
             qname = f"{n.outputs[0]}__u8_hwc"
             new_nodes.append(Node("Flatten", (n.inputs[0],), (qname,), {"axis": 1}, n.name))
             flat_u8[c.name] = (qname, n.inputs[0],
-                               np.arange(ch * hh * ww).reshape(ch, hh, ww).transpose(1, 2, 0).ravel())
+                               np.arange(ch * hh * ww).reshape(ch, hh, ww).transpose(1, 2, 0).ravel(),
+                               [ch, hh, ww])
             continue
         c = by_node.get(n.name)
         if c is not None:
             layout = "keep" if c.kind == "gemm" else "nhwc"
             if c.name in flat_u8:
-                x, src, rows = flat_u8[c.name]
+                x, src, rows, chw = flat_u8[c.name]
                 s_x, zp_x = qp_of(src)
                 c = copy.copy(c)
                 c.weight = np.ascontiguousarray(c.weight[rows])
@@ -526,6 +528,8 @@ def build_quantized(graph, candidates, observers, quantize_set, channel_inputs=(
                                  zp_y=float(np.float32(pb) * inv + np.float32(zp_y)))
             else:
                 attrs.update(out_dtype="float32", out_layout="nchw")
+            if c.name in flat_u8:   # K rows in (h, w, c) order of a [C, H, W] input (tools that
+                attrs["k_order_hwc"] = flat_u8[c.name][3]   # read the weights map them back)
             four = getattr(c, "int4", None) is not None
             op = {"gemm": "Q4Gemm" if four else "QGemm", "deconv": "QConvTranspose"}.get(
                 c.kind, "Q4Conv" if four else "QConv")

@@ -31,7 +31,9 @@ runs, e.g. to calibrate or evaluate a quantized graph layer by layer).
                                    s is the per-call scale (s_x per channel), bias folded in the packing
 - DynQ4Gemm(x f32 [.., K], packed int4[, bias f32]) -> f32: x quantized per call as DynQGemm's
 Attributes carry the epilogue: activation (code), alpha, beta, out_dtype ("uint8"|"float32"),
-y_inv_scale (1 / output scale), zp_y, out_layout ("nhwc"|"nchw").
+y_inv_scale (1 / output scale), zp_y, out_layout ("nhwc"|"nchw"). A QGemm fed by a uint8 Flatten
+of NHWC data carries k_order_hwc = [C, H, W]: its packed weights' K rows are in (h, w, c) order
+(informational: the kernels need nothing; tools that read the weights back map them).
 """
 import numpy as np
 
