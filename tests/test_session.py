@@ -381,3 +381,89 @@ def test_conv_absorbs_a_following_constant_affine(rng, scale_shape, shift_shape,
     for name, g in zip(m.graph.output_names, got):
         assert g.shape == ref[name].shape
         np.testing.assert_allclose(g, ref[name], rtol=1e-4, atol=1e-4)
+
+
+# ----------------------------------------------------------------------------- small fast steps
+def _small_ops_model(op, a_shape, b_shape, dtype=TensorProto.FLOAT):
+    g = helper.make_graph(
+        [helper.make_node(op, ["a", "b"], ["y"], name="op")], "small",
+        [helper.make_tensor_value_info("a", dtype, a_shape),
+         helper.make_tensor_value_info("b", dtype, b_shape)],
+        [helper.make_tensor_value_info("y", dtype, None)])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 14)])
+
+
+@pytest.mark.parametrize("op", ["Add", "Sub", "Mul", "Div"])
+@pytest.mark.parametrize("shapes", [((2, 3, 4), (4,)), ((1, 16, 16), (1, 16, 16)), ((3, 1), (1, 5)),
+                                    ((), ()), ((2, 0, 3), (3,))])
+def test_binary_fast_steps_match_the_reference_without_warnings(op, shapes, rng):
+    """float32 Add / Sub / Mul / Div run as bare ufunc steps: the reference's bits, broadcasting,
+    and no floating-point warning (0 / 0, overflow, inf - inf) escapes a run."""
+    import warnings
+    from qinfer.reference.executor import run_graph
+    from qinfer.runtime.planner import Program
+    m = qinfer.convert(_small_ops_model(op, list(shapes[0]), list(shapes[1])).SerializeToString())
+    assert all(st.fn is not None for st in Program(m.graph, 1).steps)
+    a = rng.standard_normal(shapes[0]).astype(np.float32)
+    b = rng.standard_normal(shapes[1]).astype(np.float32)
+    if a.size and b.size:
+        a.reshape(-1)[:3] = [0.0, 3e38, np.inf][: a.size]
+        b.reshape(-1)[:3] = [0.0, 3e38, np.inf][: b.size]
+    sess = qinfer.InferenceSession(m)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for _ in range(2):        # the first run and the planned ones
+            got = sess.run(None, {"a": a, "b": b})[0]
+    np.testing.assert_array_equal(got, run_graph(m.graph, {"a": a, "b": b})["y"])
+    assert got.dtype == np.float32
+
+
+def test_binary_fast_steps_leave_other_dtypes_to_the_reference(rng):
+    m = qinfer.convert(_small_ops_model("Div", [4], [4], TensorProto.INT32).SerializeToString())
+    a = np.array([7, -7, 6, -1], np.int32)
+    b = np.array([2, 2, -4, 3], np.int32)
+    got = qinfer.InferenceSession(m).run(None, {"a": a, "b": b})[0]
+    np.testing.assert_array_equal(got, [3, -3, -1, 0])     # C-style truncation, not floor
+
+
+@pytest.mark.parametrize("shape,target,allowzero,want", [
+    ((2, 3, 4), [0, -1], 0, (2, 12)), ((2, 3, 4), [4, 0, 2], 0, (4, 3, 2)),
+    ((2, 3, 4), [24], 0, (24,)), ((0, 3), [3, 0], 1, (3, 0)), ((2, 3, 4), [-1, 4], 0, (6, 4))])
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_reshape_fast_step(shape, target, allowzero, want, dynamic, rng):
+    """Reshape by a constant shape or by a shape fed at run time: the reference's result, 0 and
+    -1 included; a shape that does not fit is an InvalidInputError."""
+    from onnx import numpy_helper
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(shape))]
+    inits = []
+    if dynamic:
+        inputs.append(helper.make_tensor_value_info("s", TensorProto.INT64, [len(target)]))
+    else:
+        inits.append(numpy_helper.from_array(np.array(target, np.int64), "s"))
+    g = helper.make_graph([helper.make_node("Reshape", ["x", "s"], ["y"], allowzero=allowzero)],
+                          "r", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                          inits)
+    m = qinfer.convert(helper.make_model(g, opset_imports=[helper.make_opsetid("", 14)]).SerializeToString())
+    sess = qinfer.InferenceSession(m)
+    x = rng.standard_normal(shape).astype(np.float32)
+    feeds = {"x": x, **({"s": np.array(target, np.int64)} if dynamic else {})}
+    for _ in range(2):
+        y = sess.run(None, feeds)[0]
+        assert y.shape == want
+        np.testing.assert_array_equal(y.reshape(-1), x.reshape(-1))
+    if dynamic:
+        with pytest.raises(InvalidInputError, match="Reshape"):
+            sess.run(None, {"x": x, "s": np.array([5] * len(target), np.int64)})
+
+
+@pytest.mark.parametrize("perm", [None, [0, 2, 1], [2, 0, 1]])
+def test_transpose_fast_step(perm, rng):
+    attrs = {} if perm is None else {"perm": perm}
+    g = helper.make_graph([helper.make_node("Transpose", ["x"], ["y"], **attrs)], "t",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    m = qinfer.convert(helper.make_model(g, opset_imports=[helper.make_opsetid("", 14)]).SerializeToString())
+    x = rng.standard_normal((2, 3, 4)).astype(np.float32)
+    y = qinfer.InferenceSession(m).run(None, {"x": x})[0]
+    np.testing.assert_array_equal(y, np.transpose(x, perm))
+    assert y.flags.c_contiguous

@@ -229,6 +229,74 @@ def make_erf(nt=1):
     return erf
 
 
+# ----------------------------------------------------------------------------- small ops
+# A transformer's run is mostly small steps (Add / Mul / Reshape / Transpose of a few KB), where
+# the reference ops' generic work (an errstate context per call, the shape tensor turned into a
+# list, the permutation rebuilt) is most of each step. These steps do only the numpy call, with
+# the same ufuncs and shapes (the same bits); anything else goes to the reference op.
+
+_F32 = np.dtype(np.float32)
+#: float32 binary ops whose fast step is the reference's own ufunc (``QUIET_OPS``: the run loop
+#: holds one errstate for them instead of one per call)
+BINARY_UFUNCS = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "Div": np.divide}
+QUIET_OPS = frozenset(BINARY_UFUNCS)
+
+
+def make_binary(op):
+    """Add / Sub / Mul / Div of two float32 arrays (numpy broadcasting); None otherwise. Floating
+    point warnings are the caller's to silence (Executor.run: ``Program.quiet``)."""
+    uf = BINARY_UFUNCS[op]
+
+    def binary(inputs, _attrs, n_out):
+        a, b = inputs[0], inputs[1]
+        if (type(a) is not np.ndarray or type(b) is not np.ndarray or a.dtype is not _F32
+                or b.dtype is not _F32 or n_out != 1):
+            return None
+        return [uf(a, b)]
+    return binary
+
+
+def make_reshape(node, consts):
+    """Reshape (0 copies the input's dimension unless allowzero) by its shape input: a constant
+    read once, or the 1-D int64 array a run computes (a shape-only value of the plan); None for
+    anything else (the reference op)."""
+    allow = bool(node.attrs.get("allowzero", 0))
+    const = None
+    if len(node.inputs) > 1 and node.inputs[1] in consts:
+        const = [int(d) for d in np.asarray(consts[node.inputs[1]]).reshape(-1)]
+
+    def reshape(inputs, _attrs, n_out):
+        x = inputs[0]
+        if type(x) is not np.ndarray or len(inputs) < 2:
+            return None
+        if const is not None:
+            t = const
+        else:
+            s = inputs[1]
+            if type(s) is not np.ndarray or s.ndim != 1 or s.dtype.kind != "i":
+                return None
+            t = s.tolist()
+        if not allow and 0 in t:
+            if len(t) > x.ndim and 0 in t[x.ndim:]:
+                return None               # the reference op says what is wrong
+            t = [x.shape[i] if d == 0 else d for i, d in enumerate(t)]
+        return [x.reshape(t)]
+    return reshape
+
+
+def make_transpose(attrs):
+    """Transpose by the node's permutation (reversed axes without one), as a contiguous copy."""
+    perm = attrs.get("perm")
+    perm = None if perm is None else tuple(int(p) for p in perm)
+
+    def transpose(inputs, _attrs, n_out):
+        x = inputs[0]
+        if type(x) is not np.ndarray or (perm is not None and len(perm) != x.ndim):
+            return None
+        return [np.ascontiguousarray(x.transpose(perm))]
+    return transpose
+
+
 def _trailing(x, axis):
     """``axis`` of x normalized to [0, ndim), or None when x is not a float32 array of rank >= 1
     or the axis is out of range (the row ops reduce over x's axes from it on)"""

@@ -140,6 +140,12 @@ class Program:
                 fn = float_ops.make_layernorm(n.attrs, num_threads)
             elif n.op == "Softmax" and n.domain in ("", "ai.onnx"):
                 fn = float_ops.make_softmax(n.attrs, num_threads)
+            elif n.op in float_ops.BINARY_UFUNCS and n.domain in ("", "ai.onnx") and len(n.inputs) == 2:
+                fn = float_ops.make_binary(n.op)
+            elif n.op == "Reshape" and n.domain in ("", "ai.onnx"):
+                fn = float_ops.make_reshape(n, consts)
+            elif n.op == "Transpose" and n.domain in ("", "ai.onnx"):
+                fn = float_ops.make_transpose(n.attrs)
             if n.op in FAST_OPS and float_ops.is_float32(graph, n):
                 fn, absorbed, post = self._fast(n, consts, consumers, outputs, num_threads, slot)
                 if absorbed:
@@ -149,6 +155,8 @@ class Program:
             outs = tuple(slot(o) if o else -1 for o in out_names)
             steps.append(Step(n, fn, ref, ins, outs, post))
         self.steps = steps
+        # fast steps that leave floating-point warnings to the run (one errstate per run)
+        self.quiet = any(st.fn is not None and st.node.op in float_ops.QUIET_OPS for st in steps)
         self.input_slots = [slots[v.name] for v in graph.inputs]
         self.output_slots = [slot(name) for name in graph.output_names]
         self.slots = slots
@@ -353,10 +361,18 @@ class Executor:
         # small model about 10% of its run. A fast path that declines or raises goes the checked
         # way (ops are pure: running one again gives the same outputs, or the error named with its
         # node)
-        _kernels.run_steps(env, plan.steps, _execute_checked)
+        if self.program.quiet:
+            with np.errstate(all="ignore"):
+                _kernels.run_steps(env, plan.steps, _execute_checked)
+        else:
+            _kernels.run_steps(env, plan.steps, _execute_checked)
         return [env[o] for o in self.program.output_slots]
 
     def _first_run(self, feeds_by_slot, signature):
+        with np.errstate(all="ignore"):   # (the quiet fast steps run here too)
+            return self._first_run_steps(feeds_by_slot, signature)
+
+    def _first_run_steps(self, feeds_by_slot, signature):
         env = list(self._base_env)
         for sl, arr in feeds_by_slot:
             env[sl] = arr
