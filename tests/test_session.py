@@ -467,3 +467,36 @@ def test_transpose_fast_step(perm, rng):
     y = qinfer.InferenceSession(m).run(None, {"x": x})[0]
     np.testing.assert_array_equal(y, np.transpose(x, perm))
     assert y.flags.c_contiguous
+
+
+@pytest.mark.parametrize("op", ["ReduceMean", "ReduceSum"])
+@pytest.mark.parametrize("axes,keepdims", [([1], 0), ([-1], 1), ([0, 2], 0), ([2, -3], 1)])
+def test_reduce_fast_step_matches_the_reference(op, axes, keepdims, rng):
+    """ReduceMean / ReduceSum over constant axes: the reference's bits (ReduceSum's axes as an
+    input, ReduceMean's as the opset-13 attribute); an axis out of range is an InvalidInputError."""
+    from onnx import numpy_helper
+    from qinfer.reference.executor import run_graph
+    from qinfer.runtime.planner import Program
+    if op == "ReduceSum":
+        node = helper.make_node(op, ["x", "axes"], ["y"], keepdims=keepdims)
+        inits = [numpy_helper.from_array(np.array(axes, np.int64), "axes")]
+    else:
+        node = helper.make_node(op, ["x"], ["y"], axes=axes, keepdims=keepdims)
+        inits = []
+    g = helper.make_graph([node], "red", [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    m = qinfer.convert(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]).SerializeToString())
+    assert all(st.fn is not None for st in Program(m.graph, 1).steps)
+    sess = qinfer.InferenceSession(m)
+    x = (rng.standard_normal((3, 5, 7)) * 1e3).astype(np.float32)
+    for _ in range(2):
+        y = sess.run(None, {"x": x})[0]
+    want = run_graph(m.graph, {"x": x})["y"]
+    assert y.dtype == np.float32 and y.shape == want.shape
+    np.testing.assert_array_equal(y, want)
+    if any(a in (2, -3) for a in axes):
+        with pytest.raises(InvalidInputError, match="out of range"):
+            sess.run(None, {"x": x[0]})     # rank 2: axis 2 / -3 out of range
+    else:
+        np.testing.assert_array_equal(sess.run(None, {"x": x[0]})[0],
+                                      run_graph(m.graph, {"x": x[0]})["y"])

@@ -239,7 +239,7 @@ _F32 = np.dtype(np.float32)
 #: float32 binary ops whose fast step is the reference's own ufunc (``QUIET_OPS``: the run loop
 #: holds one errstate for them instead of one per call)
 BINARY_UFUNCS = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "Div": np.divide}
-QUIET_OPS = frozenset(BINARY_UFUNCS)
+QUIET_OPS = frozenset(BINARY_UFUNCS) | {"ReduceSum", "ReduceMean"}
 
 
 def make_binary(op):
@@ -282,6 +282,39 @@ def make_reshape(node, consts):
             t = [x.shape[i] if d == 0 else d for i, d in enumerate(t)]
         return [x.reshape(t)]
     return reshape
+
+
+def make_reduce(node, consts):
+    """ReduceSum / ReduceMean of a float32 array over constant axes (the attribute, or a constant
+    axes input): the reference's ufunc reduce (and one true division by the count), without its
+    per-call axis parsing and errstate; None otherwise (the reference op)."""
+    if len(node.inputs) > 1 and node.inputs[1]:
+        if node.inputs[1] not in consts:
+            return None
+        axes = [int(a) for a in np.asarray(consts[node.inputs[1]]).reshape(-1)]
+    else:
+        axes = [int(a) for a in node.attrs.get("axes", [])]
+    if not axes:                      # all axes, or the identity: the reference op
+        return None
+    keep = bool(node.attrs.get("keepdims", 1))
+    mean = node.op == "ReduceMean"
+
+    def reduce(inputs, _attrs, n_out):
+        x = inputs[0]
+        if type(x) is not np.ndarray or x.dtype is not _F32 or n_out != 1:
+            return None
+        nd = x.ndim
+        if not all(-nd <= a < nd for a in axes):
+            return None               # the reference op says what is wrong
+        ax = tuple(sorted({a + nd if a < 0 else a for a in axes}))
+        y = np.add.reduce(x, axis=ax, keepdims=keep)
+        if mean:
+            n = 1
+            for a in ax:
+                n *= x.shape[a]
+            y = np.true_divide(y, n)
+        return [np.asarray(y)]
+    return reduce
 
 
 def make_transpose(attrs):
