@@ -54,6 +54,13 @@ def _gemm(rng, nt, out_u8, M, Kd, N, block, act=(0, 0.0, 0.0), with_bias=False, 
     scale, kw, rkw = _epi(rng, N, out_u8, act, with_bias, inv, zp_y)
     got = K.qgemm_u8s4(x, packed, scale, num_threads=nt, **kw)
     np.testing.assert_array_equal(got, R.qgemm(x, q, s, block, off, scale, **rkw))
+    # the session's prepared call (QLayerCall "q4gemm", no bias input): the function's bytes, for
+    # the rows as given and stacked under a leading axis
+    nob = {k: v for k, v in kw.items() if k != "bias"}
+    want = K.qgemm_u8s4(x, packed, scale, num_threads=nt, **nob)
+    call = K.QLayerCall("q4gemm", packed, scale, num_threads=nt, **nob)
+    np.testing.assert_array_equal(call([x])[0], want)
+    np.testing.assert_array_equal(call([x[None]])[0], want[None])
     return got
 
 
@@ -160,6 +167,14 @@ def _conv(rng, nt, out_u8, case, act=(0, 0.0, 0.0), x_fill=None, q_fill=None):
     got = K.qconv2d_u8s4_nhwc(x, packed, scale, st, pads, dil, num_threads=nt, **kw)
     ref = R.qconv2d_nhwc(x, q, s, block, off, scale, zp, st, pads, dil, G, **rkw)
     np.testing.assert_array_equal(got, ref)
+    # the session's prepared call (QLayerCall "q4conv", no bias input), NHWC and NCHW out
+    nob = {k: v for k, v in kw.items() if k != "bias"}
+    want = K.qconv2d_u8s4_nhwc(x, packed, scale, st, pads, dil, num_threads=nt, **nob)
+    for layout in ("nhwc", "nchw"):
+        call = K.QLayerCall("q4conv", packed, scale, strides=st, pads=pads, dilations=dil,
+                            num_threads=nt, out_layout=layout, **nob)
+        y = call([x])[0]
+        np.testing.assert_array_equal(y, want if layout == "nhwc" else want.transpose(0, 3, 1, 2))
 
 
 @pytest.mark.parametrize("case", list(CONV_CASES.values()), ids=list(CONV_CASES))
@@ -210,6 +225,24 @@ def test_slot_in_kernel_table():
     assert "gemm_qu8_qb4w" in cpu.runtime_info()
     names = {name for _, name, slot in K.kernel_list() if slot == "gemm_qu8_qb4w"}
     assert f"qi_gemm_qu8_qb4w__{cpu.best_isa()}" in names
+
+
+def test_prepared_call_checks(rng):
+    """QLayerCall's int4 kinds: wrong weights fail at construction, a wrong input per call, a
+    non-uint8 input is handed back (None: the reference op runs)."""
+    q, s, zp, bias = _layer(rng, 10, 6, 32)
+    p = R.pack_gemm_qb4w(q, s, 32, bias, zp)
+    sc = np.ones(6, np.float32)
+    with pytest.raises(ValueError, match="holds GEMM weights"):
+        K.QLayerCall("q4conv", p, sc)
+    with pytest.raises(ValueError, match="not int4 packed weights"):
+        K.QLayerCall("q4gemm", Q.pack_gemm_qc8w(np.zeros((10, 6), np.int8)), sc)
+    with pytest.raises(ValueError, match="scale"):
+        K.QLayerCall("q4gemm", p, np.ones(5, np.float32))
+    call = K.QLayerCall("q4gemm", p, sc)
+    with pytest.raises(ValueError, match="K = 10"):
+        call([rng.integers(0, 256, (4, 9)).astype(np.uint8)])
+    assert call([np.zeros((4, 10), np.float32)]) is None
 
 
 def test_validation_errors(rng):

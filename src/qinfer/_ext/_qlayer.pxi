@@ -14,9 +14,10 @@
 
 cdef object _NDARRAY = np.ndarray
 
-#: QLayerCall kinds: dense GEMM, dense conv, depthwise conv, sparse GEMM, sparse conv
+#: QLayerCall kinds: dense GEMM, dense conv, depthwise conv, sparse GEMM, sparse conv, int4 GEMM,
+#: int4 conv
 cdef enum:
-    _QL_GEMM, _QL_CONV, _QL_DW, _QL_SPGEMM, _QL_SPCONV
+    _QL_GEMM, _QL_CONV, _QL_DW, _QL_SPGEMM, _QL_SPCONV, _QL_Q4GEMM, _QL_Q4CONV
 
 
 cdef class QLayerCall:
@@ -33,6 +34,7 @@ cdef class QLayerCall:
     cdef Py_buffer pv, sv
     cdef qi_qc8w_header h
     cdef qi_sb4w_header sh
+    cdef qi_qb4w_header h4
     cdef qi_qepi ep
     cdef int kind, nt
     cdef bint nchw, ready
@@ -50,23 +52,28 @@ cdef class QLayerCall:
         if self.ready or self.packed is not None:
             raise TypeError("QLayerCall is initialized once")
         codes = {"gemm": _QL_GEMM, "conv": _QL_CONV, "dw": _QL_DW, "spgemm": _QL_SPGEMM,
-                 "spconv": _QL_SPCONV}
+                 "spconv": _QL_SPCONV, "q4gemm": _QL_Q4GEMM, "q4conv": _QL_Q4CONV}
         if kind not in codes:
             raise ValueError(f"kind must be one of {', '.join(codes)}; got {kind!r}")
-        gemm = kind in ("gemm", "spgemm")
+        gemm = kind in ("gemm", "spgemm", "q4gemm")
+        sparse = kind in ("spgemm", "spconv")
         if out_layout not in ("nhwc", "nchw") or (out_layout == "nchw" and gemm):
             raise ValueError(f"out_layout must be 'nhwc' or, for a conv, 'nchw'; got {out_layout!r}")
         self.kind = codes[kind]
-        if self.kind >= _QL_SPGEMM:
+        if sparse:
             _sp_packed(packed_w, &self.pv, &self.sh)
             self.groups, self.n, self.k = self.sh.groups, self.sh.n, self.sh.k
             self.kh, self.kw, self.cin = self.sh.kh, self.sh.kw, self.sh.cin
+        elif self.kind >= _QL_Q4GEMM:
+            _q4_packed(packed_w, &self.pv, &self.h4)
+            self.groups, self.n, self.k = self.h4.groups, self.h4.n, self.h4.k
+            self.kh, self.kw, self.cin = self.h4.kh, self.h4.kw, self.h4.cin
         else:
             _q_packed(packed_w, &self.pv, &self.h,
                       QI_QC8W_MAGIC_DW if self.kind == _QL_DW else QI_QC8W_MAGIC_GEMM)
             self.groups, self.n, self.k = self.h.groups, self.h.n, self.h.k
             self.kh, self.kw, self.cin = self.h.kh, self.h.kw, self.h.cin
-        err = SparseKernelError if self.kind >= _QL_SPGEMM else ValueError
+        err = SparseKernelError if sparse else ValueError
         if gemm and self.kh != 0:
             raise err("packed_w holds conv weights; pack GEMM weights with pack_gemm_*")
         if not gemm and self.kh == 0:
@@ -91,6 +98,36 @@ cdef class QLayerCall:
         PyBuffer_Release(&self.pv)
         PyBuffer_Release(&self.sv)
 
+    cdef void _q4_fill(self, qi_q4conv_problem *p4, void *out, const void *x,
+                       const qi_conv2d_geom *g, size_t N, size_t C, size_t M, bint gemm) noexcept:
+        """The int4 problem of one call, as _q4_call builds it (a GEMM is a 1x1 conv over M
+        pixels)."""
+        cdef qi_qconv_problem *c = &p4.c
+        cdef size_t G = self.h4.groups
+        memset(p4, 0, sizeof(qi_q4conv_problem))
+        c.ep = self.ep
+        c.ep.out = out
+        c.ep.ldo = G * self.h4.n
+        if gemm:
+            c.geom.in_h = c.geom.out_h = M
+            c.geom.in_w = c.geom.out_w = 1
+            c.geom.k_h = c.geom.k_w = c.geom.stride_h = c.geom.stride_w = 1
+            c.geom.dil_h = c.geom.dil_w = 1
+            c.direct = 1
+        else:
+            c.geom = g[0]
+            c.direct = (self.h4.kh == 1 and self.h4.kw == 1 and g.stride_h == 1 and g.stride_w == 1
+                        and g.pad_top == 0 and g.pad_left == 0 and g.pad_bottom == 0
+                        and g.pad_right == 0)
+        c.x = <const uint8_t *>x
+        c.batch, c.cin_total, c.lda = N, C, C
+        c.m = N * c.geom.out_h * c.geom.out_w
+        c.zp_x = self.h4.zp_x
+        c.groups, c.n, c.k, c.n_pad, c.cin = G, self.h4.n, self.h4.k, self.h4.n_pad, self.h4.cin
+        p4.block, p4.panel_bytes = self.h4.block, self.h4.panel_bytes
+        p4.offset = <const float *>(<char *>self.pv.buf + 64)
+        p4.w = <const uint8_t *>(<char *>self.pv.buf + 64 + 4 * G * self.h4.n_pad)
+
     def __call__(self, inputs, attrs=None, n_outputs=1):
         if not self.ready:
             raise ValueError("QLayerCall was not initialized")
@@ -99,11 +136,14 @@ cdef class QLayerCall:
         memset(&ov, 0, sizeof(Py_buffer))
         cdef qi_qconv_problem pb
         cdef qi_spconv_problem spb
+        cdef qi_q4conv_problem p4
         cdef qi_qepi ep
         cdef qi_conv2d_geom g
         cdef size_t N = 0, C = 0, M = 0, i, cout = self.groups * self.n
         cdef size_t want_c = cout if self.kind == _QL_DW else self.groups * self.cin
-        cdef bint gemm = self.kind == _QL_GEMM or self.kind == _QL_SPGEMM
+        cdef bint gemm = (self.kind == _QL_GEMM or self.kind == _QL_SPGEMM
+                          or self.kind == _QL_Q4GEMM)
+        cdef bint sparse = self.kind == _QL_SPGEMM or self.kind == _QL_SPCONV
         cdef int nd
         cdef const char *f
         x = inputs[0]
@@ -117,7 +157,7 @@ cdef class QLayerCall:
             nd = xv.ndim
             if f == NULL or f[0] != b'B' or f[1] != 0 or nd < 1 or (not gemm and nd != 4):
                 return None
-            err = SparseKernelError if self.kind >= _QL_SPGEMM else ValueError
+            err = SparseKernelError if sparse else ValueError
             if gemm:
                 if <size_t>xv.shape[nd - 1] != self.k:
                     raise err(f"a must have K = {self.k} columns (the packed weights' K), got a "
@@ -126,7 +166,8 @@ cdef class QLayerCall:
                 for i in range(<size_t>(nd - 1)):
                     M *= <size_t>xv.shape[i]
                 N, C = 1, self.k
-                out = np.empty(x.shape[:-1] + (self.n,), self.out_dtype)
+                out = np.empty(x.shape[:nd - 1] + (self.n,), self.out_dtype)  # (no negative
+                # index: this module compiles with wraparound=False)
             else:
                 N, C = xv.shape[0], xv.shape[3]
                 if C != want_c:
@@ -152,7 +193,10 @@ cdef class QLayerCall:
                     ep.out = ov.buf
                     _qdw_exec(&g, &ep, &self.h, self.pv.buf, <const uint8_t *>xv.buf, N,
                               self.nt)
-                elif self.kind >= _QL_SPGEMM:
+                elif self.kind >= _QL_Q4GEMM:
+                    self._q4_fill(&p4, ov.buf, xv.buf, &g, N, C, M, gemm)
+                    _q4_run(&p4, out, self.nt)
+                elif sparse:
                     memset(&spb, 0, sizeof(spb))
                     _q_shape(&spb.c, NULL if gemm else &g, M)
                     spb.c.ep = self.ep
