@@ -2,7 +2,7 @@
 # sparse drivers (it calls their checks and their runners).
 #
 # Design: qgemm_u8s8 / qconv2d_u8s8_nhwc / qdwconv2d_u8s8_nhwc / qspmm_u8s8 / qspconv2d_u8s8_nhwc
-# check every argument on every call -- keyword parsing, the packed header and its bias bound, the
+# (and the int4 qgemm_u8s4 / qconv2d_u8s4_nhwc) check every argument on every call -- keyword parsing, the packed header and its bias bound, the
 # scales, the geometry tuples -- and a small CNN runs 50 such layers of 20-50 us. On a 64x64 1x1 conv
 # of one pixel (the kernel's own work a few ns) a call takes 1.31 us, QLayerCall's 0.69 us (0.2 of
 # which is the output's np.empty). A session's layers have constant weights, so QLayerCall runs those checks
@@ -25,7 +25,8 @@ cdef class QLayerCall:
 
     ``kind``: "gemm" (x uint8 [..., K] -> [..., N], ``pack_gemm_qc8w``), "conv" (NHWC,
     ``pack_conv_qc8w``), "dw" (NHWC, ``pack_dwconv_qc8w``), "spgemm" / "spconv" (the same on
-    ``pack_*_sb4w`` weights); the other arguments as the functions take them, ``out_layout="nchw"``
+    ``pack_*_sb4w`` weights), "q4gemm" / "q4conv" (int4 ``pack_*_qb4w`` weights, no bias input);
+    the other arguments as the functions take them, ``out_layout="nchw"``
     returning a conv's output NCHW. Called as a planner step: ``call(inputs, attrs, n_outputs)`` ->
     [y], or None when ``inputs[0]`` is not uint8 of the kind's rank (the planner then runs the
     reference op); a wrong size raises ValueError (SparseKernelError for the sparse kinds) as the
