@@ -156,6 +156,37 @@ def _out_size(n, k, s, p0, p1, d, str axis):
 
 cdef int _geom(qi_conv2d_geom *g, Py_ssize_t h, Py_ssize_t w, object kernel_shape, object strides,
                object pads, object dilations) except -1:
+    """The 2-D geometry of x [.., h, w] under these window attributes into *g. Sequences of ints
+    within bounds take the C path (~0.1 us); anything else goes to _geom_checked, which converts,
+    checks and raises the messages (its Python tuple work costs ~1.5 us a call)."""
+    cdef long kh, kw, sh, sw, dh, dw, pt, pl, pb, pr
+    try:
+        if (len(kernel_shape) != 2 or len(strides) != 2 or len(dilations) != 2
+                or len(pads) != 4):
+            raise TypeError
+        kh, kw = kernel_shape[0], kernel_shape[1]
+        sh, sw = strides[0], strides[1]
+        dh, dw = dilations[0], dilations[1]
+        pt, pl, pb, pr = pads[0], pads[1], pads[2], pads[3]
+    except (TypeError, ValueError, OverflowError):
+        return _geom_checked(g, h, w, kernel_shape, strides, pads, dilations)
+    if (h < 0 or w < 0 or kh < 1 or kw < 1 or sh < 1 or sw < 1 or dh < 1 or dw < 1 or pt < 0
+            or pl < 0 or pb < 0 or pr < 0 or max(kh, kw, sh, sw, dh, dw, pt, pl, pb, pr) >= (1 << 30)):
+        return _geom_checked(g, h, w, kernel_shape, strides, pads, dilations)
+    cdef size_t eh = <size_t>dh * <size_t>(kh - 1) + 1, ew = <size_t>dw * <size_t>(kw - 1) + 1
+    cdef size_t spanh = <size_t>h + pt + pb, spanw = <size_t>w + pl + pr
+    if spanh < eh or spanw < ew or max(spanh, spanw, eh, ew, <size_t>(kh * kw)) >= (1 << 31):
+        return _geom_checked(g, h, w, kernel_shape, strides, pads, dilations)
+    g.in_h, g.in_w = h, w
+    g.out_h, g.out_w = (spanh - eh) // sh + 1, (spanw - ew) // sw + 1
+    g.k_h, g.k_w, g.stride_h, g.stride_w = kh, kw, sh, sw
+    g.dil_h, g.dil_w = dh, dw
+    g.pad_top, g.pad_left, g.pad_bottom, g.pad_right = pt, pl, pb, pr
+    return 0
+
+
+cdef int _geom_checked(qi_conv2d_geom *g, Py_ssize_t h, Py_ssize_t w, object kernel_shape,
+                       object strides, object pads, object dilations) except -1:
     kh, kw = _pair(kernel_shape, "kernel_shape", 1)
     sh, sw = _pair(strides, "strides", 1)
     dh, dw = _pair(dilations, "dilations", 1)

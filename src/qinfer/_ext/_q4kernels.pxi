@@ -151,7 +151,7 @@ cdef object _q4_call(object x, object packed_w, object scale, object bias, bint 
             if C != G * h.cin:
                 raise ValueError(f"x must have {G * h.cin} channels (groups {G} x {h.cin} per "
                                  f"group, from packed_w), got x of shape {tuple(x.shape)}")
-            _q_geom(&c.geom, xv.shape[1], xv.shape[2], h.kh, h.kw, strides, pads, dilations)
+            _geom(&c.geom, xv.shape[1], xv.shape[2], (h.kh, h.kw), strides, pads, dilations)
             shape = (N, c.geom.out_h, c.geom.out_w, G * h.n)
             c.direct = (h.kh == 1 and h.kw == 1 and c.geom.stride_h == 1 and c.geom.stride_w == 1
                         and c.geom.pad_top == 0 and c.geom.pad_left == 0

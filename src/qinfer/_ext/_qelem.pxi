@@ -228,22 +228,6 @@ def qadd_u8(a, b, a_scale, a_zp, b_scale, b_zp, y_inv_scale, zp_y, relu=False, n
     return out
 
 
-cdef int _pool_geom(qi_conv2d_geom *g, size_t h, size_t w, object kernel_shape, object strides,
-                    object pads, object dilations) except -1:
-    """_geom for the pools: _q_geom's C checks when the kernel shape is two ints (the pool of a
-    small model costs a few us, half of it the generic tuple parsing), _geom's messages else."""
-    cdef long kh, kw
-    try:
-        if len(kernel_shape) != 2:
-            raise TypeError
-        kh, kw = kernel_shape[0], kernel_shape[1]
-    except (TypeError, ValueError, OverflowError):
-        return _geom(g, h, w, kernel_shape, strides, pads, dilations)
-    if kh < 1 or kw < 1 or kh >= (1 << 30) or kw >= (1 << 30):
-        return _geom(g, h, w, kernel_shape, strides, pads, dilations)
-    return _q_geom(g, h, w, kh, kw, strides, pads, dilations)
-
-
 def maxpool2d_u8_nhwc(x, kernel_shape, strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1, 1),
                       num_threads=None):
     """Max pooling of uint8 x[N, H, W, C] -> [N, OH, OW, C]; pads (top, left, bottom, right) only
@@ -251,7 +235,7 @@ def maxpool2d_u8_nhwc(x, kernel_shape, strides=(1, 1), pads=(0, 0, 0, 0), dilati
     extra end pad)."""
     _e_check(x, "x", np.uint8, 4)
     cdef qi_conv2d_geom g
-    _pool_geom(&g, x.shape[1], x.shape[2], kernel_shape, strides, pads, dilations)
+    _geom(&g, x.shape[1], x.shape[2], kernel_shape, strides, pads, dilations)
     cdef size_t N = x.shape[0], C = x.shape[3]
     out = np.empty((N, g.out_h, g.out_w, C), np.uint8)
     if out.size == 0:
@@ -274,7 +258,7 @@ def maxpool2d_f32_nchw(x, kernel_shape, strides=(1, 1), pads=(0, 0, 0, 0), dilat
     image are skipped, a window with none gives -inf)."""
     _check_array(x, "x", 4)
     cdef qi_conv2d_geom g
-    _pool_geom(&g, x.shape[2], x.shape[3], kernel_shape, strides, pads, dilations)
+    _geom(&g, x.shape[2], x.shape[3], kernel_shape, strides, pads, dilations)
     cdef size_t planes = x.shape[0] * x.shape[1]
     out = np.empty((x.shape[0], x.shape[1], g.out_h, g.out_w), np.float32)
     if out.size == 0:

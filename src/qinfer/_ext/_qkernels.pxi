@@ -104,33 +104,6 @@ cdef inline bint _qoverlap(const Py_buffer *a, const Py_buffer *b) noexcept:
     return a.len > 0 and b.len > 0 and pa < pb + b.len and pb < pa + a.len
 
 
-cdef int _q_geom(qi_conv2d_geom *g, size_t h, size_t w, size_t kh, size_t kw, object strides,
-                 object pads, object dilations) except -1:
-    """_geom's checks and messages without its Python-level tuple work (~1.5 us a call)."""
-    cdef long sh, sw, dh, dw, pt, pl, pb, pr
-    try:
-        if len(strides) != 2 or len(dilations) != 2 or len(pads) != 4:
-            raise TypeError
-        sh, sw = strides[0], strides[1]
-        dh, dw = dilations[0], dilations[1]
-        pt, pl, pb, pr = pads[0], pads[1], pads[2], pads[3]
-    except (TypeError, ValueError, OverflowError):
-        return _geom(g, h, w, (kh, kw), strides, pads, dilations)  # raises the full message
-    if (sh < 1 or sw < 1 or dh < 1 or dw < 1 or pt < 0 or pl < 0 or pb < 0 or pr < 0
-            or max(sh, sw, dh, dw, pt, pl, pb, pr) >= (1 << 30)):
-        return _geom(g, h, w, (kh, kw), strides, pads, dilations)
-    cdef size_t eh = <size_t>dh * (kh - 1) + 1, ew = <size_t>dw * (kw - 1) + 1
-    cdef size_t spanh = h + pt + pb, spanw = w + pl + pr
-    if spanh < eh or spanw < ew or max(spanh, spanw, eh, ew, kh * kw) >= (1 << 31):
-        return _geom(g, h, w, (kh, kw), strides, pads, dilations)
-    g.in_h, g.in_w = h, w
-    g.out_h, g.out_w = (spanh - eh) // sh + 1, (spanw - ew) // sw + 1
-    g.k_h, g.k_w, g.stride_h, g.stride_w = kh, kw, sh, sw
-    g.dil_h, g.dil_w = dh, dw
-    g.pad_top, g.pad_left, g.pad_bottom, g.pad_right = pt, pl, pb, pr
-    return 0
-
-
 cdef int _q_packed(object packed, Py_buffer *pv, qi_qc8w_header *h, unsigned magic) except -1:
     """Acquire packed_w, check its header; fill *h."""
     _qbuf(packed, pv, "packed_w", "B", 1, False,
@@ -422,7 +395,7 @@ def qconv2d_u8s8_nhwc(x, packed_w, scale, strides=(1, 1), pads=(0, 0, 0, 0), dil
             raise ValueError(f"x must have {G * h.cin} channels (groups {G} x {h.cin} per group, "
                              f"from packed_w), got x of shape {tuple(x.shape)}")
         memset(&pb, 0, sizeof(pb))
-        _q_geom(&pb.geom, xv.shape[1], xv.shape[2], h.kh, h.kw, strides, pads, dilations)
+        _geom(&pb.geom, xv.shape[1], xv.shape[2], (h.kh, h.kw), strides, pads, dilations)
         _q_epi(&pb.ep, scale, &sv, G * h.n, out_dtype, y_inv_scale, zp_y, activation, alpha, beta)
         out = _q_out(out, &ov, (N, pb.geom.out_h, pb.geom.out_w, G * h.n), &pb.ep,
                      "N, OH, OW, Cout")
@@ -524,7 +497,7 @@ def qdwconv2d_u8s8_nhwc(x, packed_w, scale, strides=(1, 1), pads=(0, 0, 0, 0), d
         if C != h.n:
             raise ValueError(f"x must have {h.n} channels (from packed_w), got x of shape "
                              f"{tuple(x.shape)}")
-        _q_geom(&g, xv.shape[1], xv.shape[2], h.kh, h.kw, strides, pads, dilations)
+        _geom(&g, xv.shape[1], xv.shape[2], (h.kh, h.kw), strides, pads, dilations)
         memset(&ep, 0, sizeof(ep))
         _q_epi(&ep, scale, &sv, C, out_dtype, y_inv_scale, zp_y, activation, alpha, beta)
         out = _q_out(out, &ov, (N, g.out_h, g.out_w, C), &ep, "N, OH, OW, C")

@@ -86,8 +86,8 @@ cdef class QLayerCall:
             self.nt = _threads(num_threads)
             self.strides, self.pads, self.dilations = tuple(strides), tuple(pads), tuple(dilations)
             if not gemm:   # the geometry's own checks, on an input size its kernel fits
-                _q_geom(&self.g, (self.kh - 1) * 65536 + 1, (self.kw - 1) * 65536 + 1, self.kh,
-                        self.kw, self.strides, self.pads, self.dilations)
+                _geom(&self.g, (self.kh - 1) * 65536 + 1, (self.kw - 1) * 65536 + 1,
+                      (self.kh, self.kw), self.strides, self.pads, self.dilations)
         except ValueError as e:
             raise err(str(e)) from None
         self.out_dtype = np.uint8 if self.ep.out_u8 else np.float32
@@ -180,7 +180,7 @@ cdef class QLayerCall:
                     g = self.g
                 else:
                     try:
-                        _q_geom(&g, xv.shape[1], xv.shape[2], self.kh, self.kw, self.strides,
+                        _geom(&g, xv.shape[1], xv.shape[2], (self.kh, self.kw), self.strides,
                                 self.pads, self.dilations)
                     except ValueError as e:
                         raise err(str(e)) from None

@@ -265,7 +265,7 @@ cdef object _sp_call(object x, object packed_w, object scale, bint conv, object 
             if C != G * h.cin:
                 raise SparseKernelError(f"x must have {G * h.cin} channels (groups {G} x {h.cin} "
                                         f"per group, from packed_w), got x of shape {tuple(x.shape)}")
-            _q_geom(&c.geom, xv.shape[1], xv.shape[2], h.kh, h.kw, strides, pads, dilations)
+            _geom(&c.geom, xv.shape[1], xv.shape[2], (h.kh, h.kw), strides, pads, dilations)
             shape = (N, c.geom.out_h, c.geom.out_w, G * h.n)
             _q_shape(c, &c.geom, 0)
         else:

@@ -25,23 +25,22 @@ cdef object _rows_out(object x, object out, str name):
     return out
 
 
-cdef object _rows_x(object x, str name):
-    if not isinstance(x, np.ndarray) or x.dtype != np.float32 or not x.flags.c_contiguous:
-        raise ValueError(f"{name} must be a C-contiguous float32 array, got {_describe(x)}")
-    return x
+cdef int _rows_of(object x, size_t *rows, size_t *cols) except -1:
+    """Check x (C-contiguous float32, rank >= 1) and count its rows of x.shape[-1] values."""
+    _e_check(x, "x", np.float32)
+    if x.ndim < 1:
+        raise ValueError("x must have at least one axis (the normalized one)")
+    cols[0] = <size_t>x.shape[x.ndim - 1]  # (not shape[-1]: this module compiles with wraparound=False)
+    rows[0] = <size_t>x.size // cols[0] if cols[0] else 0
+    return 0
 
 
 def layernorm_f32(x, scale, bias=None, float eps=1e-5, out=None, num_threads=None):
     """LayerNormalization over the last axis of x (float32, C-contiguous, any rank >= 1): each row
     of x.shape[-1] values normalized by its mean and biased variance, times scale, plus bias
     (float32 [x.shape[-1]], or None). Returns out (new if None)."""
-    _rows_x(x, "x")
-    if x.ndim < 1:
-        raise ValueError("x must have at least one axis (the normalized one)")
-    cdef Py_ssize_t cols_, size_ = x.size
-    cols_ = x.shape[x.ndim - 1]  # (not shape[-1]: this module compiles with wraparound=False)
-    cdef size_t cols = <size_t>cols_
-    cdef size_t rows = <size_t>size_ // cols if cols else 0
+    cdef size_t rows, cols
+    _rows_of(x, &rows, &cols)
     _check_array(scale, "scale", 1)
     if <size_t>scale.shape[0] != cols:
         raise ValueError(f"scale must have {cols} elements (x's last axis), got {scale.shape[0]}")
@@ -76,13 +75,8 @@ def layernorm_f32(x, scale, bias=None, float eps=1e-5, out=None, num_threads=Non
 
 def softmax_f32(x, out=None, num_threads=None):
     """Softmax over the last axis of x (float32, C-contiguous, any rank >= 1). Returns out."""
-    _rows_x(x, "x")
-    if x.ndim < 1:
-        raise ValueError("x must have at least one axis (the normalized one)")
-    cdef Py_ssize_t cols_, size_ = x.size
-    cols_ = x.shape[x.ndim - 1]  # (not shape[-1]: this module compiles with wraparound=False)
-    cdef size_t cols = <size_t>cols_
-    cdef size_t rows = <size_t>size_ // cols if cols else 0
+    cdef size_t rows, cols
+    _rows_of(x, &rows, &cols)
     out = _rows_out(x, out, "x")
     if rows == 0 or cols == 0:
         return out
@@ -105,7 +99,7 @@ def softmax_f32(x, out=None, num_threads=None):
 def erf_f32(x, out=None, num_threads=None):
     """erf of every element of x (float32, C-contiguous, any shape), computed in double and
     rounded to float32. Returns out."""
-    _rows_x(x, "x")
+    _e_check(x, "x", np.float32)
     out = _rows_out(x, out, "x")
     cdef size_t n = x.size
     if n == 0:

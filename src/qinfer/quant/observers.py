@@ -194,10 +194,11 @@ class Observer:
         x = np.asarray(x)
         if x.dtype.kind != "f" or x.size == 0:
             return self
-        self._update_channels(x)
-        x = x.reshape(-1)
         finite = np.isfinite(x)
-        if not finite.all():
+        all_finite = bool(finite.all())
+        self._update_channels(x, None if all_finite else finite)
+        x, finite = x.reshape(-1), finite.reshape(-1)
+        if not all_finite:
             bad = int(x.size - np.count_nonzero(finite))
             self.nonfinite += bad
             if not self._warned:
@@ -219,20 +220,21 @@ class Observer:
     def _update(self, x):
         pass
 
-    def _update_channels(self, x):
-        """Running min / max per channel (axis 1) of rank-4 (NCHW) data, non-finite values left
-        out. Data of another rank, or a channel count that changes, ends them for good."""
+    def _update_channels(self, x, finite):
+        """Running min / max per channel (axis 1) of rank-4 (NCHW) data, non-finite values
+        (``finite``: x's mask, None when all are) left out. Data of another rank, or a channel
+        count that changes, ends them for good."""
         if self._ch_off:
             return
         if x.ndim != 4 or (self.ch_min is not None and self.ch_min.shape != (x.shape[1],)):
             self.ch_min = self.ch_max = None
             self._ch_off = True
             return
-        if np.isfinite(x).all():
+        if finite is None:
             lo = x.min(axis=(0, 2, 3)).astype(np.float64)
             hi = x.max(axis=(0, 2, 3)).astype(np.float64)
         else:
-            v = np.where(np.isfinite(x), x, np.nan)
+            v = np.where(finite, x, np.nan)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)   # an all-NaN channel: NaN, left out
                 lo = np.nanmin(v, axis=(0, 2, 3)).astype(np.float64)
@@ -268,8 +270,7 @@ class Observer:
         floor = max(hi_t - lo_t, 1e-30) / qmax / 4096.0
         steps = np.maximum(need, floor)
         zp = int(np.argmin(np.log(steps).sum(axis=1)))
-        scales = np.maximum(steps[zp], floor).astype(np.float32)
-        return scales, zp
+        return steps[zp].astype(np.float32), zp
 
     def _check_seen(self):
         if self.count == 0:

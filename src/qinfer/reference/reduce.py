@@ -61,8 +61,9 @@ def _mean(x, axis, keepdims):
     return np.true_divide(np.add.reduce(x, axis=axis, keepdims=keepdims), n)
 
 
-# the ufuncs' reduce (what np.sum / np.max call, without their Python wrappers)
-_REDUCERS = {
+#: op -> fn(x, axes tuple, keepdims): the ufuncs' reduce (what np.sum / np.max call, without
+#: their Python wrappers); the runtime's float32 ReduceSum / ReduceMean steps call these too
+REDUCERS = {
     "ReduceSum": lambda x, ax, k: np.add.reduce(x, axis=ax, keepdims=k),
     "ReduceMean": _mean,
     "ReduceMax": lambda x, ax, k: np.maximum.reduce(x, axis=ax, keepdims=k, initial=_lowest(x.dtype)),
@@ -98,7 +99,7 @@ def _make(op, fn):
     return reduce_op
 
 
-for _op, _fn in _REDUCERS.items():
+for _op, _fn in REDUCERS.items():
     register(_op)(_make(_op, _fn))
 
 

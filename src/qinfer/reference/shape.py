@@ -61,13 +61,19 @@ def size(inputs, attrs, num_outputs):
     return [np.array(np.asarray(inputs[0]).size, dtype=np.int64)]
 
 
+def reshape_target(shape, target, allowzero):
+    """Reshape's target for an input of ``shape``: a 0 copies the input's dimension unless
+    ``allowzero`` (a 0 past the input's rank raises IndexError)"""
+    if allowzero or 0 not in target:
+        return target
+    return [shape[i] if d == 0 else d for i, d in enumerate(target)]
+
+
 @register("Reshape")
 def reshape(inputs, attrs, num_outputs):
     x = np.asarray(inputs[0])
     target = _ints(_arg(inputs, 1, attrs, "shape"))
-    if not attrs.get("allowzero", 0):
-        target = [x.shape[i] if d == 0 else d for i, d in enumerate(target)]
-    return [x.reshape(target)]
+    return [x.reshape(reshape_target(x.shape, target, attrs.get("allowzero", 0)))]
 
 
 @register("Flatten")

@@ -21,6 +21,8 @@ import math
 import numpy as np
 
 from .cpu import _kernels as _k
+from ..reference.reduce import REDUCERS
+from ..reference.shape import reshape_target
 
 #: at most this many rows, a dense layer runs as a single-threaded BLAS matrix-vector product
 SMALL_M = 4
@@ -276,18 +278,16 @@ def make_reshape(node, consts):
             if type(s) is not np.ndarray or s.ndim != 1 or s.dtype.kind != "i":
                 return None
             t = s.tolist()
-        if not allow and 0 in t:
-            if len(t) > x.ndim and 0 in t[x.ndim:]:
-                return None               # the reference op says what is wrong
-            t = [x.shape[i] if d == 0 else d for i, d in enumerate(t)]
-        return [x.reshape(t)]
+        # (a target that does not fit raises: the checked way then runs the reference op, which
+        # names the node)
+        return [x.reshape(reshape_target(x.shape, t, allow))]
     return reshape
 
 
 def make_reduce(node, consts):
     """ReduceSum / ReduceMean of a float32 array over constant axes (the attribute, or a constant
-    axes input): the reference's ufunc reduce (and one true division by the count), without its
-    per-call axis parsing and errstate; None otherwise (the reference op)."""
+    axes input): the reference's own reducer, without its per-call axis parsing and errstate;
+    None otherwise (the reference op)."""
     if len(node.inputs) > 1 and node.inputs[1]:
         if node.inputs[1] not in consts:
             return None
@@ -297,7 +297,7 @@ def make_reduce(node, consts):
     if not axes:                      # all axes, or the identity: the reference op
         return None
     keep = bool(node.attrs.get("keepdims", 1))
-    mean = node.op == "ReduceMean"
+    fn = REDUCERS[node.op]
 
     def reduce(inputs, _attrs, n_out):
         x = inputs[0]
@@ -306,14 +306,7 @@ def make_reduce(node, consts):
         nd = x.ndim
         if not all(-nd <= a < nd for a in axes):
             return None               # the reference op says what is wrong
-        ax = tuple(sorted({a + nd if a < 0 else a for a in axes}))
-        y = np.add.reduce(x, axis=ax, keepdims=keep)
-        if mean:
-            n = 1
-            for a in ax:
-                n *= x.shape[a]
-            y = np.true_divide(y, n)
-        return [np.asarray(y)]
+        return [np.asarray(fn(x, tuple(sorted({a + nd if a < 0 else a for a in axes})), keep))]
     return reduce
 
 

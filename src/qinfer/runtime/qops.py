@@ -188,21 +188,14 @@ def _make_stream_op(op, a, nt):
         scale, zp = float(a["scale"]), int(a["zero_point"])
         move = a.get("layout") == ("nchw_to_nhwc" if quant else "nhwc_to_nchw")
         cs = a.get("channel_scales") if quant else None
-        if cs is not None:
-            cs = np.asarray(cs, np.float32)
-
-            def convert(inputs, _a, _n):
-                x = inputs[0]
-                if x.dtype != dtype or not move or x.ndim != 4 or x.shape[1] != cs.shape[0]:
-                    return None    # the reference says what is wrong
-                return [kern(np.ascontiguousarray(x), scale, zp, True, nt, cs)]
-            return convert
+        extra = () if cs is None else (np.asarray(cs, np.float32),)   # per-channel scales [C]
 
         def convert(inputs, _a, _n):
             x = inputs[0]
-            if x.dtype != dtype or (move and x.ndim != 4):
-                return None
-            return [kern(np.ascontiguousarray(x), scale, zp, move, nt)]
+            if (x.dtype != dtype or (move and x.ndim != 4)
+                    or (extra and (not move or x.shape[1] != extra[0].shape[0]))):
+                return None    # the reference op says what is wrong
+            return [kern(np.ascontiguousarray(x), scale, zp, move, nt, *extra)]
         return convert
     if op == "QAdd":
         args = (float(a["a_scale"]), int(a["a_zp"]), float(a["b_scale"]), int(a["b_zp"]),

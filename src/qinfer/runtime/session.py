@@ -70,7 +70,7 @@ class InferenceSession:
         self._lock = threading.Lock()
         self._in_slots = [(v.name, self._program.input_slots[i])
                           for i, v in enumerate(self._graph.inputs)]
-        self._valid = {}   # input signatures (shapes, dtypes) that passed _validate
+        self._valid = set()   # input signatures (shapes, dtypes) that passed _validate
 
     # -------------------------------------------------------------- ONNX Runtime surface
     def get_inputs(self):
@@ -155,7 +155,7 @@ class InferenceSession:
                     return feeds, sig
         feeds, sig = self._validate_full(input_feed)
         if len(self._valid) < self.MAX_VALID:
-            self._valid[sig] = True
+            self._valid.add(sig)
         return feeds, sig
 
     def _validate_full(self, input_feed):
