@@ -183,6 +183,10 @@ class Observer:
         self.batches = 0
         self.ch_min = self.ch_max = None   # per channel (axis 1) of rank-4 data: channel_qparams
         self._ch_off = False
+        # sums and counts of finite values per input channel of the layer reading the value
+        # (axis 1 of rank-4 data, the last axis of other ranks): input_means()
+        self._in_sum = self._in_count = None
+        self._in_off = False
         self._warned = False
         self._cache = {}
 
@@ -197,6 +201,7 @@ class Observer:
         finite = np.isfinite(x)
         all_finite = bool(finite.all())
         self._update_channels(x, None if all_finite else finite)
+        self._update_means(x, None if all_finite else finite)
         x, finite = x.reshape(-1), finite.reshape(-1)
         if not all_finite:
             bad = int(x.size - np.count_nonzero(finite))
@@ -243,6 +248,37 @@ class Observer:
             self.ch_min, self.ch_max = lo, hi
         else:
             self.ch_min, self.ch_max = np.fmin(self.ch_min, lo), np.fmax(self.ch_max, hi)
+
+    def _update_means(self, x, finite):
+        """Running sums per channel: axis 1 of rank-4 data (a conv's input channels), the last
+        axis of rank 1-3 data (a GEMM's reduction axis). Another rank or axis length ends them."""
+        if self._in_off:
+            return
+        axis = 1 if x.ndim == 4 else x.ndim - 1
+        if x.ndim == 0 or x.ndim > 4 or (self._in_sum is not None
+                                          and self._in_sum.shape != (x.shape[axis],)):
+            self._in_sum = self._in_count = None
+            self._in_off = True
+            return
+        other = tuple(a for a in range(x.ndim) if a != axis)
+        if finite is None:
+            tot = x.sum(axis=other, dtype=np.float64)
+            cnt = np.full(x.shape[axis], x.size // x.shape[axis], np.float64)
+        else:
+            tot = np.where(finite, x, 0).sum(axis=other, dtype=np.float64)
+            cnt = finite.sum(axis=other).astype(np.float64)
+        if self._in_sum is None:
+            self._in_sum, self._in_count = tot, cnt
+        else:
+            self._in_sum, self._in_count = self._in_sum + tot, self._in_count + cnt
+
+    def input_means(self):
+        """float64 mean per channel as a layer reading this value sees its inputs (axis 1 of
+        rank-4 data, the last axis otherwise; 0 for a channel with no finite value), or None
+        when the value's rank or channel count changed during calibration."""
+        if self._in_sum is None:
+            return None
+        return np.where(self._in_count > 0, self._in_sum / np.maximum(self._in_count, 1), 0.0)
 
     def channel_qparams(self, bits=8):
         """Per-channel uint8 quantization of rank-4 NCHW data that shares one zero point:
