@@ -150,9 +150,10 @@ def test_bias_correction_removes_a_cancelling_kernels_shift(tmp_path, rng):
     assert stats[True][1] < stats[False][1]
 
 
-def test_quantize_says_whether_it_corrected_the_biases(tmp_path, rng):
+def test_quantize_says_whether_it_corrected_the_biases(tmp_path, rng, monkeypatch):
     """qinfer.quantize applies the correction where the model stays within its budget and says
-    so in the model's metadata (and summary); int4 weights take none."""
+    so in the model's metadata (and summary); int4 weights take none; switched off
+    (BIAS_CORRECTION, for comparisons) the same layers come out with the uncorrected biases."""
     path = str(tmp_path / "cancel.onnx")
     _cancelling_model(path, rng)
     feeds = _cancel_feeds(rng, 8)
@@ -162,3 +163,8 @@ def test_quantize_says_whether_it_corrected_the_biases(tmp_path, rng):
     assert "bias_correction=applied" in q.summary()
     q4 = qinfer.quantize(path, feeds, weights="int4", group_size=32, progress=False)
     assert "bias_correction" not in q4.graph.metadata["quantization"]
+    monkeypatch.setattr(Q, "BIAS_CORRECTION", False)
+    off = qinfer.quantize(path, feeds, progress=False)
+    assert "bias_correction" not in off.graph.metadata["quantization"]
+    assert off.graph.op_counts() == q.graph.op_counts()
+    assert off.graph.metadata["quantization"]["output_error"] > info["output_error"]

@@ -308,6 +308,11 @@ def _pack(c, s_x, zp_x, mu=None):
     return packed, scale, s_w
 
 
+#: quantize() applies bias correction after its precision search (False: it does not; for
+#: comparisons such as bench/bench_rec_lines.py)
+BIAS_CORRECTION = True
+
+
 def _input_means(observers, name, channels):
     """Calibration mean of each of ``channels`` input channels of value ``name`` (float64), or
     None (no observer, or a channel count that does not match)."""
@@ -999,7 +1004,7 @@ def quantize_graph(graph, calibration, weights="int8", activations="int8", metho
     # OCR models' worst sample moves with any small change (on PP-OCRv4 det, float16 weights in
     # one of the float layers: 0.0095 -> 0.012-0.030, where the float model alone moves 3e-4).
     bias_note = None
-    if weights == "int8":       # (int4 weights: GPTQ / round to nearest per block, no correction)
+    if weights == "int8" and BIAS_CORRECTION:   # (int4: GPTQ / nearest per block, no correction)
         g_bc, rep_bc = build_quantized(graph, candidates, observers, chosen, channels,
                                        bias_correction=True)
         e_bc = output_error(ref, _outputs(g_bc, eval_feeds))
