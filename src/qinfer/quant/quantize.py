@@ -317,7 +317,7 @@ def _input_means(observers, name, channels):
     """Calibration mean of each of ``channels`` input channels of value ``name`` (float64), or
     None (no observer, or a channel count that does not match)."""
     obs = observers.get(name)
-    mu = obs.input_means() if obs is not None and hasattr(obs, "input_means") else None
+    mu = obs.input_means() if obs is not None else None
     return mu if mu is not None and mu.shape == (channels,) else None
 
 
