@@ -244,11 +244,16 @@ def _rounding_shift(c, wq, s_w, mu):
         d = wq.astype(np.float64) * s_w.astype(np.float64)[None, :] - w
         return mu @ d
     d = wq.astype(np.float64) * s_w.astype(np.float64)[:, None, None, None] - w
-    m, cg = w.shape[:2]
+    per = d.reshape(d.shape[0], d.shape[1], -1).sum(axis=2)    # [M, C/g]: each kernel's sum
+    return (per * _per_kernel(c, mu)).sum(axis=1)
+
+
+def _per_kernel(c, v):
+    """float64 [M, C/g]: a value per input channel of conv candidate ``c`` (``v`` [C]) laid out
+    as its weight's first two axes (output channel m reads its group's channels)."""
+    m, cg = c.weight.shape[:2]
     groups = int(c.node.attrs.get("group", 1))
-    per = d.reshape(m, cg, -1).sum(axis=2)                  # [M, C/g]: each kernel's sum
-    mu_g = np.repeat(np.asarray(mu, np.float64).reshape(groups, cg), m // groups, axis=0)
-    return (per * mu_g).sum(axis=1)
+    return np.repeat(np.asarray(v, np.float64).reshape(groups, cg), m // groups, axis=0)
 
 
 def _pack(c, s_x, zp_x, mu=None):
@@ -337,13 +342,9 @@ def _channel_folded(c, scales):
     integer products of the raw uint8 values and these weights, times a per-output-channel scale
     of 1 * s_w, are the real ones (the scales move from the activations into the weights, which
     are then quantized per output channel as usual)."""
-    w = c.weight
-    m, cg = w.shape[:2]
-    groups = int(c.node.attrs.get("group", 1))
-    sc = np.asarray(scales, np.float64).reshape(groups, cg)
-    sc = np.repeat(sc, m // groups, axis=0)
     f = copy.copy(c)
-    f.weight = (w.astype(np.float64) * sc[:, :, None, None]).astype(np.float32)
+    f.weight = (c.weight.astype(np.float64)
+                * _per_kernel(c, scales)[:, :, None, None]).astype(np.float32)
     return f
 
 
@@ -352,7 +353,7 @@ def channel_input_ok(c, observers):
     if c.kind not in ("conv", "dw") or getattr(c, "int4", None) is not None:
         return False
     obs = observers.get(c.x)
-    if obs is None or getattr(obs, "ch_min", None) is None:
+    if obs is None or obs.ch_min is None:
         return False
     groups = int(c.node.attrs.get("group", 1))
     return obs.ch_min.shape[0] == c.weight.shape[1] * groups
