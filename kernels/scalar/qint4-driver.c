@@ -64,6 +64,7 @@ void qi_q4conv_run(const qi_q4conv_problem *p4, qi_gemm_qu8_qb4w_fn *fn, size_t 
       ep.out = (char *)p->ep.out + (r0 * p->ep.ldo + g * p->n) * es;
       fn(m, n0, n1, p->k, a, lda, p4->w + g * ppg * p4->panel_bytes, p4->panel_bytes, p4->block,
          p4->offset + g * p->n_pad, p4->bias ? p4->bias + g * p->n : NULL, &ep);
+      qi_qconv_residual(p, r0, m, g * p->n + n0, g * p->n + n1);
     }
   }
 }

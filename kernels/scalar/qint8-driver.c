@@ -181,7 +181,28 @@ void qi_qconv_run(const qi_qconv_problem *p, qi_gemm_qu8_qc8w_fn *fn, size_t m_b
       ep.out = (char *)p->ep.out + (r0 * p->ep.ldo + g * p->n) * es;
       fn(m, n0, n1, k, a, lda, p->bias + g * p->n_pad, p->w + g * p->n_pad * p->k_pad, p->k_pad,
          &ep, acc);
+      qi_qconv_residual(p, r0, m, g * p->n + n0, g * p->n + n1);
     }
+  }
+}
+
+void qi_qconv_residual(const qi_qconv_problem *p, size_t r0, size_t m, size_t c0, size_t c1) {
+  if (!p->res || !p->ep.out_u8 || m == 0 || c0 >= c1) return;
+  const size_t ldo = p->ep.ldo;
+  qi_stream_args a;
+  memset(&a, 0, sizeof a);
+  a.op = QI_STREAM_QADD;
+  a.qadd = p->res_q;
+  uint8_t *out = (uint8_t *)p->ep.out + r0 * ldo;
+  const uint8_t *res = p->res + r0 * ldo;
+  if (c0 == 0 && c1 == ldo) { /* whole rows: one run */
+    a.x = out, a.x2 = res, a.y = out;
+    p->res_fn(&a, 0, m * ldo);
+    return;
+  }
+  for (size_t i = 0; i < m; i++) {
+    a.x = out + i * ldo, a.x2 = res + i * ldo, a.y = out + i * ldo;
+    p->res_fn(&a, c0, c1);
   }
 }
 

@@ -69,6 +69,7 @@ void qi_spconv_run(const qi_spconv_problem *p, qi_spmm_qu8_sb4w_fn *fn, size_t m
       ep.out = (char *)c->ep.out + (r0 * c->ep.ldo + g * c->n) * es;
       fn(m, n0, n1, k, a, lda, &pa, p->bias + g * c->n_pad, p->ptr + g * c->n_pad * p->nseg, p->nseg,
          p->seg, p->rec, p->nnzb, &ep, kscratch);
+      qi_qconv_residual(c, r0, m, g * c->n + n0, g * c->n + n1);
     }
   }
 }

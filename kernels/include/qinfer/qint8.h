@@ -32,6 +32,7 @@
 
 #include <string.h>
 #include "qinfer/common.h"
+#include "qinfer/qelementwise.h" /* the residual add fused after the epilogue */
 
 /* Activation codes of the int8 epilogue: those of enum qi_act_code, plus SiLU. */
 #define QI_QACT_SILU 6 /* x * sigmoid(x), computed as x / (1 + exp(-x)) */
@@ -162,7 +163,20 @@ typedef struct qi_qconv_problem {
   const int32_t *bias; /* [groups * n_pad] */
   const int8_t *w;     /* panels of every group */
   qi_qepi ep;          /* ep.out = out[0, 0], ep.ldo = groups * n, ep.scale[groups * n] */
+  /* A residual add fused after the epilogue (uint8 out only): once a call has written a block of
+   * out, the driver runs the stream slot's QADD on it in place, out = qadd(out, res), with out as
+   * operand a (res_q's a_* are this layer's output parameters). res: [m, groups * n] uint8 laid
+   * out like out (row stride ep.ldo); NULL: no add. The block is still in this core's cache, the
+   * add runs on the layer's threads, and the bytes are those of the separate QAdd: the same
+   * function on the same values (a and b swapped where the layer was the add's b: IEEE addition
+   * commutes). */
+  const uint8_t *res;
+  qi_stream_u8_fn *res_fn;
+  qi_qadd_params res_q;
 } qi_qconv_problem;
+
+/* The fused residual add of rows [r0, r0 + m) x columns [c0, c1) of out (no-op without res). */
+void qi_qconv_residual(const qi_qconv_problem *p, size_t r0, size_t m, size_t c0, size_t c1);
 
 /* Bytes of scratch one thread needs for qi_qconv_run over at most `rows` rows (64-byte aligned by
  * the caller). */

@@ -154,6 +154,38 @@ ctypedef void (*qi_dwconv2d_qu8_qc8w_ptr)(const qi_conv2d_geom *g, size_t c, siz
                                           const int8_t *w, size_t c_pad, uint8_t zp_x,
                                           const qi_qepi *ep, uint8_t *scratch) noexcept nogil
 
+cdef extern from "qinfer/qelementwise.h":
+    ctypedef struct qi_qadd_params:
+        float a_scale, a_zp, b_scale, b_zp, y_inv_scale, zp_y
+        int relu
+
+    enum:
+        QI_STREAM_QUANTIZE
+        QI_STREAM_QUANTIZE_CHW_HWC
+        QI_STREAM_DEQUANTIZE
+        QI_STREAM_DEQUANTIZE_HWC_CHW
+        QI_STREAM_QADD
+        QI_STREAM_MAXPOOL_U8_HWC
+        QI_STREAM_MAXPOOL_F32_CHW
+        QI_STREAM_GAP_U8_HWC
+        QI_STREAM_QMUL_CHANNEL
+
+    ctypedef struct qi_stream_args:
+        int op
+        const void *x
+        const void *x2
+        void *y
+        const float *m
+        const qi_conv2d_geom *g
+        size_t c, hw
+        float scale, zp, zp2
+        qi_qadd_params qadd
+
+ctypedef void (*qi_stream_u8_ptr)(const qi_stream_args *a, size_t begin, size_t end) noexcept nogil
+
+cdef extern from "qinfer/dispatch.h":
+    qi_stream_u8_ptr qi_kernel_stream_u8() nogil
+
 cdef extern from "qinfer/qint8.h":
     ctypedef struct qi_qconv_problem:
         const uint8_t *x
@@ -166,6 +198,9 @@ cdef extern from "qinfer/qint8.h":
         const int32_t *bias
         const int8_t *w
         qi_qepi ep
+        const uint8_t *res
+        qi_stream_u8_ptr res_fn
+        qi_qadd_params res_q
 
     size_t qi_qconv_scratch_bytes(const qi_qconv_problem *p, size_t rows) nogil
     void qi_qconv_run(const qi_qconv_problem *p, qi_gemm_qu8_qc8w_ptr fn, size_t m_begin,

@@ -5,37 +5,8 @@
 # planes or rows) over threads with the GIL released. The results are bit-identical to the numpy
 # definitions in qinfer.reference.qops for any thread count (every element is computed alone).
 
-cdef extern from "qinfer/qelementwise.h":
-    ctypedef struct qi_qadd_params:
-        float a_scale, a_zp, b_scale, b_zp, y_inv_scale, zp_y
-        int relu
-
-    enum:
-        QI_STREAM_QUANTIZE
-        QI_STREAM_QUANTIZE_CHW_HWC
-        QI_STREAM_DEQUANTIZE
-        QI_STREAM_DEQUANTIZE_HWC_CHW
-        QI_STREAM_QADD
-        QI_STREAM_MAXPOOL_U8_HWC
-        QI_STREAM_MAXPOOL_F32_CHW
-        QI_STREAM_GAP_U8_HWC
-        QI_STREAM_QMUL_CHANNEL
-
-    ctypedef struct qi_stream_args:
-        int op
-        const void *x
-        const void *x2
-        void *y
-        const float *m
-        const qi_conv2d_geom *g
-        size_t c, hw
-        float scale, zp, zp2
-        qi_qadd_params qadd
-
-ctypedef void (*qi_stream_u8_ptr)(const qi_stream_args *a, size_t begin, size_t end) noexcept nogil
-
-cdef extern from "qinfer/dispatch.h":
-    qi_stream_u8_ptr qi_kernel_stream_u8() nogil
+# (the qelementwise.h declarations and the stream slot are in _kernels.pxd: the int8 layer
+# drivers' fused residual add uses them too)
 
 
 cdef void _stream_chunk(qi_stream_u8_ptr fn, const qi_stream_args *a, size_t per_img, size_t xs,

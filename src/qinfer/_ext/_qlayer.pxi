@@ -30,7 +30,14 @@ cdef class QLayerCall:
     returning a conv's output NCHW. Called as a planner step: ``call(inputs, attrs, n_outputs)`` ->
     [y], or None when ``inputs[0]`` is not uint8 of the kind's rank (the planner then runs the
     reference op); a wrong size raises ValueError (SparseKernelError for the sparse kinds) as the
-    functions do. A failed check at construction raises the function's error."""
+    functions do. A failed check at construction raises the function's error.
+
+    ``residual=(index, a_scale, a_zp, b_scale, b_zp, y_inv_scale, zp_y, relu)`` fuses a residual
+    QAdd after the epilogue (uint8 NHWC output, every kind but "dw"): ``inputs[index]`` is the
+    add's other operand b, this layer's requantized output its operand a, and the call returns
+    ``qadd_u8(layer(x), inputs[index], ...)``, the same bytes, each block added in place while it is
+    still in cache, on the layer's threads. A b that is not a C-contiguous uint8 array of the
+    output's shape makes the call return None (the planner then runs the two reference ops)."""
     cdef object packed, scale, out_dtype, strides, pads, dilations
     cdef Py_buffer pv, sv
     cdef qi_qc8w_header h
@@ -38,7 +45,9 @@ cdef class QLayerCall:
     cdef qi_qb4w_header h4
     cdef qi_qepi ep
     cdef int kind, nt
-    cdef bint nchw, ready
+    cdef bint nchw, ready, has_res
+    cdef size_t res_index
+    cdef qi_qadd_params res_q
     cdef size_t groups, n, k, kh, kw, cin, in_h, in_w
     cdef qi_conv2d_geom g
 
@@ -49,7 +58,7 @@ cdef class QLayerCall:
 
     def __init__(self, kind, packed_w, scale, out_dtype=np.uint8, y_inv_scale=1.0, zp_y=0,
                  activation=0, alpha=0.0, beta=0.0, num_threads=None, strides=(1, 1),
-                 pads=(0, 0, 0, 0), dilations=(1, 1), out_layout="nhwc"):
+                 pads=(0, 0, 0, 0), dilations=(1, 1), out_layout="nhwc", residual=None):
         if self.ready or self.packed is not None:
             raise TypeError("QLayerCall is initialized once")
         codes = {"gemm": _QL_GEMM, "conv": _QL_CONV, "dw": _QL_DW, "spgemm": _QL_SPGEMM,
@@ -92,6 +101,29 @@ cdef class QLayerCall:
             raise err(str(e)) from None
         self.out_dtype = np.uint8 if self.ep.out_u8 else np.float32
         self.nchw = out_layout == "nchw"
+        if residual is not None:
+            if self.kind == _QL_DW or not self.ep.out_u8 or self.nchw:
+                raise err("a fused residual add needs uint8 NHWC output and a GEMM or conv kind "
+                          f"(not 'dw'); got kind {kind!r}, out_dtype {np.dtype(self.out_dtype).name}, "
+                          f"out_layout {out_layout!r}")
+            if len(residual) != 8:
+                raise err("residual must be (index, a_scale, a_zp, b_scale, b_zp, y_inv_scale, "
+                          f"zp_y, relu), got {residual!r}")
+            index = int(residual[0])
+            if index < 1:
+                raise err(f"residual's input index must be >= 1 (input 0 is x), got {index}")
+            try:
+                self.res_q.a_scale = _e_scale(residual[1], "a_scale")
+                self.res_q.a_zp = _e_zp(residual[2], "a_zp")
+                self.res_q.b_scale = _e_scale(residual[3], "b_scale")
+                self.res_q.b_zp = _e_zp(residual[4], "b_zp")
+                self.res_q.y_inv_scale = _e_scale(residual[5], "y_inv_scale")
+                self.res_q.zp_y = _e_zp(residual[6], "zp_y")
+            except ValueError as e:
+                raise err(f"residual: {e}") from None
+            self.res_q.relu = 1 if residual[7] else 0
+            self.res_index = index
+            self.has_res = True
         self.packed, self.scale = packed_w, scale
         self.ready = True
 
@@ -129,12 +161,21 @@ cdef class QLayerCall:
         p4.offset = <const float *>(<char *>self.pv.buf + 64)
         p4.w = <const uint8_t *>(<char *>self.pv.buf + 64 + 4 * G * self.h4.n_pad)
 
+    cdef void _res_fill(self, qi_qconv_problem *c, const uint8_t *res) noexcept:
+        """The fused residual add of one call (res NULL: none)."""
+        c.res = res
+        if res != NULL:
+            c.res_fn = qi_kernel_stream_u8()
+            c.res_q = self.res_q
+
     def __call__(self, inputs, attrs=None, n_outputs=1):
         if not self.ready:
             raise ValueError("QLayerCall was not initialized")
-        cdef Py_buffer xv, ov
+        cdef Py_buffer xv, ov, rv
         memset(&xv, 0, sizeof(Py_buffer))
         memset(&ov, 0, sizeof(Py_buffer))
+        memset(&rv, 0, sizeof(Py_buffer))
+        cdef const uint8_t *res = NULL
         cdef qi_qconv_problem pb
         cdef qi_spconv_problem spb
         cdef qi_q4conv_problem p4
@@ -188,6 +229,13 @@ cdef class QLayerCall:
                     self.in_h, self.in_w = xv.shape[1], xv.shape[2]
                 out = np.empty((N, g.out_h, g.out_w, cout), self.out_dtype)
             PyObject_GetBuffer(out, &ov, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE)
+            if self.has_res:   # the add's other operand: exactly the output's shape, uint8
+                r = inputs[self.res_index] if self.res_index < <size_t>len(inputs) else None
+                if (type(r) is not _NDARRAY or r.dtype != np.uint8 or r.shape != out.shape
+                        or not r.flags.c_contiguous):
+                    return None
+                PyObject_GetBuffer(r, &rv, PyBUF_C_CONTIGUOUS)
+                res = <const uint8_t *>rv.buf
             if ov.len:
                 if self.kind == _QL_DW:
                     ep = self.ep
@@ -196,6 +244,7 @@ cdef class QLayerCall:
                               self.nt)
                 elif self.kind >= _QL_Q4GEMM:
                     self._q4_fill(&p4, ov.buf, xv.buf, &g, N, C, M, gemm)
+                    self._res_fill(&p4.c, res)
                     _q4_run(&p4, out, self.nt)
                 elif sparse:
                     memset(&spb, 0, sizeof(spb))
@@ -203,6 +252,7 @@ cdef class QLayerCall:
                     spb.c.ep = self.ep
                     spb.c.ep.out = ov.buf
                     _sp_fill(&spb, &self.sh, self.pv.buf, xv.buf, N, C)
+                    self._res_fill(&spb.c, res)
                     _sp_run(&spb, out, self.nt)
                 else:
                     memset(&pb, 0, sizeof(pb))
@@ -213,10 +263,12 @@ cdef class QLayerCall:
                     else:
                         pb.geom = g
                         _qconv_fill(&pb, &self.h, self.pv.buf, xv.buf, N)
+                    self._res_fill(&pb, res)
                     _q_run(&pb, out, self.nt)
         finally:
             PyBuffer_Release(&xv)
             PyBuffer_Release(&ov)
+            PyBuffer_Release(&rv)
         if self.nchw:
             return [np.ascontiguousarray(out.transpose(0, 3, 1, 2))]
         return [out]

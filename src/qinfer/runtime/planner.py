@@ -6,7 +6,9 @@ Design:
   get the fast kernels of ``float_ops`` and absorb what their epilogue can apply (a MatMul's bias
   Add, one activation: ``ir.passes.fuse.epilogue_chain``, shared with the quantizer; a Conv also
   a following constant Mul / Add, scalars in its epilogue, per channel in place: ``_affine_chain``);
-  quantized ops get the int8 kernels (``qops``); everything else runs its numpy reference op
+  quantized ops get the int8 kernels (``qops``), a quantized layer also the residual QAdd that
+  reads its output (``_residual_add``: each block of the output added while it is in cache, on
+  the layer's threads, instead of one more pass); everything else runs its numpy reference op
   (LayerNormalization, Softmax and Erf on float32 run on the C row kernels of ``float_ops``).
   Slots are released after their last reader (liveness), so peak memory follows the live set.
 - ``Plan`` (one per input-shape signature, cached): the first run with a new signature executes every
@@ -33,6 +35,10 @@ RUNNABLE_DOMAINS = ("", "ai.onnx", "qinfer")
 #: ops with fast float32 kernels (constant weights)
 FAST_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
+
+#: whether quantized layers run the residual QAdd that reads their output (``_residual_add``);
+#: off only to measure what it saves (bench/bench_residual_fusion.py)
+FUSE_RESIDUAL = True
 
 #: the most bytes one value may take (ir/verify.py; a name of its own here, which tests lower)
 MAX_TENSOR_BYTES = verify.MAX_TENSOR_BYTES
@@ -120,15 +126,26 @@ class Program:
             slot(name)
         skip = set()
         steps = []
-        for n in graph.nodes:
+        made_at = {o: i for i, n in enumerate(graph.nodes) for o in n.outputs if o}
+        for pos, n in enumerate(graph.nodes):
             if id(n) in skip:     # absorbed into a fused step (by identity: names may repeat)
                 continue
             ref = reference.get(n.op) if n.domain in RUNNABLE_DOMAINS else None
             if ref is None:
                 raise UnsupportedOperatorError(f"node {n.name!r}: op {n.op!r} (domain {n.domain!r}) "
                                                "cannot run", [(n.name, n.op, None, "no implementation")])
-            fn, post, out_names = None, None, n.outputs
-            if n.op in qops.QOPS:
+            fn, post, out_names, extra = None, None, n.outputs, ()
+            add = (_residual_add(n, pos, consumers, outputs, made_at)
+                   if FUSE_RESIDUAL and n.op in qops.RESIDUAL_OPS else None)
+            if add is not None:
+                fn = qops.make_qop(n, consts, num_threads,
+                                   (len(n.inputs),) + qops.residual_params(n, add))
+            if fn is not None:   # the add runs in the layer's step, on its other operand
+                skip.add(id(add))
+                other = add.inputs[0] if add.inputs[1] == n.outputs[0] else add.inputs[1]
+                out_names, extra = add.outputs, (slot(other),)
+                post = [(reference.get(add.op), add, tuple(slot(i) if i else -1 for i in add.inputs))]
+            elif n.op in qops.QOPS:
                 fn = qops.make_qop(n, consts, num_threads)
             elif n.op == "MaxPool":
                 fn = qops.make_maxpool_f32(n.attrs, num_threads)
@@ -153,7 +170,7 @@ class Program:
                 if absorbed:
                     skip.update(id(a) for a in absorbed)
                     out_names = absorbed[-1].outputs
-            ins = tuple(slot(i) if i else -1 for i in n.inputs)
+            ins = tuple(slot(i) if i else -1 for i in n.inputs) + extra
             outs = tuple(slot(o) if o else -1 for o in out_names)
             steps.append(Step(n, fn, ref, ins, outs, post))
         self.steps = steps
@@ -231,6 +248,28 @@ class Program:
                 frees[idx].append(sl)
         for s, f in zip(self.steps, frees):
             s.free = tuple(f)
+
+
+def _residual_add(n, pos, consumers, outputs, made_at):
+    """The QAdd that quantized layer ``n`` (at ``pos`` in the node order) can run in its own step:
+    the only reader of n's single output (which is not a graph output), an add of two different
+    values whose other operand is ready before n runs (a graph input, a constant, or made by an
+    earlier node). The layer's kernel then adds each block of its output while the block is in
+    cache, on its own threads (QLayerCall's ``residual``); None when there is none."""
+    outs = [o for o in n.outputs if o]
+    if len(outs) != 1 or outs[0] != n.outputs[0] or outs[0] in outputs:
+        return None
+    readers = consumers.get(outs[0], [])
+    if len(readers) != 1:
+        return None
+    add = readers[0]
+    if (add.op != "QAdd" or add.domain != "qinfer" or len(add.inputs) != 2
+            or add.inputs.count(outs[0]) != 1 or not all(add.inputs)):
+        return None
+    other = add.inputs[0] if add.inputs[1] == outs[0] else add.inputs[1]
+    if made_at.get(other, -1) >= pos or qops.residual_params(n, add) is None:
+        return None
+    return add
 
 
 def _affine_const(node, last, consts, w):
@@ -318,7 +357,8 @@ def _execute(step, env, declined=False):
     if step.fn is not None and not declined:
         outs = step.fn(args, step.node.attrs, len(step.outs))
     if outs is None:
-        outs = step.ref(args, step.node.attrs, len(step.node.outputs))
+        # (a step that fused a residual add reads its other operand after the node's own inputs)
+        outs = step.ref(args[:len(step.node.inputs)], step.node.attrs, len(step.node.outputs))
         prev = step.node.outputs[0]
         for ref, node, ins in step.post or ():   # the fast path declined: replay the absorbed nodes
             args = [outs[0] if name == prev else (env[i] if i >= 0 else None)

@@ -63,31 +63,55 @@ def _channel_scales(packed, scale):
     return np.full(groups * n, scale.reshape(-1)[0], np.float32)
 
 
-def _prepared(kind, packed, scale, kw, out_layout="nhwc"):
+def _prepared(kind, packed, scale, kw, out_layout="nhwc", residual=None):
     """The layer's kernel call prepared once (_kernels.QLayerCall: the weights, scales, epilogue
     and geometry checked at session build, not per call), or None when they do not pass those
     checks (the planner then runs the reference op, which names what is wrong)."""
+    if residual is not None:
+        kw = dict(kw, residual=residual)
     try:
         return _k.QLayerCall(kind, packed, scale, out_layout=out_layout, **kw)
     except (ValueError, TypeError):
         return None
 
 
-def make_qop(node, consts, nt):
-    """A fast function for a quantized node, or None (the planner then runs the reference op)."""
+#: layer ops whose kernels can fuse a following residual QAdd (``residual_params``)
+RESIDUAL_OPS = ("QConv", "QGemm", "Q4Conv", "Q4Gemm")
+
+
+def residual_params(layer, add):
+    """QLayerCall's ``residual`` tuple, less its input index, for ``layer``'s uint8 output feeding
+    QAdd ``add``: the layer's output becomes the add's operand a (IEEE addition commutes, so which
+    operand it was changes no byte); None when the add's attributes are not the fast path's."""
+    a = add.attrs
+    try:
+        pa = (float(a["a_scale"]), int(a["a_zp"]))
+        pb = (float(a["b_scale"]), int(a["b_zp"]))
+        tail = (float(a["y_inv_scale"]), int(a["zp_y"]), int(a.get("activation", 0)) == 1)
+    except (KeyError, TypeError, ValueError):
+        return None
+    if add.inputs[1] == layer.outputs[0]:
+        pa, pb = pb, pa
+    return pa + pb + tail
+
+
+def make_qop(node, consts, nt, residual=None):
+    """A fast function for a quantized node, or None (the planner then runs the reference op).
+    ``residual``: QLayerCall's fused residual add for a RESIDUAL_OPS node (input index and QAdd
+    parameters), or None."""
     a = node.attrs
     consts = {name: _native(consts.get(name)) for name in node.inputs[1:] if name}
     if node.op in _LAYER_OPS and len(node.inputs) > 2:
         consts[node.inputs[2]] = _channel_scales(consts.get(node.inputs[1]), consts.get(node.inputs[2]))
     if node.op in ("Q4Gemm", "Q4Conv", "DynQ4Gemm"):
-        return _make_q4op(node, consts, nt)
+        return _make_q4op(node, consts, nt, residual)
     if node.op == "QConv":
         packed, scale = consts.get(node.inputs[1]), consts.get(node.inputs[2])
         if packed is None or scale is None:
             return None
         kind = "spconv" if refsp.is_sparse(packed) else "dw" if a.get("kind") == "dw" else "conv"
         return _prepared(kind, packed, scale, _epilogue(a, nt, geometry=True),
-                         "nchw" if a.get("out_layout") == "nchw" else "nhwc")
+                         "nchw" if a.get("out_layout") == "nchw" else "nhwc", residual)
     if node.op == "QResize":
         params = [consts.get(i) if i else None for i in node.inputs[1:]]
         if any(i and p is None for i, p in zip(node.inputs[1:], params)):
@@ -107,7 +131,7 @@ def make_qop(node, consts, nt):
             return None
         if node.op != "DynQGemm":
             qgemm = _prepared("spgemm" if refsp.is_sparse(packed) else "gemm", packed, scale,
-                              _epilogue(a, nt))
+                              _epilogue(a, nt), residual=residual if node.op == "QGemm" else None)
             if node.op == "QGemm" or qgemm is None:
                 return qgemm
             # QConvTranspose: the same GEMM over the input pixels, rows written as output blocks
@@ -145,7 +169,7 @@ def make_qop(node, consts, nt):
     return _make_stream_op(node.op, a, nt)
 
 
-def _make_q4op(node, consts, nt):
+def _make_q4op(node, consts, nt, residual=None):
     """Q4Gemm / Q4Conv / DynQ4Gemm on the int4 kernels (qgemm_u8s4, qconv2d_u8s4_nhwc)."""
     a = node.attrs
     if len(node.inputs) < (2 if node.op == "DynQ4Gemm" else 3):
@@ -176,9 +200,9 @@ def _make_q4op(node, consts, nt):
         return None
     # the int4 kernels' call prepared once, as the int8 layers' (QLayerCall: 3.0 -> 1.4 us a call)
     if node.op == "Q4Gemm":
-        return _prepared("q4gemm", packed, scale, _epilogue(a, nt))
+        return _prepared("q4gemm", packed, scale, _epilogue(a, nt), residual=residual)
     return _prepared("q4conv", packed, scale, _epilogue(a, nt, geometry=True),
-                     "nchw" if a.get("out_layout") == "nchw" else "nhwc")
+                     "nchw" if a.get("out_layout") == "nchw" else "nhwc", residual)
 
 
 def _make_stream_op(op, a, nt):
