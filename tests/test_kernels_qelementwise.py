@@ -102,7 +102,8 @@ def _attrs(kernel, strides, pads, dil, ceil):
 
 
 @pytest.mark.parametrize("pool", POOLS)
-@pytest.mark.parametrize("shape", [(1, 3, 7, 5), (2, 17, 9, 13), (1, 64, 12, 12)])
+@pytest.mark.parametrize("shape", [(1, 3, 7, 5), (2, 17, 9, 13), (1, 64, 12, 12), (1, 96, 10, 9),
+                                   (2, 130, 5, 11)])   # channel blocks of 16 / 32 / 64 and tails
 @pytest.mark.parametrize("nt", THREADS)
 def test_maxpool_u8_and_f32(pool, shape, nt, rng):
     from qinfer.runtime.qops import _maxpool_geometry
