@@ -101,6 +101,19 @@ def _attrs(kernel, strides, pads, dil, ceil):
             "pads": [pads[0], pads[1], pads[2], pads[3]], "dilations": list(dil), "ceil_mode": ceil}
 
 
+@pytest.mark.parametrize("pool", [POOLS[0], POOLS[1], POOLS[-1]])
+@pytest.mark.parametrize("nt", [1, 2])
+def test_maxpool_f32_rows_wider_than_the_row_buffer(pool, nt, rng):
+    """Input rows of more than 2048 floats take the tap-by-tap path of the float kernel."""
+    from qinfer.runtime.qops import _maxpool_geometry
+    attrs = _attrs(*pool)
+    x = (rng.standard_normal((1, 2, 5, 2101)) * 10).astype(np.float32)
+    x.reshape(-1)[::37] = np.nan
+    geo = _maxpool_geometry(attrs, x.shape)
+    np.testing.assert_array_equal(k.maxpool2d_f32_nchw(x, *geo, num_threads=nt),
+                                  max_pool([x], attrs, 1)[0])
+
+
 @pytest.mark.parametrize("pool", POOLS)
 @pytest.mark.parametrize("shape", [(1, 3, 7, 5), (2, 17, 9, 13), (1, 64, 12, 12), (1, 96, 10, 9),
                                    (2, 130, 5, 11)])   # channel blocks of 16 / 32 / 64 and tails
