@@ -135,14 +135,13 @@ class Program:
                 raise UnsupportedOperatorError(f"node {n.name!r}: op {n.op!r} (domain {n.domain!r}) "
                                                "cannot run", [(n.name, n.op, None, "no implementation")])
             fn, post, out_names, extra = None, None, n.outputs, ()
-            add = (_residual_add(n, pos, consumers, outputs, made_at)
-                   if FUSE_RESIDUAL and n.op in qops.RESIDUAL_OPS else None)
-            if add is not None:
-                fn = qops.make_qop(n, consts, num_threads,
-                                   (len(n.inputs),) + qops.residual_params(n, add))
+            fused = (_residual_add(n, pos, consumers, outputs, made_at)
+                     if FUSE_RESIDUAL and n.op in qops.RESIDUAL_OPS else None)
+            if fused is not None:
+                add, other, params = fused
+                fn = qops.make_qop(n, consts, num_threads, (len(n.inputs),) + params)
             if fn is not None:   # the add runs in the layer's step, on its other operand
                 skip.add(id(add))
-                other = add.inputs[0] if add.inputs[1] == n.outputs[0] else add.inputs[1]
                 out_names, extra = add.outputs, (slot(other),)
                 post = [(reference.get(add.op), add, tuple(slot(i) if i else -1 for i in add.inputs))]
             elif n.op in qops.QOPS:
@@ -255,7 +254,8 @@ def _residual_add(n, pos, consumers, outputs, made_at):
     the only reader of n's single output (which is not a graph output), an add of two different
     values whose other operand is ready before n runs (a graph input, a constant, or made by an
     earlier node). The layer's kernel then adds each block of its output while the block is in
-    cache, on its own threads (QLayerCall's ``residual``); None when there is none."""
+    cache, on its own threads (QLayerCall's ``residual``). Returns (the QAdd node, its other
+    operand, ``qops.residual_params``), or None when there is none."""
     outs = [o for o in n.outputs if o]
     if len(outs) != 1 or outs[0] != n.outputs[0] or outs[0] in outputs:
         return None
@@ -267,9 +267,10 @@ def _residual_add(n, pos, consumers, outputs, made_at):
             or add.inputs.count(outs[0]) != 1 or not all(add.inputs)):
         return None
     other = add.inputs[0] if add.inputs[1] == outs[0] else add.inputs[1]
-    if made_at.get(other, -1) >= pos or qops.residual_params(n, add) is None:
+    params = qops.residual_params(n, add)
+    if made_at.get(other, -1) >= pos or params is None:
         return None
-    return add
+    return add, other, params
 
 
 def _affine_const(node, last, consts, w):
