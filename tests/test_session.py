@@ -252,18 +252,22 @@ def test_plan_cache_is_bounded(rng):
 
 @pytest.mark.parametrize("op", ["MaxPool", "AveragePool"])
 @pytest.mark.parametrize("shape,k,ceil", [((1, 3, 8, 8), 2, 0), ((2, 5, 7, 9), 2, 0), ((1, 1, 9, 6), 3, 0),
-                                          ((1, 2, 7, 7), 2, 1), ((1, 4, 1, 1), 1, 0)])
+                                          ((1, 2, 7, 7), 2, 1), ((1, 4, 1, 1), 1, 0),
+                                          ((1, 6, 9, 16), (3, 2), 0), ((2, 3, 4, 13), (1, 4), 0)])
 def test_fast_pooling_matches_reference(op, shape, k, ceil, rng):
     from qinfer.reference import get
     from qinfer.runtime import float_ops
-    attrs = {"kernel_shape": [k, k], "strides": [k, k], "ceil_mode": ceil}
+    k = list(k) if isinstance(k, tuple) else [k, k]
+    attrs = {"kernel_shape": k, "strides": k, "ceil_mode": ceil}
     x = rng.standard_normal(shape).astype(np.float32)
+    x.reshape(-1)[::11] = np.nan if op == "MaxPool" else 0.0   # a NaN in a window stays NaN
     fast = float_ops.make_pool(op, attrs)
     got = fast([x], attrs, 1)
     (want,) = get(op)([x], attrs, 1)
     if got is None:                       # declined (ceil_mode with a remainder): reference runs
-        assert ceil and (shape[2] % k or shape[3] % k)
+        assert ceil and (shape[2] % k[0] or shape[3] % k[1])
         return
+    assert got[0].dtype == np.float32 and got[0].flags.c_contiguous
     np.testing.assert_allclose(got[0], want, rtol=1e-6, atol=1e-6)
 
 

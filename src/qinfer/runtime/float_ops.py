@@ -440,7 +440,8 @@ def make_pool(op, attrs):
     if attrs.get("storage_order", 0):
         return None
     kh, kw = k
-    reduce = np.max if op == "MaxPool" else np.mean
+    mx = op == "MaxPool"
+    inv = np.float32(kh * kw)
 
     def pool(inputs, _attrs, n_out):
         x = inputs[0]
@@ -453,6 +454,16 @@ def make_pool(op, attrs):
         if attrs.get("ceil_mode", 0) and (h % kh or w % kw):
             return None
         v = x[:, :, :oh * kh, :ow * kw].reshape(n, c, oh, kh, ow, kw)
-        return [np.ascontiguousarray(reduce(v, axis=(3, 5)), dtype=np.float32)]
+        # one element-wise op per window tap over strided views: numpy's reduction over the two
+        # small window axes (np.mean(v, axis=(3, 5))) walks them element by element, 0.89 ms
+        # against 0.04 ms on PP-OCRv4 rec's [1, 480, 3, 80] 3x2 pool
+        y = np.array(v[:, :, :, 0, :, 0], dtype=np.float32)
+        for i in range(kh):
+            for j in range(kw):
+                if i or j:
+                    (np.maximum if mx else np.add)(y, v[:, :, :, i, :, j], out=y)
+        if not mx:
+            y /= inv
+        return [y]
 
     return pool
