@@ -9,6 +9,9 @@ NUM_THREADS_ENV = "QINFER_NUM_THREADS"
 CACHE_DIR_ENV = "QINFER_CACHE_DIR"
 #: Run the IR verifier after every pass (debug).
 VERIFY_ENV = "QINFER_VERIFY"
+#: "default" leaves glibc's malloc settings alone (sessions otherwise keep freed tensor memory for
+#: the next run: runtime/memory.py).
+MALLOC_ENV = "QINFER_MALLOC"
 
 
 def env_str(name, default=None):

@@ -105,12 +105,23 @@ def _decoded(graph):
     return g.remove_unused()     # the stored forms the decoded values replaced
 
 
+def _canonical(a):
+    """``a`` with numpy's own instance of its dtype (a view): a constant read from a .qinf file says
+    '<f4', an equal but distinct dtype object, and the fast paths test dtypes by identity (a binary
+    op with a '<f4' constant declined to the reference op: PP-OCRv4 rec's Mul / Add steps)."""
+    if isinstance(a, np.ndarray) and a.dtype.isnative and a.dtype.kind in "biuf":
+        canon = np.dtype(a.dtype.type)
+        if canon is not a.dtype:
+            return a.view(canon)
+    return a
+
+
 class Program:
     def __init__(self, graph, num_threads):
         graph = _decoded(graph)
         self.graph = graph
         self.num_threads = num_threads
-        consts = graph.initializers
+        consts = {k: _canonical(v) for k, v in graph.initializers.items()}
         consumers = graph.consumers()
         outputs = set(graph.output_names)
         slots = {}

@@ -11,7 +11,7 @@ import numpy as np
 
 from ..errors import InvalidInputError, QinferError
 from ..model import open_graph
-from . import threads
+from . import memory, threads
 from .planner import Executor, Program
 
 _ORT_TYPES = {
@@ -60,6 +60,7 @@ class InferenceSession:
             n = int(getattr(sess_options, "intra_op_num_threads", 0) or 0)
             num_threads = n if n > 0 else None
         self._num_threads = threads.resolve_num_threads(num_threads)
+        memory.keep_freed_memory()    # (once per process: a run's tensors reuse the last run's pages)
         self._graph = open_graph(model)
         self._program = Program(self._graph, self._num_threads)
         self._executor = Executor(self._program)
