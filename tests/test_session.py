@@ -504,3 +504,29 @@ def test_reduce_fast_step_matches_the_reference(op, axes, keepdims, rng):
     else:
         np.testing.assert_array_equal(sess.run(None, {"x": x[0]})[0],
                                       run_graph(m.graph, {"x": x[0]})["y"])
+
+
+def test_constants_from_a_file_take_the_fast_binary_path(tmp_path, rng):
+    """A .qinf file's float32 constants come back as '<f4' arrays (an equal but distinct dtype
+    object); the session hands its steps numpy's own float32, so a Mul / Add with such a constant
+    runs its fast path instead of declining to the reference op."""
+    from qinfer.ir.graph import Graph, Node, Value
+    g = Graph("affine", [Node("Mul", ("x", "a"), ("t",), {}, "mul"), Node("Add", ("t", "b"), ("y",), {}, "add")],
+              [Value("x", "float32", (2, 3))], [Value("y", "float32", (2, 3))],
+              {"a": rng.standard_normal((1, 3)).astype(np.float32),
+               "b": rng.standard_normal((2, 1)).astype(np.float32)})
+    p = str(tmp_path / "affine.qinf")
+    qinfer.Model(g).save(p)
+    loaded = qinfer.load(p)
+    assert any(v.dtype is not np.dtype(np.float32) for v in loaded.graph.initializers.values())
+    sess = qinfer.InferenceSession(loaded, num_threads=1)
+    x = rng.standard_normal((2, 3)).astype(np.float32)
+    y = sess.run(None, {"x": x})[0]
+    np.testing.assert_array_equal(y, x * g.initializers["a"] + g.initializers["b"])
+    env = list(next(iter(sess._executor._plans.values())).env_template)
+    env[sess._program.input_slots[0]] = x
+    for st in sess._executor.program.steps:
+        args = [env[i] for i in st.ins]
+        out = st.fn(args, st.node.attrs, 1)
+        assert out is not None, f"{st.node.op} declined"
+        env[st.outs[0]] = out[0]
