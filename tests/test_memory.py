@@ -16,6 +16,7 @@ import fuzzing
 import qinfer
 from qinfer import InvalidInputError, ModelFormatError
 from qinfer.ir import serialize
+from qinfer.runtime import memory as qmemory
 
 WARMUP = 300
 RUNS = 3000
@@ -212,7 +213,7 @@ print((after - before) / 20)
 
 
 @rss_meaningful
-@pytest.mark.skipif(not (os.uname().sysname == "Linux" and os.confstr("CS_GNU_LIBC_VERSION")),
+@pytest.mark.skipif(not qmemory.glibc_version(),
                     reason="the allocator settings are glibc's")
 def test_runs_reuse_the_pages_of_freed_tensors():
     """With glibc's defaults every run maps its large tensors afresh (page faults, 20-25% of

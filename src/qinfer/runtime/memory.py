@@ -18,7 +18,6 @@ environment sets any of glibc's own MALLOC_*_ tunables (that choice stands).
 """
 import ctypes
 import os
-import platform
 import threading
 
 from .._config import MALLOC_ENV, env_str
@@ -45,13 +44,21 @@ def keep_freed_memory():
         return _state
 
 
+def glibc_version():
+    """The C library's glibc version string, or None for another C library."""
+    try:
+        return os.confstr("CS_GNU_LIBC_VERSION")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
 def _apply():
     if env_str(MALLOC_ENV, "keep") == "default":
         return f"{MALLOC_ENV}=default"
     user = [k for k in _GLIBC_ENV if k in os.environ]
     if user:
         return f"the environment sets {user[0]}"
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+    if not glibc_version():
         return "not glibc"
     try:
         mallopt = ctypes.CDLL(None).mallopt
