@@ -427,9 +427,9 @@ def make_softmax(attrs, nt=1):
 
 
 def make_pool(op, attrs):
-    """Non-overlapping 2-D max / average pooling (kernel == stride, no padding) as one reshape and
-    reduction, or None. Covers the 2x2 / stride-2 pools of classic CNNs without the general
-    sliding-window code."""
+    """Non-overlapping 2-D max / average pooling (kernel == stride, no padding) on strided views of
+    the input, one per window tap, or None. Covers the 2x2 / stride-2 pools of classic CNNs and
+    the 3x2 ones of text recognizers without the general sliding-window code."""
     k = list(attrs.get("kernel_shape", []))
     if op not in ("MaxPool", "AveragePool") or len(k) != 2:
         return None
@@ -455,8 +455,8 @@ def make_pool(op, attrs):
             return None
         v = x[:, :, :oh * kh, :ow * kw].reshape(n, c, oh, kh, ow, kw)
         # one element-wise op per window tap over strided views: numpy's reduction over the two
-        # small window axes (np.mean(v, axis=(3, 5))) walks them element by element, 0.89 ms
-        # against 0.04 ms on PP-OCRv4 rec's [1, 480, 3, 80] 3x2 pool
+        # small window axes (np.mean(v, axis=(3, 5))) walks them element by element: 0.89 ms
+        # against 0.07 ms on PP-OCRv4 rec's [1, 480, 3, 80] 3x2 pool
         y = np.array(v[:, :, :, 0, :, 0], dtype=np.float32)
         for i in range(kh):
             for j in range(kw):
