@@ -101,6 +101,18 @@ def _attrs(kernel, strides, pads, dil, ceil):
             "pads": [pads[0], pads[1], pads[2], pads[3]], "dilations": list(dil), "ceil_mode": ceil}
 
 
+@pytest.mark.parametrize("pool", [POOLS[0], POOLS[2], POOLS[-2]])
+@pytest.mark.parametrize("nt", [1, 2])
+def test_maxpool_u8_rows_wider_than_the_row_buffer(pool, nt, rng):
+    """uint8 rows of more than 1 MiB take the kernel rows one by one (no row buffer)."""
+    from qinfer.runtime.qops import _maxpool_geometry
+    attrs = _attrs(*pool)
+    xh = rng.integers(0, 256, (1, 4, 8200, 130)).astype(np.uint8)     # NHWC: 8200 x 130 bytes a row
+    geo = _maxpool_geometry(attrs, (1, 130, 4, 8200))
+    np.testing.assert_array_equal(k.maxpool2d_u8_nhwc(xh, *geo, num_threads=nt),
+                                  qops.qmaxpool([xh], attrs, 1)[0])
+
+
 @pytest.mark.parametrize("pool", [POOLS[0], POOLS[1], POOLS[-1]])
 @pytest.mark.parametrize("nt", [1, 2])
 def test_maxpool_f32_rows_wider_than_the_row_buffer(pool, nt, rng):

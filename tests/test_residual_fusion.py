@@ -16,7 +16,7 @@ from qinfer.reference import executor
 from qinfer.reference import int4 as R4
 from qinfer.reference import quantized as Q
 from qinfer.reference import sparse as S
-from test_kernels_int8 import isa, nt  # noqa: F401  (the ISA and 1/2-thread fixtures)
+from test_kernels_int8 import _qparams, isa, nt  # noqa: F401  (the ISA and 1/2-thread fixtures)
 from test_kernels_sparse import prune_blocks
 
 KINDS = ("gemm", "conv", "spgemm", "spconv", "q4gemm", "q4conv")
@@ -35,9 +35,7 @@ def _layer(kind, shape, rng, density=0.4):
     if gemm:
         groups, k = 1, 1
     kk = cin // groups * k * k
-    bias = rng.integers(-3000, 3000, cout).astype(np.int32)
-    zp = int(rng.integers(0, 256))
-    scale = (rng.uniform(0.5, 2.0, cout) / (40.0 * 127 * np.sqrt(kk))).astype(np.float32)
+    bias, zp, scale = _qparams(rng, cout, kk)
     w_kn = rng.integers(-127, 128, (kk, cout)).astype(np.int8)
     if sparse:
         w_kn = prune_blocks(w_kn, density, rng)

@@ -79,20 +79,26 @@ def _prepared(kind, packed, scale, kw, out_layout="nhwc", residual=None):
 RESIDUAL_OPS = ("QConv", "QGemm", "Q4Conv", "Q4Gemm")
 
 
+def _qadd_args(attrs):
+    """A QAdd's (a_scale, a_zp, b_scale, b_zp, y_inv_scale, zp_y, relu) as its kernels take them
+    (qadd_u8, QLayerCall's ``residual``), or None when its attributes are not theirs (the
+    reference op then says what is wrong)."""
+    try:
+        return (float(attrs["a_scale"]), int(attrs["a_zp"]), float(attrs["b_scale"]),
+                int(attrs["b_zp"]), float(attrs["y_inv_scale"]), int(attrs["zp_y"]),
+                int(attrs.get("activation", 0)) == 1)
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
 def residual_params(layer, add):
     """QLayerCall's ``residual`` tuple, less its input index, for ``layer``'s uint8 output feeding
     QAdd ``add``: the layer's output becomes the add's operand a (IEEE addition commutes, so which
     operand it was changes no byte); None when the add's attributes are not the fast path's."""
-    a = add.attrs
-    try:
-        pa = (float(a["a_scale"]), int(a["a_zp"]))
-        pb = (float(a["b_scale"]), int(a["b_zp"]))
-        tail = (float(a["y_inv_scale"]), int(a["zp_y"]), int(a.get("activation", 0)) == 1)
-    except (KeyError, TypeError, ValueError):
-        return None
-    if add.inputs[1] == layer.outputs[0]:
-        pa, pb = pb, pa
-    return pa + pb + tail
+    args = _qadd_args(add.attrs)
+    if args is None or add.inputs[1] != layer.outputs[0]:
+        return args
+    return args[2:4] + args[0:2] + args[4:]
 
 
 def make_qop(node, consts, nt, residual=None):
@@ -222,8 +228,9 @@ def _make_stream_op(op, a, nt):
             return [kern(np.ascontiguousarray(x), scale, zp, move, nt, *extra)]
         return convert
     if op == "QAdd":
-        args = (float(a["a_scale"]), int(a["a_zp"]), float(a["b_scale"]), int(a["b_zp"]),
-                float(a["y_inv_scale"]), int(a["zp_y"]), int(a.get("activation", 0)) == 1)
+        args = _qadd_args(a)
+        if args is None:
+            return None
 
         def qadd(inputs, _a, _n):
             x, y = inputs
