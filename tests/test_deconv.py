@@ -149,3 +149,45 @@ def test_quantized_decoder_runs_convtranspose_int8(tmp_path, rng):
         # the fast ops are the reference ops, bit for bit
         np.testing.assert_array_equal(got, executor.run_graph(q.graph, {"x": x})["y"])
     assert "QConvTranspose" in q.summary()
+
+
+FLOAT_CASES = {  # id: (cin, cout, group, kernel, strides, pads, output_padding, dilations, batch, hw)
+    "2x2_s2_tiles": (24, 16, 1, (2, 2), (2, 2), (0, 0, 0, 0), (0, 0), (1, 1), 1, (5, 7)),
+    "3x1_s3x1_tiles": (5, 3, 1, (3, 1), (3, 1), (0, 0, 0, 0), (0, 0), (1, 1), 2, (4, 3)),
+    "grouped_tiles": (8, 6, 2, (2, 2), (2, 2), (0, 0, 0, 0), (0, 0), (1, 1), 1, (3, 3)),
+    "1x1_tiles": (7, 9, 1, (1, 1), (1, 1), (0, 0, 0, 0), (0, 0), (1, 1), 1, (17, 1)),
+    "output_padding": (4, 4, 1, (2, 2), (2, 2), (0, 0, 0, 0), (1, 1), (1, 1), 1, (3, 4)),
+    "padded": (4, 4, 1, (2, 2), (2, 2), (1, 0, 0, 1), (0, 0), (1, 1), 1, (3, 4)),
+    "overlapping": (4, 5, 1, (4, 4), (2, 2), (1, 1, 1, 1), (0, 0), (1, 1), 1, (3, 4)),
+    "dilated": (3, 2, 1, (2, 2), (2, 2), (0, 0, 0, 0), (0, 0), (2, 1), 1, (3, 3)),
+}
+
+
+@pytest.mark.parametrize("relu", [False, True], ids=["plain", "relu"])
+@pytest.mark.parametrize("case", list(FLOAT_CASES), ids=list(FLOAT_CASES))
+@pytest.mark.parametrize("nt", [1, 2])
+def test_float_convtranspose_session_matches_reference(case, relu, nt, rng):
+    """The float32 ConvTranspose step (GEMM + col2im; kernel == stride without padding: each input
+    pixel's output tile written once with the bias and activation) against the reference executor."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    from qinfer.reference.executor import run_graph
+    cin, cout, group, k, s, pads, opad, dil, batch, (h, w_) = FLOAT_CASES[case]
+    w = rng.standard_normal((cin, cout // group, *k)).astype(np.float32)
+    b = rng.standard_normal(cout).astype(np.float32)
+    nodes = [helper.make_node("ConvTranspose", ["x", "w", "b"], ["t" if relu else "y"], group=group,
+                              kernel_shape=list(k), strides=list(s), pads=list(pads),
+                              output_padding=list(opad), dilations=list(dil))]
+    if relu:
+        nodes.append(helper.make_node("Relu", ["t"], ["y"]))
+    g = helper.make_graph(nodes, "ct", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                                      [batch, cin, h, w_])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                          [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m = qinfer.convert(model.SerializeToString())
+    x = rng.standard_normal((batch, cin, h, w_)).astype(np.float32)
+    got = qinfer.InferenceSession(m, num_threads=nt).run(None, {"x": x})[0]
+    want = run_graph(m.graph, {"x": x}, outputs=["y"])["y"]
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())

@@ -284,6 +284,58 @@ def test_col2im_threads_deterministic_many_channels(rng):
         np.testing.assert_array_equal(outs[0], o)
 
 
+
+TILE_CASES = {  # id: (C, OH, OW, KH, KW): out is [C, OH*KH, OW*KW]
+    "one": (1, 1, 1, 1, 1),
+    "2x2": (3, 5, 7, 2, 2),
+    "2x2_odd_wide": (7, 3, 65, 2, 2),
+    "3x1": (4, 2, 9, 3, 1),
+    "1x3": (2, 17, 3, 1, 3),
+    "3x3": (5, 4, 4, 3, 3),
+    "many_channels": (65, 2, 3, 2, 2),
+}
+TILE_ACTS = {"none": (K.ACT_NONE, 0.0, 0.0), "relu": (K.ACT_RELU, 0.0, 0.0),
+             "hardsigmoid": (K.ACT_HARDSIGMOID, 0.2, 0.5)}
+
+
+@pytest.mark.parametrize("act", list(TILE_ACTS.values()), ids=list(TILE_ACTS))
+@pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "no-bias"])
+@pytest.mark.parametrize("case", list(TILE_CASES), ids=list(TILE_CASES))
+def test_col2im_tiles_is_col2im_then_bias_act(isa, case, with_bias, act, rng):
+    """The kernel == stride ConvTranspose path: bit for bit the general col2im into zeros followed
+    by bias_act, at every ISA and thread count (negative zeros and saturating values included)."""
+    C, OH, OW, kh, kw = TILE_CASES[case]
+    cols = 4 * rng.standard_normal((C * kh * kw, OH * OW), dtype=np.float32)
+    cols.flat[::5] = -0.0
+    cols.flat[1::7] = np.float32(3.0e38)
+    bias = rng.standard_normal(C, dtype=np.float32) if with_bias else None
+    if bias is not None:
+        bias[0] = -0.0
+    ref = np.zeros((C, OH * kh, OW * kw), np.float32)
+    K.col2im_f32(cols, ref, (kh, kw), (kh, kw))
+    K.bias_act_f32(ref.reshape(C, -1), bias, 0, *act)
+    for nt in THREADS + (3,):
+        out = np.full_like(ref, np.nan)   # every element written
+        K.col2im_tiles_f32(cols, out, (kh, kw), bias, *act, num_threads=nt)
+        np.testing.assert_array_equal(out.view(np.int32), ref.view(np.int32),
+                                      err_msg=f"{isa} threads={nt}")
+
+
+def test_col2im_tiles_rejects_bad_shapes(rng):
+    cols = rng.standard_normal((12, 6), dtype=np.float32)
+    with pytest.raises(ValueError, match="multiples of the kernel"):
+        K.col2im_tiles_f32(cols, np.empty((3, 5, 6), np.float32), (2, 2))
+    with pytest.raises(ValueError, match="cols must have shape"):
+        K.col2im_tiles_f32(cols, np.empty((3, 4, 4), np.float32), (2, 2))
+    with pytest.raises(ValueError, match="bias must have 3"):
+        K.col2im_tiles_f32(cols, np.empty((3, 4, 6), np.float32), (2, 2), np.zeros(2, np.float32))
+    with pytest.raises(ValueError, match="kernel_shape"):
+        K.col2im_tiles_f32(cols, np.empty((3, 4, 6), np.float32), (2.5, 2))
+    with pytest.raises(ValueError):
+        K.col2im_tiles_f32(cols, cols.reshape(3, 4, 6), (2, 2))   # out overlaps cols
+    empty = K.col2im_tiles_f32(np.empty((12, 0), np.float32), np.empty((3, 0, 6), np.float32), (2, 2))
+    assert empty.shape == (3, 0, 6)
+
 # ----------------------------------------------------------------------------- bias_act_f32
 
 @pytest.mark.parametrize("code,alpha,beta", [

@@ -32,6 +32,13 @@ typedef void qi_im2col_f32_fn(const qi_conv2d_geom *g, size_t c_begin, size_t c_
 typedef void qi_col2im_f32_fn(const qi_conv2d_geom *g, size_t c_begin, size_t c_end,
                               const float *cols, float *x);
 
+/* col2im of a ConvTranspose with kernel == stride, no padding, no dilation (each input pixel owns
+ * one k_h x k_w tile of the output, g->in_h = out_h * k_h, g->in_w = out_w * k_w): writes
+ * x[c, oy*KH + ky, ox*KW + kx] = (0 + cols[(c*KH + ky)*KW + kx, oy*OW + ox]) + bias[c] (bias NULL:
+ * 0) for channels [c_begin, c_end), every element once: the bytes of zero fill + col2im + bias. */
+typedef void qi_col2im_tiles_f32_fn(const qi_conv2d_geom *g, size_t c_begin, size_t c_end,
+                                    const float *cols, const float *bias, float *x);
+
 /* Depthwise conv: y[c] = act(bias[c] + sum_{ky,kx} w[c, ky, kx] * x[c, oy*sh - pt + ky*dh,
  * ox*sw - pl + kx*dw]) for c in [c_begin, c_end). x[C, H, W], w[C, KH, KW], bias[C] or NULL,
  * y[C, OH, OW]. Sum order: bias first, then ky, kx ascending (SIMD variants use FMA, so they match

@@ -60,6 +60,8 @@ ctypedef void (*qi_im2col_f32_ptr)(const qi_conv2d_geom *g, size_t c_begin, size
                                    const float *x, float *cols) noexcept nogil
 ctypedef void (*qi_col2im_f32_ptr)(const qi_conv2d_geom *g, size_t c_begin, size_t c_end,
                                    const float *cols, float *x) noexcept nogil
+ctypedef void (*qi_col2im_tiles_f32_ptr)(const qi_conv2d_geom *g, size_t c_begin, size_t c_end,
+                                        const float *cols, const float *bias, float *x) noexcept nogil
 ctypedef void (*qi_dwconv2d_f32_ptr)(const qi_conv2d_geom *g, size_t c_begin, size_t c_end,
                                      const float *x, const float *w, const float *bias, float *y,
                                      const qi_act *act, float *scratch) noexcept nogil
@@ -87,6 +89,7 @@ cdef extern from "qinfer/dispatch.h":
 
     qi_im2col_f32_ptr qi_kernel_im2col_f32() nogil
     qi_col2im_f32_ptr qi_kernel_col2im_f32() nogil
+    qi_col2im_tiles_f32_ptr qi_kernel_col2im_tiles_f32() nogil
     qi_dwconv2d_f32_ptr qi_kernel_dwconv2d_f32() nogil
     qi_bias_act_f32_ptr qi_kernel_bias_act_f32() nogil
 

@@ -15,6 +15,8 @@ from cython.parallel cimport prange
 from libc.stdint cimport uintptr_t
 from libc.stdlib cimport malloc, free
 
+import operator
+
 import numpy as np
 
 ACT_NONE = QI_ACT_NONE
@@ -315,6 +317,74 @@ def col2im_f32(cols, out, kernel_shape, strides=(1, 1), pads=(0, 0, 0, 0), dilat
                 fn(&g, b, e, cp, op)
     return out
 
+
+
+def col2im_tiles_f32(cols, out, kernel_shape, bias=None, activation=0, alpha=0.0, beta=0.0,
+                     num_threads=None):
+    """col2im of a ConvTranspose whose kernel equals its stride (no padding, no dilation), with
+    its bias and activation: out[C, OH*KH, OW*KW] = act(col2im(cols[C*KH*KW, OH*OW]) + bias[C])
+    (bias None: none), every element written once (no zero fill needed), each channel's
+    activation run while it is in cache: the bytes of ``col2im_f32`` into zeros, then
+    ``bias_act_f32``. Returns out."""
+    _check_array(cols, "cols", 2)
+    _check_array(out, "out", 3, True)
+    cdef const float[:, ::1] cv = cols
+    cdef float[:, :, ::1] ov = out
+    try:
+        kh, kw = (operator.index(v) for v in kernel_shape)
+    except (TypeError, ValueError):
+        raise ValueError(f"kernel_shape must be two ints, got {kernel_shape!r}") from None
+    if kh < 1 or kw < 1 or ov.shape[1] % kh or ov.shape[2] % kw:
+        raise ValueError(f"out's height and width must be multiples of the kernel {kh}x{kw}, "
+                         f"got {tuple(out.shape)}")
+    cdef size_t C = ov.shape[0]
+    shape = (C * kh * kw, (ov.shape[1] // kh) * (ov.shape[2] // kw))
+    if tuple(cols.shape) != shape:
+        raise ValueError(f"cols must have shape {shape} (C*KH*KW, OH*OW) for out of shape "
+                         f"{tuple(out.shape)}, got {tuple(cols.shape)}")
+    cdef const float[::1] bv
+    cdef const float *bp = NULL
+    if bias is not None:
+        _check_array(bias, "bias", 1)
+        if bias.shape[0] != C:
+            raise ValueError(f"bias must have {C} elements (one per channel), got {bias.shape[0]}")
+        _no_overlap(out, "out", ("bias", bias))
+        bv = bias
+        if C:
+            bp = &bv[0]
+    _no_overlap(out, "out", ("cols", cols))
+    cdef qi_act act
+    _act(&act, activation, alpha, beta)
+    if out.size == 0:
+        return out
+    cdef qi_conv2d_geom g
+    _geom(&g, ov.shape[1], ov.shape[2], (kh, kw), (kh, kw), (0, 0, 0, 0), (1, 1))
+    cdef const float *cp = &cv[0, 0]
+    cdef float *op = &ov[0, 0, 0]
+    cdef int nt = _cap_threads(_threads(num_threads), C, out.size)
+    cdef qi_col2im_tiles_f32_ptr fn = qi_kernel_col2im_tiles_f32()
+    cdef qi_bias_act_f32_ptr fa = qi_kernel_bias_act_f32() if act.code != QI_ACT_NONE else NULL
+    cdef size_t plane = ov.shape[1] * ov.shape[2]
+    cdef int t
+    with nogil:
+        if nt == 1:
+            _tiles_chunk(fn, fa, &g, 0, C, cp, bp, &act, op, plane)
+        else:
+            for t in prange(nt, num_threads=nt, schedule="static"):
+                _tiles_chunk(fn, fa, &g, _chunk_start(C, nt, t), _chunk_start(C, nt, t + 1), cp, bp,
+                             &act, op, plane)
+    return out
+
+
+cdef void _tiles_chunk(qi_col2im_tiles_f32_ptr fn, qi_bias_act_f32_ptr fa, const qi_conv2d_geom *g,
+                       size_t b, size_t e, const float *cols, const float *bias, const qi_act *act,
+                       float *out, size_t plane) noexcept nogil:
+    """Channels [b, e) of col2im_tiles_f32, each one's activation run while it is in cache."""
+    cdef size_t c
+    for c in range(b, e):
+        fn(g, c, c + 1, cols, bias, out)
+        if fa != NULL:
+            fa(c, c + 1, plane, out, NULL, 0, 1, act)
 
 # ---------------------------------------------------------------- depthwise conv
 

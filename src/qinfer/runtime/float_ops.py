@@ -129,6 +129,11 @@ def make_conv_transpose(attrs, w, b, act, nt):
           for g in range(group)]
     bias = None if b is None else np.ascontiguousarray(b)
     code, a, bb = act
+    # kernel == stride, no padding, dilation or output padding (the 2x2 / stride 2 upsampling of
+    # U-Nets, FPNs and DB heads): each input pixel owns one output tile, written once with the
+    # bias and activation (col2im_tiles_f32: no zero fill, no accumulation, no separate pass)
+    tiles = ((kh, kw) == (sh, sw) and (dh, dw) == (1, 1) and not any(pads) and (oph, opw) == (0, 0))
+    gbias = [None if bias is None else bias[g * cog:(g + 1) * cog] for g in range(group)]
 
     def convt(inputs, _attrs, _n):
         x = inputs[0]
@@ -140,6 +145,15 @@ def make_conv_transpose(attrs, w, b, act, nt):
         if oh <= 0 or ow <= 0:
             return None
         x = np.ascontiguousarray(x)
+        if tiles:
+            y = np.empty((n, m, oh, ow), np.float32)
+            for i in range(n):
+                for g in range(group):
+                    cols = _k.gemm_f32(wt[g], x[i, g * cig:(g + 1) * cig].reshape(cig, h * wd),
+                                       num_threads=nt)
+                    _k.col2im_tiles_f32(cols, y[i, g * cog:(g + 1) * cog], (kh, kw), gbias[g], code,
+                                        a, bb, nt)
+            return [y]
         y = np.zeros((n, m, oh, ow), np.float32)
         for i in range(n):
             for g in range(group):
