@@ -17,8 +17,10 @@ def isa(request):
 
 
 SHAPES = [(1, 1, 1, 1), (1, 3, 7, 5), (2, 17, 3, 65), (1, 63, 9, 1), (3, 65, 2, 17), (1, 16, 64, 64),
-          (2, 48, 16, 8), (2, 3, 13, 11)]  # (2, 48, 16, 8): whole 16-channel x 64-pixel layout
-# tiles only; (2, 3, 13, 11): an RGB image, whole 64-pixel tiles and a tail
+          (2, 48, 16, 8), (2, 3, 13, 11), (1, 24, 37, 41), (2, 33, 45, 30)]
+# (2, 48, 16, 8): whole 16-channel x 64-pixel layout tiles only; (2, 3, 13, 11): an RGB image,
+# whole 64-pixel tiles and a tail; the last two: more pixels than a 1024-pixel band, a partial
+# band with a tile tail, and a partial 16-channel group
 THREADS = [1, 2, 3]
 
 
