@@ -134,6 +134,11 @@ static inline void qi_gemm_f32_pack_b(const qi_gemm_f32_b *b, size_t pc, size_t 
         if (a0 > ox) memset(dd, 0, (a0 - ox) * sizeof(float));
         if (sw == 1) {
           memcpy(dd + (a0 - ox), src + ((ptrdiff_t)a0 + offx), (a1 - a0) * sizeof(float));
+        } else if (sw == 2) { /* the stride as a constant: the even elements of pairs, which the
+                               * compiler gathers with vector permutes */
+          const float *QI_RESTRICT s2 = src + ((ptrdiff_t)(a0 * 2) + offx);
+          float *QI_RESTRICT o = dd + (a0 - ox);
+          for (size_t u = 0, n = a1 - a0; u < n; u++) o[u] = s2[2 * u];
         } else {
           const float *s = src + ((ptrdiff_t)(a0 * sw) + offx);
           for (size_t u = a0; u < a1; u++, s += sw) dd[u - ox] = *s;
