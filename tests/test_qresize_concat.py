@@ -17,6 +17,8 @@ RESIZES = [  # (attrs, scales [N, C, H, W] or None, sizes or None)
     ({"mode": "nearest", "coordinate_transformation_mode": "align_corners"}, [1, 1, 1.5, 0.5], None),
     ({"mode": "nearest", "nearest_mode": "ceil"}, [1, 1, 0.5, 4], None),
     ({"mode": "nearest", "coordinate_transformation_mode": "pytorch_half_pixel"}, None, "sizes"),
+    ({"mode": "nearest", "coordinate_transformation_mode": "asymmetric", "nearest_mode": "floor"},
+     [1, 1, 4, 3], None),                                             # whole factors, fy != fx
 ]
 
 
@@ -40,6 +42,12 @@ def test_qresize_picks_the_float_resize_pixels(case, shape, rng):
     fn = fast.make_qop(node, {"roi": params[0], "sc": sc, "sz": sz}, 1)
     for _ in range(2):   # the second call reads the cached source map
         np.testing.assert_array_equal(fn([x] + params, attrs, 1)[0], want)
+
+
+def test_qresize_whole_factors_without_channels():
+    x = np.zeros((2, 3, 2, 0), np.uint8)
+    y = qops.qresize([x, None, np.array([1, 1, 2, 3], np.float32)], RESIZES[0][0], 1)[0]
+    assert y.shape == (2, 6, 6, 0) and y.dtype == np.uint8
 
 
 def test_qresize_refuses_what_it_cannot_do(rng):

@@ -289,11 +289,18 @@ def nearest_gather(x, source_map):
     src, factors = source_map
     n, h, w, c = x.shape
     oh, ow = src.shape
-    if factors is not None:   # whole-number up-sampling by replication: one broadcast copy
+    if factors is not None:   # whole-number up-sampling by replication
         fy, fx = factors
-        y = np.empty((n, h, fy, w, fx, c), np.uint8)
-        y[...] = x[:, :, None, :, None, :]
-        return y.reshape(n, oh, ow, c)
+        if c == 0:
+            return np.empty((n, oh, ow, c), np.uint8)
+        # each pixel's c bytes as one item: repeated along the row, then each row copied fy times
+        # in one broadcast of whole rows (a byte-level broadcast copy runs 1.5-2.3x slower:
+        # numpy's inner loop then copies one pixel's c bytes per iteration, 6 axes deep)
+        px = np.ascontiguousarray(x).view(np.dtype((np.void, c))).reshape(n, h, w)
+        rows = np.repeat(px, fx, axis=2)
+        y = np.empty((n, h, fy, ow), rows.dtype)
+        y[...] = rows[:, :, None, :]
+        return y.view(np.uint8).reshape(n, oh, ow, c)
     return np.ascontiguousarray(np.take(x.reshape(n, h * w, c), src.reshape(-1), axis=1)).reshape(
         n, oh, ow, c)
 
