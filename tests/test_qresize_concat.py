@@ -128,3 +128,49 @@ def test_fpn_neck_stays_uint8(tmp_path, rng):
         cos = float(np.dot(got.ravel(), ref.ravel()) / np.linalg.norm(got) / np.linalg.norm(ref))
         assert cos > 0.995, cos
         np.testing.assert_array_equal(got, executor.run_graph(q.graph, {"x": x})["y"])
+
+
+FLOAT_RESIZES = {  # id: (attrs, scales or None, sizes or None, whole-number replication)
+    "x2_asymmetric": ({"mode": "nearest", "coordinate_transformation_mode": "asymmetric",
+                       "nearest_mode": "floor"}, [1, 1, 2, 2], None, True),
+    "x4x3": ({"mode": "nearest", "coordinate_transformation_mode": "asymmetric",
+              "nearest_mode": "floor"}, [1, 1, 4, 3], None, True),
+    "x2_half_pixel": ({"mode": "nearest"}, [1, 1, 2, 2], None, True),
+    "sizes_x2": ({"mode": "nearest", "coordinate_transformation_mode": "asymmetric"}, None,
+                 "double", True),
+    "x1.5": ({"mode": "nearest"}, [1, 1, 1.5, 1.5], None, False),
+    "down": ({"mode": "nearest"}, [1, 1, 0.5, 0.5], None, False),
+    "linear": ({"mode": "linear"}, [1, 1, 2, 2], None, False),
+    "channels": ({"mode": "nearest"}, [1, 2, 2, 2], None, False),
+}
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.int64])
+@pytest.mark.parametrize("case", list(FLOAT_RESIZES), ids=list(FLOAT_RESIZES))
+def test_float_nearest_resize_fast_path(case, dtype, rng):
+    """The session's Resize step: whole-number nearest up-sampling of NCHW by replication, bit for
+    bit the reference op; every other pattern declines to it."""
+    from qinfer.runtime import float_ops
+    attrs, scales, sizes, whole = FLOAT_RESIZES[case]
+    for shape in ((1, 3, 5, 7), (2, 1, 1, 4)):
+        x = (rng.standard_normal(shape) * 100).astype(dtype)
+        sc = None if scales is None else np.array(scales, np.float32)
+        sz = None if sizes is None else np.array([*shape[:2], 2 * shape[2], 2 * shape[3]], np.int64)
+        params = [np.zeros(0, np.float32), sc, sz]
+        want = resize([x] + params, attrs, 1)[0]
+        names = ("x", "roi", "sc" if sc is not None else "", "sz" if sz is not None else "")
+        node = Node("Resize", names, ("y",), attrs, "up")
+        fn = float_ops.make_resize(node, {"roi": params[0], "sc": sc, "sz": sz})
+        got = None if fn is None else fn([x] + params, attrs, 1)
+        if whole:
+            assert got is not None
+            assert got[0].dtype == want.dtype
+            np.testing.assert_array_equal(got[0], want)
+        else:
+            assert got is None
+    # a rank other than 4, and computed scales, decline too
+    node = Node("Resize", ("x", "roi", "sc"), ("y",), FLOAT_RESIZES["x2_asymmetric"][0], "up")
+    assert float_ops.make_resize(node, {"roi": np.zeros(0, np.float32)}) is None
+    fn = float_ops.make_resize(node, {"roi": np.zeros(0, np.float32),
+                                      "sc": np.array([1, 1, 2], np.float32)})
+    assert fn([np.zeros((1, 2, 3), np.float32)], {}, 1) is None

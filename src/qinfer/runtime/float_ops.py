@@ -23,6 +23,7 @@ import numpy as np
 from .cpu import _kernels as _k
 from ..reference.reduce import REDUCERS
 from ..reference.shape import reshape_target
+from ..errors import QinferError
 
 #: at most this many rows, a dense layer runs as a single-threaded BLAS matrix-vector product
 SMALL_M = 4
@@ -323,6 +324,51 @@ def make_reduce(node, consts):
         return [np.asarray(fn(x, tuple(sorted({a + nd if a < 0 else a for a in axes})), keep))]
     return reduce
 
+
+
+def make_resize(node, consts):
+    """A nearest Resize of a 4-D NCHW input by whole-number factors (each pixel replicated into an
+    fy x fx block: the FPN / U-Net up-sampling), with constant scales / sizes; None for anything
+    else, or per call when the input's shape gives another pattern (the reference op)."""
+    from ..reference import qops as rq
+    a = node.attrs
+    if a.get("mode", "nearest") != "nearest" or int(a.get("antialias", 0)):
+        return None
+    params = []
+    for name in node.inputs[1:4]:
+        if name and name not in consts:
+            return None       # computed scales / sizes
+        params.append(np.asarray(consts[name]) if name else None)
+    if len(node.inputs) > 4 or a.get("axes") is not None:
+        return None
+    factors = {}
+
+    def pattern(shape):
+        n, c, h, w = shape
+        try:
+            _src, f = rq.resize_source_map((n, h, w, c), params, a)
+        except QinferError:
+            return None
+        return f
+
+    def resize(inputs, _attrs, n_out):
+        x = inputs[0]
+        if type(x) is not np.ndarray or x.ndim != 4 or x.dtype.kind not in "fiub" or 0 in x.shape:
+            return None
+        f = factors.get(x.shape, factors)
+        if f is factors:
+            if len(factors) >= 64:
+                factors.clear()
+            f = factors[x.shape] = pattern(x.shape)
+        if f is None:
+            return None
+        fy, fx = f
+        n, c, h, w = x.shape
+        rows = np.repeat(x, fx, axis=3) if fx > 1 else x
+        y = np.empty((n, c, h, fy, w * fx), x.dtype)
+        y[...] = rows[:, :, :, None, :]
+        return [y.reshape(n, c, h * fy, w * fx)]
+    return resize
 
 def make_transpose(attrs):
     """Transpose by the node's permutation (reversed axes without one), as a contiguous copy."""

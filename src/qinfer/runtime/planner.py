@@ -173,6 +173,8 @@ class Program:
                 fn = float_ops.make_reshape(n, consts)
             elif n.op == "Transpose" and n.domain in ("", "ai.onnx"):
                 fn = float_ops.make_transpose(n.attrs)
+            elif n.op == "Resize" and n.domain in ("", "ai.onnx"):
+                fn = float_ops.make_resize(n, consts)
             elif n.op in ("ReduceSum", "ReduceMean") and n.domain in ("", "ai.onnx"):
                 fn = float_ops.make_reduce(n, consts)
             if n.op in FAST_OPS and float_ops.is_float32(graph, n):
