@@ -81,6 +81,9 @@ GEMM_SHAPES = {  # id: (M, K, N)
     "n_above_nc": (16, 64, 289),
     "big": (131, 600, 300),
     "k1024_stride_copy": (21, 1024, 40),
+    "n24_half_panel": (29, 96, 24),      # a panel's second half of 8 channels: 256-bit
+    "n48_empty_half": (19, 40, 48),      # a second panel of 16 channels: one half
+    "n56_k_tail": (10, 17, 56),
 }
 
 
