@@ -50,30 +50,54 @@ static inline void qe_tr16x16x4(__m512i a[16]) {
   }
 }
 
-/* tile[16][64] (channel-major) -> 64 pixels of 16 channels, pixel i at dst + i * c */
-static inline void qe_tile_to_pixels_avx512(uint8_t tile[16][64], uint8_t *dst, size_t c) {
+/* tile[16][64] (channel-major) -> 64 pixels of nc <= 16 channels, pixel i at dst + i * c (masked
+ * stores below 16: the bytes past a pixel's nc channels, another pixel's or past the array, are
+ * left alone; tile rows from nc on are read but never stored) */
+static inline void qe_tile_to_pixels_avx512(uint8_t tile[16][64], uint8_t *dst, size_t c, size_t nc) {
+  const __mmask16 k = nc >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << nc) - 1);
   __m512i a[16];
   for (int j = 0; j < 16; j++) a[j] = _mm512_loadu_si512(tile[j]);
   qe_tr16x16x4(a); /* a[i] lane L: the 16 channels of pixel 16 L + i */
+  if (nc >= 16) { /* (plain stores: a masked one costs more even with every lane set) */
+    for (int i = 0; i < 16; i++) {
+      _mm_storeu_si128((__m128i *)(dst + (size_t)i * c), _mm512_extracti32x4_epi32(a[i], 0));
+      _mm_storeu_si128((__m128i *)(dst + (size_t)(16 + i) * c), _mm512_extracti32x4_epi32(a[i], 1));
+      _mm_storeu_si128((__m128i *)(dst + (size_t)(32 + i) * c), _mm512_extracti32x4_epi32(a[i], 2));
+      _mm_storeu_si128((__m128i *)(dst + (size_t)(48 + i) * c), _mm512_extracti32x4_epi32(a[i], 3));
+    }
+    return;
+  }
   for (int i = 0; i < 16; i++) {
-    _mm_storeu_si128((__m128i *)(dst + (size_t)i * c), _mm512_extracti32x4_epi32(a[i], 0));
-    _mm_storeu_si128((__m128i *)(dst + (size_t)(16 + i) * c), _mm512_extracti32x4_epi32(a[i], 1));
-    _mm_storeu_si128((__m128i *)(dst + (size_t)(32 + i) * c), _mm512_extracti32x4_epi32(a[i], 2));
-    _mm_storeu_si128((__m128i *)(dst + (size_t)(48 + i) * c), _mm512_extracti32x4_epi32(a[i], 3));
+    _mm_mask_storeu_epi8(dst + (size_t)i * c, k, _mm512_extracti32x4_epi32(a[i], 0));
+    _mm_mask_storeu_epi8(dst + (size_t)(16 + i) * c, k, _mm512_extracti32x4_epi32(a[i], 1));
+    _mm_mask_storeu_epi8(dst + (size_t)(32 + i) * c, k, _mm512_extracti32x4_epi32(a[i], 2));
+    _mm_mask_storeu_epi8(dst + (size_t)(48 + i) * c, k, _mm512_extracti32x4_epi32(a[i], 3));
   }
 }
 
-/* 64 pixels of 16 channels (pixel i at src + i * c) -> tile[16][64] */
-static inline void qe_pixels_to_tile_avx512(const uint8_t *src, size_t c, uint8_t tile[16][64]) {
+/* 64 pixels of nc <= 16 channels (pixel i at src + i * c) -> tile[16][64] (masked loads below 16:
+ * nothing past a pixel's nc channels is read; tile rows from nc on are zeros) */
+static inline void qe_pixels_to_tile_avx512(const uint8_t *src, size_t c, uint8_t tile[16][64],
+                                            size_t nc) {
+  const __mmask16 k = nc >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << nc) - 1);
   __m512i a[16];
+  if (nc >= 16) {
+    for (int i = 0; i < 16; i++) {
+      __m512i v = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)(src + (size_t)i * c)));
+      v = _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i *)(src + (size_t)(16 + i) * c)), 1);
+      v = _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i *)(src + (size_t)(32 + i) * c)), 2);
+      a[i] = _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i *)(src + (size_t)(48 + i) * c)), 3);
+    }
+  } else {
   for (int i = 0; i < 16; i++) {
-    __m512i v = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)(src + (size_t)i * c)));
-    v = _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i *)(src + (size_t)(16 + i) * c)), 1);
-    v = _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i *)(src + (size_t)(32 + i) * c)), 2);
-    a[i] = _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i *)(src + (size_t)(48 + i) * c)), 3);
+    __m512i v = _mm512_castsi128_si512(_mm_maskz_loadu_epi8(k, src + (size_t)i * c));
+    v = _mm512_inserti32x4(v, _mm_maskz_loadu_epi8(k, src + (size_t)(16 + i) * c), 1);
+    v = _mm512_inserti32x4(v, _mm_maskz_loadu_epi8(k, src + (size_t)(32 + i) * c), 2);
+    a[i] = _mm512_inserti32x4(v, _mm_maskz_loadu_epi8(k, src + (size_t)(48 + i) * c), 3);
+  }
   }
   qe_tr16x16x4(a); /* a[j] lane L: channel j of pixels 16 L .. 16 L + 15 */
-  for (int j = 0; j < 16; j++) _mm512_storeu_si512(tile[j], a[j]);
+  for (size_t j = 0; j < nc; j++) _mm512_storeu_si512(tile[j], a[j]);
 }
 
 /* qe_sat on 16 lanes: t > 0 ? t : 0, t < 255 ? t : 255, rint, truncate; n lanes stored */
@@ -118,7 +142,7 @@ static inline void qe_qmul_n_avx512(const uint8_t *x, const float *m, uint8_t *y
 #define QE_QADD_N(a, b, y, n, q) qe_qadd_n_avx512(a, b, y, n, q)
 #define QE_QMUL_N(x, m, y, n, zx, zy) qe_qmul_n_avx512(x, m, y, n, zx, zy)
 #define QE_QUANT16(x, y, scale, zp) qe_quant16_avx512(x, y, scale, zp)
-#define QE_TILE_TO_PIXELS(tile, dst, c) qe_tile_to_pixels_avx512(tile, dst, c)
-#define QE_PIXELS_TO_TILE(src, c, tile) qe_pixels_to_tile_avx512(src, c, tile)
+#define QE_TILE_TO_PIXELS(tile, dst, c, nc) qe_tile_to_pixels_avx512(tile, dst, c, nc)
+#define QE_PIXELS_TO_TILE(src, c, tile, nc) qe_pixels_to_tile_avx512(src, c, tile, nc)
 #define QE_KERNEL qi_stream_u8__avx512vnni
 #include "stream-u8-body.inc"
