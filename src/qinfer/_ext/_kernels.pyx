@@ -318,7 +318,6 @@ def col2im_f32(cols, out, kernel_shape, strides=(1, 1), pads=(0, 0, 0, 0), dilat
     return out
 
 
-
 def col2im_tiles_f32(cols, out, kernel_shape, bias=None, activation=0, alpha=0.0, beta=0.0,
                      num_threads=None):
     """col2im of a ConvTranspose whose kernel equals its stride (no padding, no dilation), with
@@ -385,6 +384,7 @@ cdef void _tiles_chunk(qi_col2im_tiles_f32_ptr fn, qi_bias_act_f32_ptr fa, const
         fn(g, c, c + 1, cols, bias, out)
         if fa != NULL:
             fa(c, c + 1, plane, out, NULL, 0, 1, act)
+
 
 # ---------------------------------------------------------------- depthwise conv
 

@@ -325,7 +325,6 @@ def make_reduce(node, consts):
     return reduce
 
 
-
 def make_resize(node, consts):
     """A nearest Resize of a 4-D NCHW input by whole-number factors (each pixel replicated into an
     fy x fx block: the FPN / U-Net up-sampling), with constant scales / sizes; None for anything
@@ -341,6 +340,7 @@ def make_resize(node, consts):
         params.append(np.asarray(consts[name]) if name else None)
     if len(node.inputs) > 4 or a.get("axes") is not None:
         return None
+    from .qops import _per_shape
     factors = {}
 
     def pattern(shape):
@@ -355,11 +355,7 @@ def make_resize(node, consts):
         x = inputs[0]
         if type(x) is not np.ndarray or x.ndim != 4 or x.dtype.kind not in "fiub" or 0 in x.shape:
             return None
-        f = factors.get(x.shape, factors)
-        if f is factors:
-            if len(factors) >= 64:
-                factors.clear()
-            f = factors[x.shape] = pattern(x.shape)
+        f = _per_shape(factors, x.shape, lambda: pattern(x.shape))
         if f is None:
             return None
         fy, fx = f
@@ -369,6 +365,7 @@ def make_resize(node, consts):
         y[...] = rows[:, :, :, None, :]
         return [y.reshape(n, c, h * fy, w * fx)]
     return resize
+
 
 def make_transpose(attrs):
     """Transpose by the node's permutation (reversed axes without one), as a contiguous copy."""
