@@ -87,11 +87,39 @@ class BuildExt(build_ext):
             ext.extra_link_args = list(ext.extra_link_args) + omp + sanitize
             for isa in isas:
                 sources = sorted(glob.glob(f"kernels/{isa}/*.c"))
-                ext.extra_objects = list(ext.extra_objects) + self.compiler.compile(
-                    sources, output_dir=self.build_temp, macros=ext.define_macros,
-                    include_dirs=ext.include_dirs, extra_postargs=base + ISA_FLAGS[isa],
-                    depends=KERNEL_DEPENDS)
+                objects = self._isa_objects(isa, sources, ext, base + ISA_FLAGS[isa])
+                ext.extra_objects = list(ext.extra_objects) + objects
+                # setuptools dates an extension by its sources and depends only: an ISA object
+                # rebuilt after an edit must relink it (else the old kernel stays in the module)
+                ext.depends = list(ext.depends) + objects
         super().build_extensions()
+
+    def _isa_objects(self, isa, sources, ext, flags):
+        """The objects of one ISA folder, compiled where missing, older than their source or a
+        header, or built with other flags or macros (a stamp file per ISA records them)."""
+        objects = self.compiler.object_filenames(sources, output_dir=self.build_temp)
+        stamp = os.path.join(self.build_temp, f"qinfer-{isa}.flags")
+        wanted = repr((flags, sorted(ext.define_macros), ext.include_dirs))
+        try:
+            with open(stamp) as f:
+                same = f.read() == wanted
+        except OSError:
+            same = False
+        newest_header = max((os.path.getmtime(d) for d in KERNEL_DEPENDS if os.path.exists(d)), default=0)
+
+        def stale(src, obj):
+            if self.force or not same or not os.path.exists(obj):
+                return True
+            return os.path.getmtime(obj) < max(os.path.getmtime(src), newest_header)
+
+        todo = [s for s, o in zip(sources, objects) if stale(s, o)]
+        if todo:
+            self.compiler.compile(todo, output_dir=self.build_temp, macros=ext.define_macros,
+                                  include_dirs=ext.include_dirs, extra_postargs=flags)
+            os.makedirs(self.build_temp, exist_ok=True)
+            with open(stamp, "w") as f:
+                f.write(wanted)
+        return objects
 
 
 def extensions():
