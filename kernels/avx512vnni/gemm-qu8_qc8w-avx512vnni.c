@@ -63,10 +63,23 @@ QI_INLINE void qi_qepi_regs(const int mr, const int code, const int u8, const in
  * instantiation, so the `mr > r` tests fold away. */
 #define QI_FOR_ROWS(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7)
 
+/* A panel's valid channels (the last panel of a layer may hold fewer than 32): more than 24,
+ * 17-24, 9-16, 1-8. A half of 8 valid channels or fewer runs at 256 bits, an empty half not at
+ * all (Zen 4 runs a 512-bit vpdpbusd as two 256-bit halves); the lanes left out are padding
+ * channels, which the epilogue never stores. */
+#define QI_W32 0
+#define QI_W24 1
+#define QI_W16 2
+#define QI_W8 3
+/* acc += av . w on the low 256 bits (the high ones become zeros: padding lanes) */
+#define QI_H256(acc, av, w)                                                                 \
+  _mm512_zextsi256_si512(_mm256_dpbusd_epi32(_mm512_castsi512_si256(acc),                  \
+                                             _mm512_castsi512_si256(av), _mm512_castsi512_si256(w)))
+
 QI_INLINE void qi_qtile(const int mr, size_t g0, size_t g1, size_t kg_full, size_t tail,
                         const uint8_t *a, size_t lda, const int8_t *b, int first, int last,
                         const int32_t *bias, int32_t *acc, const qi_qepi *ep, const qi_qe16 *E,
-                        size_t row0, size_t n0, const qi_qpanel *P) {
+                        size_t row0, size_t n0, const qi_qpanel *P, const int wm) {
 #define QI_DECL(r) __m512i c##r##0 = _mm512_setzero_si512(), c##r##1 = _mm512_setzero_si512();
   QI_FOR_ROWS(QI_DECL)
 #undef QI_DECL
@@ -89,8 +102,10 @@ QI_INLINE void qi_qtile(const int mr, size_t g0, size_t g1, size_t kg_full, size
 #define QI_DOT(r, LOADA)                                             \
   if (mr > r) {                                                      \
     const __m512i av = _mm512_set1_epi32(LOADA);                     \
-    c##r##0 = _mm512_dpbusd_epi32(c##r##0, av, w0);                  \
-    c##r##1 = _mm512_dpbusd_epi32(c##r##1, av, w1);                  \
+    c##r##0 = wm == QI_W8 ? QI_H256(c##r##0, av, w0)                 \
+                          : _mm512_dpbusd_epi32(c##r##0, av, w0);    \
+    if (wm == QI_W32) c##r##1 = _mm512_dpbusd_epi32(c##r##1, av, w1); \
+    if (wm == QI_W24) c##r##1 = QI_H256(c##r##1, av, w1);            \
   }
 #define QI_DOT_FULL(r) QI_DOT(r, qi_q_load_i32(ap + r * lda))
 #define QI_DOT_TAIL(r) QI_DOT(r, qi_q_load_tail(ap + r * lda, tail))
@@ -116,13 +131,13 @@ QI_INLINE void qi_qtile(const int mr, size_t g0, size_t g1, size_t kg_full, size
     c01 = _mm512_add_epi32(c01, d01);
   }
   for (; g < gend; g++) {
-    const __m512i w0 = _mm512_loadu_si512(b), w1 = _mm512_loadu_si512(b + 64);
+    const __m512i w0 = _mm512_loadu_si512(b), w1 = wm >= QI_W16 ? w0 : _mm512_loadu_si512(b + 64);
     b += 128;
     QI_FOR_ROWS(QI_DOT_FULL)
     ap += 4;
   }
   if (tail && g1 > kg_full) {
-    const __m512i w0 = _mm512_loadu_si512(b), w1 = _mm512_loadu_si512(b + 64);
+    const __m512i w0 = _mm512_loadu_si512(b), w1 = wm >= QI_W16 ? w0 : _mm512_loadu_si512(b + 64);
     QI_FOR_ROWS(QI_DOT_TAIL)
   }
 #undef QI_DOT_FULL
@@ -151,10 +166,17 @@ QI_INLINE void qi_qtile(const int mr, size_t g0, size_t g1, size_t kg_full, size
 #undef QI_REG_CASE
 }
 
+#define QI_QTILE_W(R, W)                                                                     \
+  qi_qtile(R, g0, g1, kg_full, tail, a + i * lda, lda, bp, first, last, bias,               \
+           acc + i * QI_QGEMM_NC_MAX + (j - jc), ep, &E, i, j, &P, W)
 #define QI_QTILE_CASE(R)                                                                     \
   case R:                                                                                    \
-    qi_qtile(R, g0, g1, kg_full, tail, a + i * lda, lda, bp, first, last, bias,             \
-             acc + i * QI_QGEMM_NC_MAX + (j - jc), ep, &E, i, j, &P);                       \
+    switch (wm) {                                                                            \
+      case QI_W32: QI_QTILE_W(R, QI_W32); break;                                             \
+      case QI_W24: QI_QTILE_W(R, QI_W24); break;                                             \
+      case QI_W16: QI_QTILE_W(R, QI_W16); break;                                             \
+      default: QI_QTILE_W(R, QI_W8); break;                                                  \
+    }                                                                                        \
     break;
 
 void qi_gemm_qu8_qc8w__avx512vnni(size_t m, size_t n_begin, size_t n_end, size_t k,
@@ -180,6 +202,7 @@ void qi_gemm_qu8_qc8w__avx512vnni(size_t m, size_t n_begin, size_t n_end, size_t
                : nvalid <= 16 ? (__mmask16)0 : (__mmask16)((1u << (nvalid - 16)) - 1);
         P.s0 = _mm512_maskz_loadu_ps(P.m0, ep->scale + j);
         P.s1 = _mm512_maskz_loadu_ps(P.m1, ep->scale + j + 16);
+        const int wm = nvalid > 24 ? QI_W32 : nvalid > 16 ? QI_W24 : nvalid > 8 ? QI_W16 : QI_W8;
         for (size_t i = 0; i < m; i += QI_MR) {
           switch (m - i < QI_MR ? m - i : QI_MR) {
             QI_QTILE_CASE(8)
