@@ -453,6 +453,18 @@ def _taps(x, in_len, scale, attrs):
     return np.clip(idx, 0, in_len - 1), w
 
 
+def replicate_hw(a, fy, fx):
+    """``a [B, H, W]`` (any dtype, void items included) up-sampled by whole factors, each element
+    copied into an fy x fx block: [B, H * fy, W * fx]. Each row is repeated along its length once,
+    then whole rows are broadcast fy times (the nearest Resize's replication; far fewer, longer
+    copies than an element-level broadcast over five axes)."""
+    b, h, w = a.shape
+    rows = np.repeat(a, fx, axis=2) if fx > 1 else a
+    y = np.empty((b, h, fy, w * fx), a.dtype)
+    y[...] = rows[:, :, None, :]
+    return y.reshape(b, h * fy, w * fx)
+
+
 @register("Resize")
 def resize(inputs, attrs, num_outputs):
     x = np.asarray(inputs[0])

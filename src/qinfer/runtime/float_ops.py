@@ -22,7 +22,7 @@ import numpy as np
 
 from .cpu import _kernels as _k
 from ..reference.reduce import REDUCERS
-from ..reference.shape import reshape_target
+from ..reference.shape import replicate_hw, reshape_target
 from ..errors import QinferError
 
 #: at most this many rows, a dense layer runs as a single-threaded BLAS matrix-vector product
@@ -146,22 +146,17 @@ def make_conv_transpose(attrs, w, b, act, nt):
         if oh <= 0 or ow <= 0:
             return None
         x = np.ascontiguousarray(x)
-        if tiles:
-            y = np.empty((n, m, oh, ow), np.float32)
-            for i in range(n):
-                for g in range(group):
-                    cols = _k.gemm_f32(wt[g], x[i, g * cig:(g + 1) * cig].reshape(cig, h * wd),
-                                       num_threads=nt)
-                    _k.col2im_tiles_f32(cols, y[i, g * cog:(g + 1) * cog], (kh, kw), gbias[g], code,
-                                        a, bb, nt)
-            return [y]
-        y = np.zeros((n, m, oh, ow), np.float32)
+        y = (np.empty if tiles else np.zeros)((n, m, oh, ow), np.float32)
         for i in range(n):
             for g in range(group):
                 cols = _k.gemm_f32(wt[g], x[i, g * cig:(g + 1) * cig].reshape(cig, h * wd), num_threads=nt)
-                _k.col2im_f32(cols, y[i, g * cog:(g + 1) * cog], (kh, kw), (sh, sw), (pt, pl, pb, pr),
-                              (dh, dw), nt)
-            _k.bias_act_f32(y[i].reshape(m, oh * ow), bias, 0, code, a, bb, nt)
+                yg = y[i, g * cog:(g + 1) * cog]
+                if tiles:
+                    _k.col2im_tiles_f32(cols, yg, (kh, kw), gbias[g], code, a, bb, nt)
+                else:
+                    _k.col2im_f32(cols, yg, (kh, kw), (sh, sw), (pt, pl, pb, pr), (dh, dw), nt)
+            if not tiles:
+                _k.bias_act_f32(y[i].reshape(m, oh * ow), bias, 0, code, a, bb, nt)
         return [y]
 
     return convt
@@ -358,12 +353,8 @@ def make_resize(node, consts):
         f = _per_shape(factors, x.shape, lambda: pattern(x.shape))
         if f is None:
             return None
-        fy, fx = f
         n, c, h, w = x.shape
-        rows = np.repeat(x, fx, axis=3) if fx > 1 else x
-        y = np.empty((n, c, h, fy, w * fx), x.dtype)
-        y[...] = rows[:, :, :, None, :]
-        return [y.reshape(n, c, h * fy, w * fx)]
+        return [replicate_hw(x.reshape(n * c, h, w), *f).reshape(n, c, h * f[0], w * f[1])]
     return resize
 
 
