@@ -10,7 +10,7 @@ import math
 import numpy as np
 import pytest
 
-from qinfer.errors import UnsupportedOperatorError
+from qinfer.errors import InvalidInputError, UnsupportedOperatorError
 from qinfer.reference import registry
 from qinfer.reference.elementwise import erf
 
@@ -563,6 +563,19 @@ def test_resize_antialias_nearest_rejected(rng):
     with pytest.raises(UnsupportedOperatorError, match="antialias"):
         run_ref("Resize", [randn(rng, 1, 1, 4, 4), None, np.array([1, 1, .5, .5], F32)],
                 {"mode": "nearest", "antialias": 1}, 1)
+
+
+@pytest.mark.parametrize("mode", ["nearest", "linear"])
+def test_resize_empty_axis(mode):
+    """An empty axis resizes to an empty one (as onnxruntime does); to a non-empty size there is
+    nothing to sample: a clear InvalidInputError, not a division by zero."""
+    x = np.zeros((1, 0, 4, 4), F32)
+    y = run_ref("Resize", [x, None, None, i64(1, 0, 8, 6)], {"mode": mode}, 1)[0]
+    assert y.shape == (1, 0, 8, 6)
+    with pytest.raises(InvalidInputError, match="axis 1 of the input is empty"):
+        run_ref("Resize", [x, None, None, i64(1, 3, 8, 8)], {"mode": mode}, 1)
+    with pytest.raises(InvalidInputError, match="empty"):
+        run_ref("Resize", [x, None, None, i64(3, 8)], {"mode": mode, "axes": [1, 2]}, 1)
 
 
 @pytest.mark.parametrize("mode", ["DCR", "CRD"])

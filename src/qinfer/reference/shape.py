@@ -489,7 +489,10 @@ def resize(inputs, attrs, num_outputs):
     if sizes is not None:
         sizes = [int(v) for v in sizes.reshape(-1)]
         for a, s in zip(axes, sizes):
-            scale[a] = s / x.shape[a]
+            if x.shape[a] == 0 and s != 0:
+                raise InvalidInputError(f"Resize: axis {a} of the input is empty and cannot be "
+                                        f"resized to {s}")
+            scale[a] = s / x.shape[a] if x.shape[a] else 1.0
             out[a] = s
         policy = _str(attrs.get("keep_aspect_ratio_policy", "stretch"))
         if policy in ("not_larger", "not_smaller"):
