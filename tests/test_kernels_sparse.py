@@ -168,6 +168,14 @@ CONV_CASES = {  # id: (N, H, W, Cin, Cout, KH, KW, strides, pads, dilations, gro
     "c64_1x1_stride2": (1, 9, 9, 64, 16, 1, 1, (2, 2), (0, 0, 0, 0), (1, 1), 1),
     "c128_groups2_dilation2": (1, 8, 9, 128, 24, 3, 3, (1, 1), (2, 2, 2, 2), (2, 2), 2),
     "c64_rows_across_images": (3, 10, 10, 64, 17, 3, 3, (1, 1), (1, 0, 2, 1), (1, 1), 1),
+    # stride 1, wide rows, few channels: the AVX-512 variant runs these from planes (the padded
+    # input re-packed once per pixel; blocks of virtual rows across the padded width, the kw - 1
+    # columns past out_w dropped); 12 channels keep the dense density on planes too
+    "planes_3x3": (1, 5, 40, 64, 12, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1),
+    "planes_rows_across_images": (3, 5, 40, 64, 13, 3, 3, (1, 1), (1, 0, 2, 1), (1, 1), 1),
+    "planes_groups2_dilation2": (1, 7, 66, 128, 24, 3, 3, (1, 1), (2, 2, 2, 2), (2, 2), 2),
+    "planes_5x5_c192": (1, 6, 80, 192, 8, 5, 5, (1, 1), (2, 2, 2, 2), (1, 1), 1),
+    "planes_1x3_tall": (2, 21, 33, 64, 15, 1, 3, (1, 1), (0, 1, 0, 1), (1, 1), 1),
 }
 
 

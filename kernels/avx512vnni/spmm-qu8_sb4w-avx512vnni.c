@@ -140,7 +140,8 @@ static void qi_sp_pack_patches(const qi_sp_patches *pa, size_t i0, size_t mr, si
  * groups, blocks go two at a time into a second set (2 nz chains in flight); from 5 groups on, one
  * set has enough independent chains. */
 #define QI_SP_FOR8(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7)
-QI_INLINE void qi_sp_chan(const int nz, const uint8_t *at, const qi_sb4w_rec *p,
+QI_INLINE void qi_sp_chan(const int nz, const int pl, const uint8_t *at, const uint32_t *tab,
+                          const qi_sb4w_rec *p,
                           const qi_sb4w_rec *e, size_t kg, int first, int32_t bias, int32_t *park,
                           uint8_t *t8, float scale, const qi_qe16 *E) {
   const size_t r4 = (size_t)nz * 64;
@@ -151,13 +152,14 @@ QI_INLINE void qi_sp_chan(const int nz, const uint8_t *at, const qi_sb4w_rec *p,
 #define QI_INIT(r) if (nz > r) c##r = first ? b0 : _mm512_load_si512(park + 16 * r);
   QI_SP_FOR8(QI_INIT)
 #undef QI_INIT
-#define QI_DOT(C, r, A, W) if (nz > r) C##r = _mm512_dpbusd_epi32(C##r, _mm512_load_si512((A) + 64 * r), W);
+#define QI_DOT(C, r, A, W) if (nz > r) C##r = _mm512_dpbusd_epi32(C##r, _mm512_loadu_si512((A) + 64 * r), W);
   if (nz <= 4) {
     for (; p + 2 <= e; p += 2) {
       size_t k0 = p[0].kb, k1 = p[1].kb;
       k0 = k0 < kg ? k0 : 0;
       k1 = k1 < kg ? k1 : 0;
-      const uint8_t *a0 = at + k0 * r4, *a1 = at + k1 * r4;
+      const uint8_t *a0 = pl ? at + tab[k0] : at + k0 * r4;
+      const uint8_t *a1 = pl ? at + tab[k1] : at + k1 * r4;
       const __m512i w0 = _mm512_set1_epi32(p[0].w), w1 = _mm512_set1_epi32(p[1].w);
 #define QI_DOT2(r) QI_DOT(c, r, a0, w0) QI_DOT(d, r, a1, w1)
       QI_SP_FOR8(QI_DOT2)
@@ -173,7 +175,7 @@ QI_INLINE void qi_sp_chan(const int nz, const uint8_t *at, const qi_sb4w_rec *p,
     __asm__("" : "+r"(rv)); /* keeps gcc from splitting it back into two loads */
     size_t k0 = (uint32_t)rv;
     k0 = k0 < kg ? k0 : 0;
-    const uint8_t *a0 = at + k0 * r4;
+    const uint8_t *a0 = pl ? at + tab[k0] : at + k0 * r4;
     const __m512i w0 = _mm512_set1_epi32((int32_t)(rv >> 32));
 #define QI_DOT1(r) QI_DOT(c, r, a0, w0)
     QI_SP_FOR8(QI_DOT1)
@@ -246,7 +248,7 @@ QI_INLINE void qi_sp_tr16_u8(__m128i a[16]) {
 /* uint8 out: t8[c][QI_MR] holds channels j0 + c < j1 (c < 16) of rows [0, mr): transpose 16 x 16
  * byte tiles into the rows of out (ep->out at row row0, column j0) */
 static void qi_sp_store_u8(const uint8_t *t8, size_t nv, size_t mr, const qi_qepi *ep, size_t row0,
-                           size_t j0) {
+                           const int32_t *rmap, size_t j0) {
   const __mmask16 mask = nv == 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << nv) - 1);
   for (size_t r0 = 0; r0 < mr; r0 += 16) {
     __m128i v[16];
@@ -254,6 +256,12 @@ static void qi_sp_store_u8(const uint8_t *t8, size_t nv, size_t mr, const qi_qep
       v[c] = c < nv ? _mm_load_si128((const __m128i *)(t8 + c * QI_MR + r0)) : _mm_setzero_si128();
     qi_sp_tr16_u8(v);
     const size_t rows = mr - r0 < 16 ? mr - r0 : 16;
+    if (rmap) { /* planes: virtual rows, each to its output row or dropped */
+      for (size_t r = 0; r < rows; r++)
+        if (rmap[r0 + r] >= 0)
+          _mm_mask_storeu_epi8((uint8_t *)ep->out + (size_t)rmap[r0 + r] * ep->ldo + j0, mask, v[r]);
+      continue;
+    }
     uint8_t *o = (uint8_t *)ep->out + (row0 + r0) * ep->ldo + j0;
     if (nv == 16)
       for (size_t r = 0; r < rows; r++) _mm_storeu_si128((__m128i *)(o + r * ep->ldo), v[r]);
@@ -264,7 +272,8 @@ static void qi_sp_store_u8(const uint8_t *t8, size_t nv, size_t mr, const qi_qep
 
 /* Channels [jc, je) over K segments [s0, s1); the records of channel j + QI_SP_PFREC < jpf are
  * prefetched while channel j runs (jpf 0: none) */
-QI_INLINE void qi_sp_kblock(const int nz, const uint8_t *at, size_t jc, size_t je, size_t s0,
+QI_INLINE void qi_sp_kblock(const int nz, const int pl, const uint8_t *at, const uint32_t *tab,
+                            size_t jc, size_t je, size_t s0,
                             size_t s1, const uint32_t *ptr, size_t nseg, const qi_sb4w_rec *rec,
                             size_t nnzb, size_t kg, const int32_t *bias, int32_t *park,
                             uint8_t *t8, const float *scale, const qi_qe16 *E, size_t jpf) {
@@ -281,7 +290,7 @@ QI_INLINE void qi_sp_kblock(const int nz, const uint8_t *at, size_t jc, size_t j
       const char *pp = (const char *)(park + (j + QI_SP_PFPARK - jc) * QI_MR);
       for (int r = 0; r < nz; r++) _mm_prefetch(pp + 64 * r, _MM_HINT_T0);
     }
-    qi_sp_chan(nz, at, rec + b, rec + e, kg, s0 == 0, bias[j], park + (j - jc) * QI_MR,
+    qi_sp_chan(nz, pl, at, tab, rec + b, rec + e, kg, s0 == 0, bias[j], park + (j - jc) * QI_MR,
                t8 ? t8 + (j - jc) * QI_MR : NULL, t8 ? scale[j] : 0.0f, E);
   }
 }
@@ -289,12 +298,15 @@ QI_INLINE void qi_sp_kblock(const int nz, const uint8_t *at, size_t jc, size_t j
 /* The epilogue of one 16 x 16 tile: v[c] = row c's 16 channels, rows c < rows */
 QI_INLINE void qi_sp_epi_rows(const int code, const int u8, const int full, const __m512i *v,
                               size_t rows, __m512 scale, __mmask16 mask, const qi_qe16v vv,
-                              char *o, size_t ldo_bytes) {
-  for (size_t c = 0; c < rows; c++, o += ldo_bytes) qi_qe16_store_k(v[c], scale, vv, o, mask, code, u8, full);
+                              char *o, size_t ldo_bytes, const int32_t *rm, char *o0) {
+  for (size_t c = 0; c < rows; c++, o += ldo_bytes) {
+    if (rm && rm[c] < 0) continue;
+    qi_qe16_store_k(v[c], scale, vv, rm ? o0 + (size_t)rm[c] * ldo_bytes : o, mask, code, u8, full);
+  }
 }
 
 static void qi_sp_epilogue(const int32_t *park, size_t jc, size_t je, size_t mr, size_t nz,
-                           const qi_qepi *ep, const qi_qe16 *E, size_t row0) {
+                           const qi_qepi *ep, const qi_qe16 *E, size_t row0, const int32_t *rmap) {
   const qi_qe16v vv = qi_qe16v_of(E);
   const size_t es = E->out_u8 ? 1 : 4, ldo_bytes = ep->ldo * es;
   for (size_t j16 = jc; j16 < je; j16 += 16) {
@@ -308,10 +320,141 @@ static void qi_sp_epilogue(const int32_t *park, size_t jc, size_t je, size_t mr,
       qi_sp_tr16(v);
       const size_t rows = mr - rg * 16 < 16 ? mr - rg * 16 : 16;
       char *o = (char *)ep->out + ((row0 + rg * 16) * ep->ldo + j16) * es;
-#define QI_EPI_CASE(CODE, U8, FULL) qi_sp_epi_rows(CODE, U8, FULL, v, rows, scale, mask, vv, o, ldo_bytes)
+      char *o0 = (char *)ep->out + j16 * es;
+      const int32_t *rm = rmap ? rmap + rg * 16 : NULL;
+#define QI_EPI_CASE(CODE, U8, FULL) qi_sp_epi_rows(CODE, U8, FULL, v, rows, scale, mask, vv, o, ldo_bytes, rm, o0)
       QI_QE16_DISPATCH(E, nv == 16, QI_EPI_CASE)
 #undef QI_EPI_CASE
     }
+  }
+}
+
+/* Everything a row block's channel loops need besides the block itself */
+typedef struct qi_sp_call {
+  size_t n_begin, n_end, kg, nseg, seg, nnzb;
+  const int32_t *bias;
+  const uint32_t *ptr;
+  const qi_sb4w_rec *rec;
+  const qi_qepi *ep;
+  const qi_qe16 *E;
+  int32_t *park;
+  uint8_t *tile8;
+  int pf_all;
+} qi_sp_call;
+
+/* One row block of nz groups (mr rows) over the call's channels: from the re-packed activations at
+ * (pl 0, rows row0 + i of ep->out) or from planes (pl 1: at is the block's first virtual row in
+ * the planes, tab the K groups' offsets, rmap each virtual row's output row or -1; one K block:
+ * the planes of a block fit in L1/L2 whatever K). */
+static void qi_sp_rowblock(const qi_sp_call *c, size_t nz, const int pl, const uint8_t *at,
+                           const uint32_t *tab, size_t mr, size_t row0, const int32_t *rmap,
+                           int first_block) {
+  const qi_qe16 *E = c->E;
+  const size_t nsc = pl ? c->nseg : qi_sp_segs_per_block(QI_SP_L1, nz * 64, c->seg);
+  const int pfrec = first_block || c->pf_all;
+  for (size_t jc = c->n_begin; jc < c->n_end; jc += QI_NC) {
+    const size_t je = c->n_end - jc < QI_NC ? c->n_end : jc + QI_NC;
+    for (size_t s0 = 0; s0 < c->nseg; s0 += nsc) {
+      const size_t s1 = s0 + nsc < c->nseg ? s0 + nsc : c->nseg;
+      /* uint8 out: the last K block goes 16 channels at a time, each channel's epilogue run on
+       * its accumulators (rows in lanes) and the bytes transposed per 16 x 16 tile; float out:
+       * the parked sums are transposed as int32 (qi_sp_epilogue) */
+      const int u8last = s1 == c->nseg && E->out_u8;
+      const size_t step = u8last ? 16 : je - jc;
+      for (size_t j0 = jc; j0 < je; j0 += step) {
+        const size_t j1 = je - j0 < step ? je : j0 + step;
+        uint8_t *t8 = u8last ? c->tile8 : NULL;
+        int32_t *pk = c->park + (j0 - jc) * QI_MR;
+#define QI_KB_CASE(Z)                                                                             \
+  case Z:                                                                                         \
+    if (pl)                                                                                       \
+      qi_sp_kblock(Z, 1, at, tab, j0, j1, s0, s1, c->ptr, c->nseg, c->rec, c->nnzb, c->kg,       \
+                   c->bias, pk, t8, c->ep->scale, E, pfrec ? je : 0);                             \
+    else                                                                                          \
+      qi_sp_kblock(Z, 0, at, NULL, j0, j1, s0, s1, c->ptr, c->nseg, c->rec, c->nnzb, c->kg,      \
+                   c->bias, pk, t8, c->ep->scale, E, pfrec ? je : 0);                             \
+    break;
+        switch (nz) {
+          QI_KB_CASE(8) QI_KB_CASE(7) QI_KB_CASE(6) QI_KB_CASE(5)
+          QI_KB_CASE(4) QI_KB_CASE(3) QI_KB_CASE(2) QI_KB_CASE(1)
+        }
+#undef QI_KB_CASE
+        if (u8last) qi_sp_store_u8(c->tile8, j1 - j0, mr, c->ep, row0, rmap, j0);
+      }
+    }
+    if (!E->out_u8) qi_sp_epilogue(c->park, jc, je, mr, nz, c->ep, E, row0, rmap);
+  }
+}
+
+/* Planes of group g, image img: padded input rows [prow0, prow0 + pg->rows) (past the input:
+ * zp_x), pl + cg * ps + (r * wp + px) * 4 = channels 4 cg .. 4 cg + 3 of padded pixel (r, px).
+ * 16 pixels of 64 channels per 16 x 16 transpose; a group running past wp writes into the next
+ * row (rewritten after) or the plane's 64 bytes of slack. */
+static void qi_sp_build_planes(const qi_qconv_problem *p, size_t g, size_t img, size_t prow0,
+                               const qi_sp_planes_geom *pg, uint8_t *pl) {
+  const qi_conv2d_geom *ge = &p->geom;
+  const size_t cin = p->cin, ct = p->cin_total, wp = pg->wp, ps = pg->ps;
+  const __m512i zpv = _mm512_set1_epi8((char)p->zp_x);
+  const uint8_t *xi = p->x + img * ge->in_h * ge->in_w * ct + g * cin;
+  for (size_t r = 0; r < pg->rows; r++) {
+    const ptrdiff_t iy = (ptrdiff_t)(prow0 + r) - (ptrdiff_t)ge->pad_top;
+    const int row_in = iy >= 0 && iy < (ptrdiff_t)ge->in_h;
+    for (size_t px = 0; px < wp; px += 16) {
+      const uint8_t *src[16];
+      for (size_t i = 0; i < 16; i++) {
+        const ptrdiff_t ix = (ptrdiff_t)(px + i) - (ptrdiff_t)ge->pad_left;
+        src[i] = row_in && px + i < wp && ix >= 0 && ix < (ptrdiff_t)ge->in_w
+                     ? xi + ((size_t)iy * ge->in_w + (size_t)ix) * ct : NULL;
+      }
+      for (size_t c = 0; c < cin; c += 64) {
+        const size_t left = cin - c;
+        const __mmask64 km = left >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << left) - 1);
+        __m512i v[16];
+        for (size_t i = 0; i < 16; i++) v[i] = src[i] ? _mm512_maskz_loadu_epi8(km, src[i] + c) : zpv;
+        qi_sp_tr16(v);
+        const size_t ncg = left >= 64 ? 16 : left / 4;
+        uint8_t *d = pl + (c / 4) * ps + (r * wp + px) * 4;
+        for (size_t t = 0; t < ncg; t++) _mm512_storeu_si512(d + t * ps, v[t]);
+      }
+    }
+  }
+}
+
+/* The call's rows [pa->r0, pa->r0 + m) of a stride-1 conv from planes: per image, the virtual
+ * rows of its pixels in blocks of up to QI_MR (whole 16-row groups, balanced), each block's window
+ * of planes built, then its channel loops. */
+static void qi_sp_run_planes(const qi_sp_call *c, const qi_sp_patches *pa, size_t m,
+                             const qi_sp_planes_geom *pg, uint8_t *pl) {
+  const qi_qconv_problem *p = pa->conv;
+  const qi_conv2d_geom *ge = &p->geom;
+  const size_t wp = pg->wp, ow = ge->out_w, ohw = ge->out_h * ge->out_w, cg = p->cin / 4;
+  uint32_t *tab = (uint32_t *)(pl + cg * pg->ps);
+  int32_t *rmap = (int32_t *)((uint8_t *)tab + ((p->k / 4 * 4 + 63) & ~(size_t)63));
+  for (size_t kb = 0; kb < p->k / 4; kb++) {
+    const size_t t = kb / cg, ky = t / ge->k_w, kx = t - ky * ge->k_w;
+    tab[kb] = (uint32_t)((kb - t * cg) * pg->ps + (ky * ge->dil_h * wp + kx * ge->dil_w) * 4);
+  }
+  const size_t r_end = pa->r0 + m;
+  int first = 1;
+  for (size_t r = pa->r0; r < r_end;) {
+    const size_t img = r / ohw, a = r - img * ohw;
+    const size_t b = r_end - img * ohw < ohw ? r_end - img * ohw : ohw; /* pixels [a, b) */
+    const size_t qa = a / ow * wp + a % ow, qb = (b - 1) / ow * wp + (b - 1) % ow + 1;
+    const size_t z = (qb - qa + 15) / 16, nblk = (z + QI_MR / 16 - 1) / (QI_MR / 16);
+    for (size_t bi = 0, q0 = qa; bi < nblk; bi++) {
+      const size_t zb = z * (bi + 1) / nblk - z * bi / nblk;
+      const size_t mr = qb - q0 < zb * 16 ? qb - q0 : zb * 16;
+      const size_t prow0 = q0 / wp;
+      qi_sp_build_planes(p, pa->g, img, prow0, pg, pl);
+      for (size_t i = 0; i < zb * 16; i++) {
+        const size_t q = q0 + i, oy = q / wp, ox = q - oy * wp;
+        rmap[i] = i < mr && ox < ow ? (int32_t)(img * ohw + oy * ow + ox - pa->r0) : -1;
+      }
+      qi_sp_rowblock(c, zb, 1, pl + (q0 - prow0 * wp) * 4, tab, mr, 0, rmap, first);
+      first = 0;
+      q0 += mr;
+    }
+    r = img * ohw + b;
   }
 }
 
@@ -323,11 +466,7 @@ void qi_spmm_qu8_sb4w__avx512vnni(size_t m, size_t n_begin, size_t n_end, size_t
   const qi_qe16 E = qi_qe16_init(ep);
   const size_t kg = (k + 3) / 4, kg16 = (kg + 15) & ~(size_t)15;
   uint8_t *at = (uint8_t *)scratch;
-  int32_t *park = (int32_t *)(at + (size_t)QI_MR * kg16 * 8);
   uint8_t tile8[16 * QI_MR] __attribute__((aligned(64))); /* 16 channels x 128 rows of bytes */
-  /* row blocks of whole 16-row groups, balanced (196 rows: 64, 48, 48, 36 rather than 64, 64, 64,
-   * 4: a block of one or two groups pays two record loads per one or two activation loads) */
-  const size_t z = (m + 15) / 16, nblk = (z + QI_MR / 16 - 1) / (QI_MR / 16);
   /* Records are prefetched a few channels ahead while the first row block streams them (in a
    * real model they are cold: the other layers evicted them; a channel's range within a K block
    * is a few lines found through its pointers, a pattern the hardware prefetchers miss), and in
@@ -337,7 +476,26 @@ void qi_spmm_qu8_sb4w__avx512vnni(size_t m, size_t n_begin, size_t n_end, size_t
   size_t rb0, rb1; /* the records of channels [n_begin, n_end): entries n_begin * nseg and
                     * n_end * nseg of the pointer table (n_end <= n: within it) */
   qi_sb4w_range(ptr, nseg, n_begin, 0, (n_end - n_begin) * nseg, nnzb, &rb0, &rb1);
-  const int pf_all = (rb1 - rb0) * sizeof(qi_sb4w_rec) > QI_SP_PF_L2;
+  qi_sp_call c = {n_begin, n_end, kg, nseg, seg, nnzb, bias, ptr, rec, ep, &E,
+                  (int32_t *)(at + (size_t)QI_MR * kg16 * 8), tile8,
+                  (rb1 - rb0) * sizeof(qi_sb4w_rec) > QI_SP_PF_L2};
+  /* Planes or re-packed patches (stride-1 convs read in place). Re-packing the patches costs
+   * kh kw bytes per input byte, the planes one, but their loads are unaligned (a tap's column
+   * shift; about 1.5x the cost of an aligned one here) and the kw - 1 dropped columns are
+   * computed: planes pay where few multiply-adds per K group share the re-packing (the call's
+   * blocks fewer than 16 per K group, e.g. 64 channels at 20% density) and the dropped columns
+   * are few (at most 1/16 of out_w). Measured, 1 thread, 3x3 pad 1, cin = cout, block density d,
+   * re-packed / planes: 56x56x64 d 0.1 1.48x, d 0.2 1.26x, d 0.3 1.07x; 28x28x128 d 0.1 1.03x,
+   * d 0.2 0.95x; 14x14x256 0.84-0.95x; 7x7x512 0.73x. */
+  qi_sp_planes_geom pg;
+  const qi_conv2d_geom *ge = a ? NULL : &pa->conv->geom;
+  if (ge && rb1 - rb0 < 16 * kg && (ge->k_w - 1) * ge->dil_w * 16 <= ge->out_w &&
+      qi_sp_planes_geometry(pa->conv, &pg)) {
+    qi_sp_run_planes(&c, pa, m, &pg, at + ((qi_spmm_scratch_bytes(k) + 63) & ~(size_t)63));
+    return;
+  }
+  /* row blocks of whole 16-row groups, balanced (196 rows: 112 and 84 rather than 128 and 68) */
+  const size_t z = (m + 15) / 16, nblk = (z + QI_MR / 16 - 1) / (QI_MR / 16);
   for (size_t b = 0, i0 = 0; b < nblk; b++) {
     const size_t zb = z * (b + 1) / nblk - z * b / nblk;
     const size_t mr = m - i0 < zb * 16 ? m - i0 : zb * 16, nz = zb;
@@ -345,31 +503,7 @@ void qi_spmm_qu8_sb4w__avx512vnni(size_t m, size_t n_begin, size_t n_end, size_t
       qi_sp_pack(a + i0 * lda, lda, mr, k, nz, at);
     else
       qi_sp_pack_patches(pa, i0, mr, nz, at);
-    const size_t nsc = qi_sp_segs_per_block(QI_SP_L1, nz * 64, seg);
-    const int pfrec = i0 == 0 || pf_all;
-    for (size_t jc = n_begin; jc < n_end; jc += QI_NC) {
-      const size_t je = n_end - jc < QI_NC ? n_end : jc + QI_NC;
-      for (size_t s0 = 0; s0 < nseg; s0 += nsc) {
-        const size_t s1 = s0 + nsc < nseg ? s0 + nsc : nseg;
-        /* uint8 out: the last K block goes 16 channels at a time, each channel's epilogue run on
-         * its accumulators (rows in lanes) and the bytes transposed per 16 x 16 tile; float out:
-         * the parked sums are transposed as int32 (qi_sp_epilogue) */
-        const int u8last = s1 == nseg && E.out_u8;
-        const size_t step = u8last ? 16 : je - jc;
-        for (size_t j0 = jc; j0 < je; j0 += step) {
-          const size_t j1 = je - j0 < step ? je : j0 + step;
-          uint8_t *t8 = u8last ? tile8 : NULL;
-#define QI_KB_CASE(Z) case Z: qi_sp_kblock(Z, at, j0, j1, s0, s1, ptr, nseg, rec, nnzb, kg, bias, park + (j0 - jc) * QI_MR, t8, ep->scale, &E, pfrec ? je : 0); break;
-          switch (nz) {
-            QI_KB_CASE(8) QI_KB_CASE(7) QI_KB_CASE(6) QI_KB_CASE(5)
-            QI_KB_CASE(4) QI_KB_CASE(3) QI_KB_CASE(2) QI_KB_CASE(1)
-          }
-#undef QI_KB_CASE
-          if (u8last) qi_sp_store_u8(tile8, j1 - j0, mr, ep, i0, j0);
-        }
-      }
-      if (!E.out_u8) qi_sp_epilogue(park, jc, je, mr, nz, ep, &E, i0);
-    }
+    qi_sp_rowblock(&c, nz, 0, at, NULL, mr, i0, NULL, i0 == 0);
     i0 += mr;
   }
 }

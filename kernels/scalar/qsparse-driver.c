@@ -7,7 +7,8 @@
  * its rows in place (the kernel re-packs them K-group-major itself, QI_SPMM_MR rows at a time).
  * Other convs: with a multiple of 64 input channels per group the kernel reads the patches in
  * place (qi_sp_patches: the AVX-512 variant re-packs them straight from x, a 64-byte piece of a
- * row never straddling two taps; the others build them with the im2col below); otherwise blocks of
+ * row never straddling two taps, or for stride 1 runs from planes, whose bytes the scratch here
+ * includes; the others build them with the im2col below); otherwise blocks of
  * QI_SPMM_MR patch rows built by the dense int8 driver's im2col (qi_qconv_patches: the same
  * patches, padding taps zp_x, zeros past k), once per (row block, group) and shared by every
  * channel of that group. Integer sums are exact, so the rectangle and
@@ -29,7 +30,10 @@ static size_t qi_spconv_cols_bytes(const qi_spconv_problem *p, size_t rows) {
 }
 
 size_t qi_spconv_scratch_bytes(const qi_spconv_problem *p, size_t rows) {
-  return qi_spconv_cols_bytes(p, rows) + QI_ALIGN64(qi_spmm_scratch_bytes(p->c.k_pad));
+  qi_sp_planes_geom pg;
+  const size_t planes =
+      qi_spconv_patches_in_place(p) && qi_sp_planes_geometry(&p->c, &pg) ? pg.bytes : 0;
+  return qi_spconv_cols_bytes(p, rows) + QI_ALIGN64(qi_spmm_scratch_bytes(p->c.k_pad)) + planes;
 }
 
 void qi_spconv_run(const qi_spconv_problem *p, qi_spmm_qu8_sb4w_fn *fn, size_t m_begin,

@@ -103,6 +103,30 @@ QI_INLINE size_t qi_spmm_scratch_bytes(size_t k) {
   return (size_t)QI_SPMM_MR * kg16 * 4 * 2 + (size_t)QI_SPMM_NC * QI_SPMM_MR * 4 + 256 + 64;
 }
 
+/* Stride-1 convs read in place (qi_sp_patches) may be run from "planes" (the AVX-512 variant):
+ * the padded input of a row block's window re-packed once per pixel as [cin/4][rows][wp][4] (wp =
+ * padded width), so that the 16 output pixels of a group are, for every tap, 16 consecutive
+ * dwords of a plane, at a fixed offset per K group (the tap's shift ky dh wp + kx dw and the
+ * plane). Output pixels are walked as virtual rows q = oy wp + ox (the kw - 1 columns with ox >=
+ * out_w are computed and dropped). A window covers the padded input rows read by the virtual rows
+ * [q0, q0 + QI_SPMM_MR) plus one for a tap's column shift running into the next row; rows past the
+ * padded input hold zp_x. Sizes shared by the driver (scratch) and the kernel. */
+typedef struct qi_sp_planes_geom {
+  size_t wp, rows, ps; /* padded width, rows per window, bytes per plane (64-byte multiple) */
+  size_t bytes;        /* planes (cin/4 of them) + the K groups' offset table + the row map */
+} qi_sp_planes_geom;
+
+QI_INLINE int qi_sp_planes_geometry(const qi_qconv_problem *c, qi_sp_planes_geom *g) {
+  const qi_conv2d_geom *ge = &c->geom;
+  if (ge->stride_h != 1 || ge->stride_w != 1 || c->cin % 4 || c->k != ge->k_h * ge->k_w * c->cin)
+    return 0;
+  g->wp = ge->in_w + ge->pad_left + ge->pad_right;
+  g->rows = (QI_SPMM_MR - 1 + (ge->k_w - 1) * ge->dil_w) / g->wp + 2 + (ge->k_h - 1) * ge->dil_h;
+  g->ps = (g->rows * g->wp * 4 + 64 + 63) & ~(size_t)63;
+  g->bytes = c->cin / 4 * g->ps + ((c->k / 4 * 4 + 63) & ~(size_t)63) + QI_SPMM_MR * 4;
+  return 1;
+}
+
 /* Pointer segments (seg K groups each) per K block of the kernels' loops: as many as keep a block's
  * re-packed activations (group_bytes per K group) within budget bytes; at least one */
 QI_INLINE size_t qi_sp_segs_per_block(size_t budget, size_t group_bytes, size_t seg) {
