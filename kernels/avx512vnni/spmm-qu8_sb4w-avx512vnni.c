@@ -135,6 +135,13 @@ static void qi_sp_pack_patches(const qi_sp_patches *pa, size_t i0, size_t mr, si
   }
 }
 
+/* The activations of K group kb: re-packed (kb * r4) or, from planes (pl, a constant per
+ * instantiation), at the group's offset */
+QI_INLINE const uint8_t *qi_sp_kgroup(const int pl, const uint8_t *at, const uint32_t *tab,
+                                      size_t kb, size_t r4) {
+  return pl ? at + tab[kb] : at + kb * r4;
+}
+
 /* One channel over records [p, e): nz accumulators of 16 rows (named, so gcc keeps them in zmm
  * registers; nz is a constant in each instantiation), from the bias or the parked sums. Up to 4
  * groups, blocks go two at a time into a second set (2 nz chains in flight); from 5 groups on, one
@@ -158,8 +165,7 @@ QI_INLINE void qi_sp_chan(const int nz, const int pl, const uint8_t *at, const u
       size_t k0 = p[0].kb, k1 = p[1].kb;
       k0 = k0 < kg ? k0 : 0;
       k1 = k1 < kg ? k1 : 0;
-      const uint8_t *a0 = pl ? at + tab[k0] : at + k0 * r4;
-      const uint8_t *a1 = pl ? at + tab[k1] : at + k1 * r4;
+      const uint8_t *a0 = qi_sp_kgroup(pl, at, tab, k0, r4), *a1 = qi_sp_kgroup(pl, at, tab, k1, r4);
       const __m512i w0 = _mm512_set1_epi32(p[0].w), w1 = _mm512_set1_epi32(p[1].w);
 #define QI_DOT2(r) QI_DOT(c, r, a0, w0) QI_DOT(d, r, a1, w1)
       QI_SP_FOR8(QI_DOT2)
@@ -175,7 +181,7 @@ QI_INLINE void qi_sp_chan(const int nz, const int pl, const uint8_t *at, const u
     __asm__("" : "+r"(rv)); /* keeps gcc from splitting it back into two loads */
     size_t k0 = (uint32_t)rv;
     k0 = k0 < kg ? k0 : 0;
-    const uint8_t *a0 = pl ? at + tab[k0] : at + k0 * r4;
+    const uint8_t *a0 = qi_sp_kgroup(pl, at, tab, k0, r4);
     const __m512i w0 = _mm512_set1_epi32((int32_t)(rv >> 32));
 #define QI_DOT1(r) QI_DOT(c, r, a0, w0)
     QI_SP_FOR8(QI_DOT1)
@@ -365,20 +371,22 @@ static void qi_sp_rowblock(const qi_sp_call *c, size_t nz, const int pl, const u
         const size_t j1 = je - j0 < step ? je : j0 + step;
         uint8_t *t8 = u8last ? c->tile8 : NULL;
         int32_t *pk = c->park + (j0 - jc) * QI_MR;
+#define QI_KB_CALL(Z, PL)                                                                         \
+  qi_sp_kblock(Z, PL, at, tab, j0, j1, s0, s1, c->ptr, c->nseg, c->rec, c->nnzb, c->kg, c->bias,   \
+               pk, t8, c->ep->scale, E, pfrec ? je : 0)
 #define QI_KB_CASE(Z)                                                                             \
   case Z:                                                                                         \
     if (pl)                                                                                       \
-      qi_sp_kblock(Z, 1, at, tab, j0, j1, s0, s1, c->ptr, c->nseg, c->rec, c->nnzb, c->kg,       \
-                   c->bias, pk, t8, c->ep->scale, E, pfrec ? je : 0);                             \
+      QI_KB_CALL(Z, 1);                                                                           \
     else                                                                                          \
-      qi_sp_kblock(Z, 0, at, NULL, j0, j1, s0, s1, c->ptr, c->nseg, c->rec, c->nnzb, c->kg,      \
-                   c->bias, pk, t8, c->ep->scale, E, pfrec ? je : 0);                             \
+      QI_KB_CALL(Z, 0);                                                                           \
     break;
         switch (nz) {
           QI_KB_CASE(8) QI_KB_CASE(7) QI_KB_CASE(6) QI_KB_CASE(5)
           QI_KB_CASE(4) QI_KB_CASE(3) QI_KB_CASE(2) QI_KB_CASE(1)
         }
 #undef QI_KB_CASE
+#undef QI_KB_CALL
         if (u8last) qi_sp_store_u8(c->tile8, j1 - j0, mr, c->ep, row0, rmap, j0);
       }
     }

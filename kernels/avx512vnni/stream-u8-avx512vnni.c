@@ -50,54 +50,62 @@ static inline void qe_tr16x16x4(__m512i a[16]) {
   }
 }
 
-/* tile[16][64] (channel-major) -> 64 pixels of nc <= 16 channels, pixel i at dst + i * c (masked
- * stores below 16: the bytes past a pixel's nc channels, another pixel's or past the array, are
- * left alone; tile rows from nc on are read but never stored) */
-static inline void qe_tile_to_pixels_avx512(uint8_t tile[16][64], uint8_t *dst, size_t c, size_t nc) {
-  const __mmask16 k = nc >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << nc) - 1);
+/* 16 bytes at p: plain with every lane wanted (a masked move costs more even with every lane set),
+ * else masked to k (the bytes outside k neither read nor written); `full` a constant per caller */
+QI_INLINE __m128i qe_ld16(const uint8_t *p, __mmask16 k, const int full) {
+  return full ? _mm_loadu_si128((const __m128i *)p) : _mm_maskz_loadu_epi8(k, p);
+}
+QI_INLINE void qe_st16(uint8_t *p, __mmask16 k, const int full, __m128i v) {
+  if (full)
+    _mm_storeu_si128((__m128i *)p, v);
+  else
+    _mm_mask_storeu_epi8(p, k, v);
+}
+
+/* tile[16][64] (channel-major) -> 64 pixels of nc <= 16 channels, pixel i at dst + i * c (below
+ * 16 channels the bytes past a pixel's nc, another pixel's or past the array, are left alone;
+ * tile rows from nc on are read but never stored) */
+QI_INLINE void qe_tile_to_pixels_k(uint8_t tile[16][64], uint8_t *dst, size_t c, __mmask16 k,
+                                   const int full) {
   __m512i a[16];
   for (int j = 0; j < 16; j++) a[j] = _mm512_loadu_si512(tile[j]);
   qe_tr16x16x4(a); /* a[i] lane L: the 16 channels of pixel 16 L + i */
-  if (nc >= 16) { /* (plain stores: a masked one costs more even with every lane set) */
-    for (int i = 0; i < 16; i++) {
-      _mm_storeu_si128((__m128i *)(dst + (size_t)i * c), _mm512_extracti32x4_epi32(a[i], 0));
-      _mm_storeu_si128((__m128i *)(dst + (size_t)(16 + i) * c), _mm512_extracti32x4_epi32(a[i], 1));
-      _mm_storeu_si128((__m128i *)(dst + (size_t)(32 + i) * c), _mm512_extracti32x4_epi32(a[i], 2));
-      _mm_storeu_si128((__m128i *)(dst + (size_t)(48 + i) * c), _mm512_extracti32x4_epi32(a[i], 3));
-    }
-    return;
-  }
   for (int i = 0; i < 16; i++) {
-    _mm_mask_storeu_epi8(dst + (size_t)i * c, k, _mm512_extracti32x4_epi32(a[i], 0));
-    _mm_mask_storeu_epi8(dst + (size_t)(16 + i) * c, k, _mm512_extracti32x4_epi32(a[i], 1));
-    _mm_mask_storeu_epi8(dst + (size_t)(32 + i) * c, k, _mm512_extracti32x4_epi32(a[i], 2));
-    _mm_mask_storeu_epi8(dst + (size_t)(48 + i) * c, k, _mm512_extracti32x4_epi32(a[i], 3));
+    qe_st16(dst + (size_t)i * c, k, full, _mm512_extracti32x4_epi32(a[i], 0));
+    qe_st16(dst + (size_t)(16 + i) * c, k, full, _mm512_extracti32x4_epi32(a[i], 1));
+    qe_st16(dst + (size_t)(32 + i) * c, k, full, _mm512_extracti32x4_epi32(a[i], 2));
+    qe_st16(dst + (size_t)(48 + i) * c, k, full, _mm512_extracti32x4_epi32(a[i], 3));
   }
 }
 
-/* 64 pixels of nc <= 16 channels (pixel i at src + i * c) -> tile[16][64] (masked loads below 16:
- * nothing past a pixel's nc channels is read; tile rows from nc on are zeros) */
-static inline void qe_pixels_to_tile_avx512(const uint8_t *src, size_t c, uint8_t tile[16][64],
-                                            size_t nc) {
-  const __mmask16 k = nc >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << nc) - 1);
+static inline void qe_tile_to_pixels_avx512(uint8_t tile[16][64], uint8_t *dst, size_t c, size_t nc) {
+  if (nc >= 16)
+    qe_tile_to_pixels_k(tile, dst, c, 0xFFFF, 1);
+  else
+    qe_tile_to_pixels_k(tile, dst, c, (__mmask16)((1u << nc) - 1), 0);
+}
+
+/* 64 pixels of nc <= 16 channels (pixel i at src + i * c) -> tile[16][64] (nothing past a pixel's
+ * nc channels is read; tile rows from nc on are not written) */
+QI_INLINE void qe_pixels_to_tile_k(const uint8_t *src, size_t c, uint8_t tile[16][64], size_t nc,
+                                   __mmask16 k, const int full) {
   __m512i a[16];
-  if (nc >= 16) {
-    for (int i = 0; i < 16; i++) {
-      __m512i v = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)(src + (size_t)i * c)));
-      v = _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i *)(src + (size_t)(16 + i) * c)), 1);
-      v = _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i *)(src + (size_t)(32 + i) * c)), 2);
-      a[i] = _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i *)(src + (size_t)(48 + i) * c)), 3);
-    }
-  } else {
   for (int i = 0; i < 16; i++) {
-    __m512i v = _mm512_castsi128_si512(_mm_maskz_loadu_epi8(k, src + (size_t)i * c));
-    v = _mm512_inserti32x4(v, _mm_maskz_loadu_epi8(k, src + (size_t)(16 + i) * c), 1);
-    v = _mm512_inserti32x4(v, _mm_maskz_loadu_epi8(k, src + (size_t)(32 + i) * c), 2);
-    a[i] = _mm512_inserti32x4(v, _mm_maskz_loadu_epi8(k, src + (size_t)(48 + i) * c), 3);
-  }
+    __m512i v = _mm512_castsi128_si512(qe_ld16(src + (size_t)i * c, k, full));
+    v = _mm512_inserti32x4(v, qe_ld16(src + (size_t)(16 + i) * c, k, full), 1);
+    v = _mm512_inserti32x4(v, qe_ld16(src + (size_t)(32 + i) * c, k, full), 2);
+    a[i] = _mm512_inserti32x4(v, qe_ld16(src + (size_t)(48 + i) * c, k, full), 3);
   }
   qe_tr16x16x4(a); /* a[j] lane L: channel j of pixels 16 L .. 16 L + 15 */
   for (size_t j = 0; j < nc; j++) _mm512_storeu_si512(tile[j], a[j]);
+}
+
+static inline void qe_pixels_to_tile_avx512(const uint8_t *src, size_t c, uint8_t tile[16][64],
+                                            size_t nc) {
+  if (nc >= 16)
+    qe_pixels_to_tile_k(src, c, tile, 16, 0xFFFF, 1);
+  else
+    qe_pixels_to_tile_k(src, c, tile, nc, (__mmask16)((1u << nc) - 1), 0);
 }
 
 /* qe_sat on 16 lanes: t > 0 ? t : 0, t < 255 ? t : 255, rint, truncate; n lanes stored */
